@@ -1,0 +1,41 @@
+//! Shared types of the Todo API, used by the server (read and write path) and
+//! by whatever applies commands (the embedded store today, the Kafka worker on
+//! the distributed path).
+//!
+//! - [`todo`]: [`Todo`], the stored row, and its field rules.
+//! - [`command`]: [`TodoCommand`], the write path's wire format (one command per
+//!   accepted `POST`/`PUT`/`DELETE`), and [`decide`], the ONE apply rule
+//!   (ownership, existence) every applier calls.
+//! - [`snapshot`]: [`Snapshot`], the ONE renderer of the served JSON bytes: the
+//!   newest [`SNAPSHOT_MAX`] todos rendered once, sliced per `limit=N`.
+//! - [`ids`]: [`IdGenerator`], time-ordered ids made without coordination.
+//! - [`seed`]: the 10,000 todos an empty store starts with.
+//!
+//! Names other processes agree on (Redis keys, the pub/sub channel, the Kafka
+//! topic) live here too, so there is exactly one spelling of each.
+
+pub mod command;
+pub mod ids;
+pub mod seed;
+pub mod snapshot;
+pub mod todo;
+
+pub use command::{decide, Change, Fields, Op, Outcome, Rejection, TodoCommand};
+pub use ids::IdGenerator;
+pub use snapshot::{Snapshot, SNAPSHOT_MAX};
+pub use todo::{FieldError, Todo};
+
+/// Kafka topic carrying [`TodoCommand`]s, keyed by todo id (per-todo order).
+pub const COMMANDS_TOPIC: &str = "todo-commands";
+/// Redis key holding the current rendered snapshot.
+pub const SNAPSHOT_KEY: &str = "todos:snapshot";
+/// Redis pub/sub channel announcing a new snapshot version.
+pub const CHANGED_CHANNEL: &str = "todos:changed";
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp here.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,133 @@
+//! Configuration of `todo-server`: one struct, every field a flag and an
+//! environment variable, with its unit and default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::http1::Limits;
+
+#[derive(Debug, Parser)]
+#[command(name = "todo-server", version, about = "Thread-per-core Todo API")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a bearer token for the configured secret (JWT_SECRET, or the one
+    /// kept in the data directory).
+    Token {
+        /// The token's subject: the user who owns what they create.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// Which io driver each core runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    /// io_uring; fail at start-up when unavailable.
+    Uring,
+    /// epoll (monoio's legacy driver).
+    Legacy,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (one SO_REUSEPORT socket per core).
+    #[arg(long, env = "TODO_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Cores to run; 0 means every available core.
+    #[arg(long, env = "TODO_CORES", default_value_t = 0)]
+    pub cores: usize,
+    /// Directory for the embedded default's state, log and secret.
+    #[arg(long, env = "TODO_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// io driver.
+    #[arg(long, env = "TODO_DRIVER", value_enum, default_value_t = Driver::Auto)]
+    pub driver: Driver,
+    /// Pin each core's thread to one CPU.
+    #[arg(long, env = "TODO_PIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin: bool,
+    /// HS256 secret, at least 32 bytes. Unset: the embedded default keeps a
+    /// generated one in the data directory.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// This instance's number (0-63), so ids made by several servers never collide.
+    #[arg(long, env = "TODO_INSTANCE", default_value_t = 0)]
+    pub instance: u16,
+    /// `limit` when a request gives none.
+    #[arg(long, env = "TODO_DEFAULT_LIMIT", default_value_t = 20)]
+    pub default_limit: usize,
+    /// Todos seeded into an empty data directory.
+    #[arg(long, env = "TODO_SEED", default_value_t = todo_model::seed::SEED_COUNT)]
+    pub seed: usize,
+    /// Time allowed to receive a whole request once it has begun (408 after).
+    #[arg(long, env = "TODO_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[arg(long, env = "TODO_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, env = "TODO_MAX_BODY", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+    /// Largest request head in bytes (431 above).
+    #[arg(long, env = "TODO_MAX_HEAD", default_value_t = 16 * 1024)]
+    pub max_head: usize,
+    /// Most requests answered from one read before their responses are
+    /// written (pipelining depth per batch).
+    #[arg(long, env = "TODO_MAX_PIPELINE", default_value_t = 1024)]
+    pub max_pipeline: usize,
+    /// Output bytes buffered before a batch is written early.
+    #[arg(long, env = "TODO_WRITE_BUFFER", default_value_t = 256 * 1024)]
+    pub write_buffer: usize,
+}
+
+impl ServeConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_head: self.max_head,
+            max_body: self.max_body,
+            ..Limits::default()
+        }
+    }
+
+    /// Number of cores to run.
+    pub fn core_count(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Defaults, for tests and embedding: listen on `127.0.0.1:0`.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let cli = Cli::parse_from(["todo-server", "--listen", "127.0.0.1:0"]);
+        ServeConfig {
+            data_dir,
+            ..cli.serve
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}

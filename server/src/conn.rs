@@ -1,0 +1,201 @@
+//! The pipelining loop: one task per connection.
+//!
+//! ```text
+//! read into the connection's buffer
+//!   -> parse EVERY complete request in it (http1::parse)
+//!   -> append each response to one output buffer (routes::dispatch)
+//!   -> ONE write for the whole batch -> read again
+//! ```
+//!
+//! Responses leave in request order. A request that must await (a write being
+//! made durable) first flushes the responses before it, so they never wait on
+//! it. Buffers are bounded: input by the head and body limits, output by
+//! `write_buffer` (a full buffer is written before parsing goes on), and at
+//! most `max_pipeline` requests are answered per batch, so a client that
+//! pipelines without reading gets back-pressure, not memory growth.
+
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::core::Core;
+use crate::error::HttpError;
+use crate::http1::{self, Method, Parsed};
+use crate::metrics::Route;
+use crate::response::{self, Persist};
+use crate::routes::{self, Action, Reply};
+
+/// Read buffer growth step, bytes.
+const READ_CHUNK: usize = 16 * 1024;
+/// Read space kept free before each read, bytes.
+const MIN_READ_SPACE: usize = 4 * 1024;
+/// After an error that closes the connection, unread input is drained for
+/// at most this long (and [`LINGER_BYTES`]) so the kernel does not answer it
+/// with a RST that could destroy the error response in flight.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Serve one connection until it closes.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+    match pipeline(&core, &mut stream).await {
+        Ok(Ending::Linger) => linger(&mut stream).await,
+        Ok(Ending::Close) | Err(_) => {}
+    }
+}
+
+enum Ending {
+    Close,
+    /// We closed on a request with input possibly still unread.
+    Linger,
+}
+
+async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
+    let config = &core.config;
+    let limits = config.limits();
+    // Chunked framing may take more bytes than the body it carries.
+    let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // When the request still incomplete in `input` began arriving.
+    let mut started: Option<Instant> = None;
+    let mut sent_continue = false;
+
+    loop {
+        if input.capacity() - input.len() < MIN_READ_SPACE {
+            if input.len() >= read_max {
+                let persist = Persist::Close;
+                response::append_error(&mut out, &HttpError::PAYLOAD_TOO_LARGE, &core.date.get(), persist);
+                core.metrics().request(Route::Other, 413);
+                flush(stream, &mut out).await?;
+                return Ok(Ending::Linger);
+            }
+            input.reserve(input.capacity().max(READ_CHUNK));
+        }
+        let wait = match started {
+            None => config.idle_timeout,
+            Some(t) => config.header_timeout.saturating_sub(t.elapsed()),
+        };
+        let len = input.len();
+        let (res, slice) = match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
+            Ok(r) => r,
+            Err(_) if started.is_some() => {
+                // The buffer went with the cancelled read; nothing in it is
+                // answerable anyway.
+                response::append_error(&mut out, &HttpError::HEADER_TIMEOUT, &core.date.get(), Persist::Close);
+                core.metrics().request(Route::Other, 408);
+                flush(stream, &mut out).await?;
+                return Ok(Ending::Close);
+            }
+            Err(_) => return Ok(Ending::Close),
+        };
+        input = slice.into_inner();
+        if res? == 0 {
+            return Ok(Ending::Close);
+        }
+
+        let t0 = Instant::now();
+        let mut at = 0;
+        let mut served = 0u64;
+        let mut batch = 0usize;
+        let mut ending = None;
+        loop {
+            if batch >= config.max_pipeline {
+                flush(stream, &mut out).await?;
+                batch = 0;
+            }
+            match http1::parse(&input[at..], &limits) {
+                Ok(Parsed::Complete(req, used)) => {
+                    let persist = match (req.keep_alive, req.http10) {
+                        (false, _) => Persist::Close,
+                        (true, true) => Persist::KeepAlive10,
+                        (true, false) => Persist::KeepAlive,
+                    };
+                    let reply = Reply {
+                        persist,
+                        head_only: req.method == Method::Head,
+                    };
+                    let (route, status) = match routes::dispatch(core, &req, &mut out, persist) {
+                        Action::Done(route, status) => (route, status),
+                        Action::Await(pending) => {
+                            flush(stream, &mut out).await?;
+                            routes::complete(core, pending, &mut out, reply).await
+                        }
+                    };
+                    core.metrics().request(route, status);
+                    at += used;
+                    served += 1;
+                    batch += 1;
+                    sent_continue = false;
+                    if persist == Persist::Close {
+                        ending = Some(Ending::Linger);
+                        break;
+                    }
+                    if out.len() >= config.write_buffer {
+                        flush(stream, &mut out).await?;
+                    }
+                }
+                Ok(Parsed::Partial { expect_continue }) => {
+                    if expect_continue && !sent_continue {
+                        out.extend_from_slice(CONTINUE);
+                        sent_continue = true;
+                    }
+                    break;
+                }
+                Err(err) => {
+                    core.metrics().request(Route::Other, err.status);
+                    response::append_error(&mut out, &err, &core.date.get(), Persist::Close);
+                    ending = Some(Ending::Linger);
+                    break;
+                }
+            }
+        }
+        flush(stream, &mut out).await?;
+        if served > 0 {
+            core.metrics().batch(served, t0.elapsed().as_micros() as u64);
+        }
+        if let Some(ending) = ending {
+            return Ok(ending);
+        }
+        input.drain(..at);
+        started = match (input.is_empty(), served > 0, started) {
+            (true, _, _) => None,
+            (false, true, _) | (false, false, None) => Some(Instant::now()),
+            (false, false, Some(t)) => Some(t),
+        };
+    }
+}
+
+/// Write and clear `out`; keeps its allocation.
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, mut buf) = stream.write_all(std::mem::take(out)).await;
+    buf.clear();
+    *out = buf;
+    res.map(|_| ())
+}
+
+/// Half-close, then drain what the client still sends for a short while.
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                drained += n;
+                buf = b;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
+}

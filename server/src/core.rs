@@ -1,0 +1,84 @@
+//! Per-core state: everything one core's connections share, in one `!Send`
+//! place. Nothing here is touched by another core except the metrics array
+//! (read by `/metrics`, see [`crate::metrics`]).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use todo_model::{IdGenerator, Snapshot};
+
+use crate::auth::Verifier;
+use crate::backend::Backend;
+use crate::config::ServeConfig;
+use crate::date::DateCache;
+use crate::metrics::CoreMetrics;
+
+pub struct Core {
+    pub index: usize,
+    /// The snapshot this core serves; replaced whole when a newer one arrives.
+    snapshot: RefCell<Rc<Snapshot>>,
+    pub date: DateCache,
+    pub config: Arc<ServeConfig>,
+    /// All cores' metrics; this core writes only `metrics[index]`.
+    pub all_metrics: Arc<[CoreMetrics]>,
+    pub backend: Backend,
+    pub verifier: Verifier,
+    pub ids: RefCell<IdGenerator>,
+    /// Set when shutting down: `/readyz` answers 503 so balancers drain us.
+    pub draining: Cell<bool>,
+}
+
+impl Core {
+    pub fn new(
+        index: usize,
+        snapshot: &Snapshot,
+        config: Arc<ServeConfig>,
+        all_metrics: Arc<[CoreMetrics]>,
+        backend: Backend,
+        verifier: Verifier,
+        id_node: u16,
+    ) -> Self {
+        let core = Core {
+            index,
+            snapshot: RefCell::new(Rc::new(snapshot.clone())),
+            date: DateCache::default(),
+            config,
+            all_metrics,
+            backend,
+            verifier,
+            ids: RefCell::new(IdGenerator::new(id_node)),
+            draining: Cell::new(false),
+        };
+        core.metrics()
+            .snapshot(snapshot.version(), todo_model::now_ms(), false);
+        core
+    }
+
+    #[inline]
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.all_metrics[self.index]
+    }
+
+    /// The snapshot to serve from. Cloning the `Rc` is a non-atomic increment.
+    #[inline]
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Install `next` if it is newer: versions only go forward. The bytes are
+    /// copied so each core reads its own memory.
+    pub fn install(&self, next: &Snapshot) -> bool {
+        if next.version() <= self.snapshot.borrow().version() {
+            return false;
+        }
+        *self.snapshot.borrow_mut() = Rc::new(next.clone());
+        self.metrics()
+            .snapshot(next.version(), todo_model::now_ms(), false);
+        true
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next_id(todo_model::now_ms())
+    }
+}

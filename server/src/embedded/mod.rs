@@ -1,0 +1,171 @@
+//! The embedded default (design section 6): the whole write path in one
+//! process, with no external service.
+//!
+//! ```text
+//! core k --ApplyRequest--> apply thread: append batch to the log, fdatasync
+//!                                        -> Store::apply each (todo_model::decide)
+//!                                        -> render the snapshot ONCE
+//!                                        -> send it to every core, then reply
+//! ```
+//!
+//! One thread owns the [`store::Store`] and the [`log::CommandLog`]; cores talk
+//! to it over bounded channels. The apply and render code is the shared model
+//! code the Kafka worker uses too; only where commands come from and where the
+//! result is kept differ.
+
+pub mod log;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use todo_model::{snapshot::render_todo, Outcome, Snapshot, TodoCommand};
+
+use self::store::{Store, StoreImage};
+
+/// Longest queue of requests waiting for the apply thread; a full queue makes
+/// cores wait (back-pressure), it never drops an accepted write.
+pub const QUEUE_DEPTH: usize = 16 * 1024;
+/// Most commands made durable by one fdatasync.
+pub const MAX_BATCH: usize = 4096;
+
+/// Why a write could not be accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the command log could not be written")]
+    Durability,
+    #[error("the apply thread has stopped")]
+    Stopped,
+}
+
+pub enum ApplyRequest {
+    /// Make durable, apply, answer with the outcome.
+    Submit(TodoCommand, flume::Sender<Result<Outcome, ApplyError>>),
+    /// The rendered JSON of one todo.
+    Get(u64, flume::Sender<Option<Vec<u8>>>),
+    /// The recorded outcome of one command.
+    Outcome(u64, flume::Sender<Option<Outcome>>),
+}
+
+/// A core's handle on the apply thread.
+#[derive(Clone)]
+pub struct Handle {
+    tx: flume::Sender<ApplyRequest>,
+}
+
+impl Handle {
+    pub async fn submit(&self, cmd: TodoCommand) -> Result<Outcome, ApplyError> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx
+            .send_async(ApplyRequest::Submit(cmd, tx))
+            .await
+            .map_err(|_| ApplyError::Stopped)?;
+        rx.recv_async().await.map_err(|_| ApplyError::Stopped)?
+    }
+
+    pub async fn get(&self, id: u64) -> Option<Vec<u8>> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.send_async(ApplyRequest::Get(id, tx)).await.ok()?;
+        rx.recv_async().await.ok().flatten()
+    }
+
+    pub async fn outcome(&self, command_id: u64) -> Option<Outcome> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx
+            .send_async(ApplyRequest::Outcome(command_id, tx))
+            .await
+            .ok()?;
+        rx.recv_async().await.ok().flatten()
+    }
+}
+
+/// What starting the embedded store gives the server.
+pub struct Started {
+    pub handle: Handle,
+    /// The snapshot every core starts with.
+    pub snapshot: Arc<Snapshot>,
+    /// One receiver per core for newer snapshots.
+    pub updates: Vec<flume::Receiver<Arc<Snapshot>>>,
+    pub thread: thread::JoinHandle<()>,
+    pub todos: usize,
+    pub replayed: usize,
+}
+
+/// Open `data_dir` (seeding `seed_count` todos into a new one) and start the
+/// apply thread. It stops when every [`Handle`] is dropped.
+pub fn start(data_dir: &Path, cores: usize, seed_count: usize) -> Result<Started, log::LogError> {
+    let (mut store, mut log, replayed) = log::open(data_dir, || StoreImage {
+        version: 1,
+        todos: todo_model::seed::seed(seed_count, todo_model::now_ms()),
+    })?;
+    let snapshot = Arc::new(store.snapshot());
+    let todos = store.len();
+    let (tx, rx) = flume::bounded(QUEUE_DEPTH);
+    let (senders, updates): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
+    let thread = thread::Builder::new()
+        .name("todo-apply".into())
+        .spawn(move || apply_loop(&rx, &mut store, &mut log, &senders))
+        .expect("spawning the apply thread");
+    Ok(Started {
+        handle: Handle { tx },
+        snapshot,
+        updates,
+        thread,
+        todos,
+        replayed,
+    })
+}
+
+fn apply_loop(
+    rx: &flume::Receiver<ApplyRequest>,
+    store: &mut Store,
+    log: &mut log::CommandLog,
+    cores: &[flume::Sender<Arc<Snapshot>>],
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        // Reads are answered at once; writes are gathered for one fsync.
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            match req {
+                ApplyRequest::Submit(cmd, reply) => batch.push((cmd, reply)),
+                ApplyRequest::Get(id, reply) => {
+                    let row = store.get(id).map(|t| {
+                        let mut out = Vec::with_capacity(256);
+                        render_todo(t, &mut out);
+                        out
+                    });
+                    let _ = reply.send(row);
+                }
+                ApplyRequest::Outcome(id, reply) => {
+                    let _ = reply.send(store.outcome(id));
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let cmds: Vec<&TodoCommand> = batch.iter().map(|(c, _)| c).collect();
+        if let Err(e) = log.append(&cmds) {
+            eprintln!("todo-apply: {e}; answering the batch with 503");
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(ApplyError::Durability));
+            }
+            continue;
+        }
+        let outcomes: Vec<Outcome> = batch.iter().map(|(c, _)| store.apply(c)).collect();
+        if outcomes.iter().any(|o| *o == Outcome::Applied) {
+            let snapshot = Arc::new(store.next_snapshot());
+            for core in cores {
+                let _ = core.send(snapshot.clone());
+            }
+        }
+        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
+            let _ = reply.send(Ok(outcome));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! todo-server: a thread-per-core HTTP/1.1 Todo API.
+//!
+//! The flow, file by file:
+//!
+//! ```text
+//! runtime.rs   one pinned thread + monoio runtime per core, one SO_REUSEPORT
+//!              listener each (todo_lb::listener)
+//! conn.rs      per connection: read -> parse every request -> append every
+//!              response -> one write
+//! http1.rs     parse and validate one request (httparse, RFC 9112 framing)
+//! routes/      GET /todos?limit=N from the core's snapshot (the hot path),
+//!              /todos/{id}, writes, /commands/{id}, /livez /readyz /metrics
+//! core.rs      per-core state: snapshot (Rc), Date cache, id generator, metrics
+//! auth.rs      HS256 bearer tokens (write path)
+//! backend.rs   where writes go: the embedded apply thread (embedded/)
+//! embedded/    the embedded default: command log + in-memory store + renderer
+//! response.rs  response heads and error bodies; date.rs the cached Date
+//! metrics.rs   per-core counters summed at scrape time
+//! ```
+//!
+//! [`run`] is the entry point; the binary only parses configuration, binds
+//! and calls it, so tests can bind `127.0.0.1:0`.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod conn;
+pub mod core;
+pub mod date;
+pub mod embedded;
+pub mod error;
+pub mod http1;
+pub mod metrics;
+pub mod response;
+pub mod routes;
+pub mod runtime;
+pub mod shutdown;
+
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread;
+
+use crate::auth::{TokenRules, Verifier};
+use crate::backend::Backend;
+use crate::config::{Driver, ServeConfig};
+use crate::metrics::CoreMetrics;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Driver(&'static str),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Store(#[from] embedded::log::LogError),
+    #[error("instance {instance} with {cores} cores needs id node {node}, above the {max} available; lower TODO_INSTANCE")]
+    IdSpace {
+        instance: u16,
+        cores: usize,
+        node: usize,
+        max: u16,
+    },
+    #[error("no listener given")]
+    NoListener,
+    #[error("core thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The token rules configured for this server.
+pub fn token_rules(config: &ServeConfig) -> TokenRules {
+    TokenRules {
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+    }
+}
+
+/// Serve on `listeners` (one per core) until `shutdown` fires; returns once
+/// every core has stopped and every accepted write is durable.
+pub fn run(config: ServeConfig, listeners: Vec<TcpListener>, shutdown: Shutdown) -> Result<(), StartError> {
+    if listeners.is_empty() {
+        return Err(StartError::NoListener);
+    }
+    let cores = listeners.len();
+    let driver = runtime::resolve_driver(config.driver).map_err(StartError::Driver)?;
+    let last_node = usize::from(config.instance) * cores + cores - 1;
+    // The top node is reserved for seeded todos.
+    let max = todo_model::ids::MAX_NODE - 1;
+    if last_node > usize::from(max) {
+        return Err(StartError::IdSpace {
+            instance: config.instance,
+            cores,
+            node: last_node,
+            max,
+        });
+    }
+    let secret = auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+    let rules = token_rules(&config);
+    Verifier::new(&secret, &rules)?;
+
+    let store = embedded::start(&config.data_dir, cores, config.seed)?;
+    let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
+    let config = Arc::new(config);
+    let addr = listeners[0].local_addr().ok();
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+
+    let mut threads = Vec::with_capacity(cores);
+    for ((index, listener), updates) in listeners.into_iter().enumerate().zip(store.updates) {
+        let pin = config.pin.then(|| core_ids.get(index % core_ids.len().max(1)).copied()).flatten();
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let snapshot = store.snapshot.clone();
+        let backend = Backend::Embedded(store.handle.clone());
+        let secret = secret.clone();
+        let rules = rules.clone();
+        let shutdown = shutdown.clone();
+        let node = (usize::from(config.instance) * cores + index) as u16;
+        let thread = thread::Builder::new()
+            .name(format!("todo-core-{index}"))
+            .spawn(move || {
+                if let Some(id) = pin {
+                    core_affinity::set_for_current(id);
+                }
+                let verifier = Verifier::new(&secret, &rules).expect("secret checked at start-up");
+                let core = Rc::new(core::Core::new(index, &snapshot, config.clone(), metrics, backend, verifier, node));
+                if let Err(e) = runtime::block_on(driver, runtime::core_main(core, listener, updates, shutdown)) {
+                    eprintln!("todo-server: core {index}: runtime: {e}");
+                }
+            })
+            .map_err(StartError::Thread)?;
+        threads.push(thread);
+    }
+    eprintln!(
+        "todo-server: listening on {} ({cores} cores, {} driver, {} backend, {} todos, {} commands replayed, data in {})",
+        addr.map_or_else(|| "?".into(), |a| a.to_string()),
+        match driver {
+            Driver::Uring => "io_uring",
+            _ => "epoll",
+        },
+        "embedded",
+        store.todos,
+        store.replayed,
+        config.data_dir.display(),
+    );
+    drop(store.handle);
+    for t in threads {
+        let _ = t.join();
+    }
+    // Every core's handle is gone: the apply thread drains its queue and stops.
+    let _ = store.thread.join();
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Appending responses to a connection's output buffer.
+//!
+//! Every response of a batch is appended to one `Vec<u8>` that the connection
+//! loop writes once. Status lines and constant headers are static bytes;
+//! only `Date` (copied from the per-core cache) and `Content-Length` (itoa, on
+//! the stack) vary.
+
+use crate::date::DATE_LEN;
+use crate::error::HttpError;
+
+/// What follows the status line in every response.
+const SERVER: &[u8] = b"\r\nServer: todo\r\nDate: ";
+const JSON: &[u8] = b"\r\nContent-Type: application/json\r\nContent-Length: ";
+const TEXT: &[u8] = b"\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: ";
+
+pub fn status_line(status: u16) -> &'static [u8] {
+    match status {
+        100 => b"HTTP/1.1 100 Continue",
+        200 => b"HTTP/1.1 200 OK",
+        202 => b"HTTP/1.1 202 Accepted",
+        400 => b"HTTP/1.1 400 Bad Request",
+        401 => b"HTTP/1.1 401 Unauthorized",
+        403 => b"HTTP/1.1 403 Forbidden",
+        404 => b"HTTP/1.1 404 Not Found",
+        405 => b"HTTP/1.1 405 Method Not Allowed",
+        408 => b"HTTP/1.1 408 Request Timeout",
+        411 => b"HTTP/1.1 411 Length Required",
+        413 => b"HTTP/1.1 413 Content Too Large",
+        414 => b"HTTP/1.1 414 URI Too Long",
+        415 => b"HTTP/1.1 415 Unsupported Media Type",
+        417 => b"HTTP/1.1 417 Expectation Failed",
+        422 => b"HTTP/1.1 422 Unprocessable Content",
+        429 => b"HTTP/1.1 429 Too Many Requests",
+        431 => b"HTTP/1.1 431 Request Header Fields Too Large",
+        501 => b"HTTP/1.1 501 Not Implemented",
+        503 => b"HTTP/1.1 503 Service Unavailable",
+        505 => b"HTTP/1.1 505 HTTP Version Not Supported",
+        _ => b"HTTP/1.1 500 Internal Server Error",
+    }
+}
+
+/// How the connection continues after a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// HTTP/1.1 default: nothing to say.
+    KeepAlive,
+    /// HTTP/1.0 client that asked to keep the connection.
+    KeepAlive10,
+    /// Last response on this connection.
+    Close,
+}
+
+/// Response framing options.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub status: u16,
+    pub date: &'a [u8; DATE_LEN],
+    pub persist: Persist,
+    /// HEAD request: headers as for GET, no body bytes.
+    pub head_only: bool,
+    pub text: bool,
+    pub extra: &'a [u8],
+}
+
+/// Append a response whose body is `parts` concatenated.
+#[inline]
+pub fn append(out: &mut Vec<u8>, head: Head<'_>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(status_line(head.status));
+    out.extend_from_slice(SERVER);
+    out.extend_from_slice(head.date);
+    out.extend_from_slice(if head.text { TEXT } else { JSON });
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(n.format(len).as_bytes());
+    match head.persist {
+        Persist::KeepAlive => {}
+        Persist::KeepAlive10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
+        Persist::Close => out.extend_from_slice(b"\r\nConnection: close"),
+    }
+    out.extend_from_slice(head.extra);
+    out.extend_from_slice(b"\r\n\r\n");
+    if !head.head_only {
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+    }
+}
+
+/// Append an error response.
+pub fn append_error(out: &mut Vec<u8>, err: &HttpError, date: &[u8; DATE_LEN], persist: Persist) {
+    let mut extra = Vec::new();
+    if let Some(allow) = err.allow {
+        extra.extend_from_slice(b"\r\nAllow: ");
+        extra.extend_from_slice(allow.as_bytes());
+    }
+    if let Some(secs) = err.retry_after {
+        extra.extend_from_slice(b"\r\nRetry-After: ");
+        extra.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes());
+    }
+    let persist = if err.close { Persist::Close } else { persist };
+    append(
+        out,
+        Head {
+            status: err.status,
+            date,
+            persist,
+            head_only: false,
+            text: false,
+            extra: &extra,
+        },
+        &[&err.body()],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_is_exact() {
+        let date = [b'D'; DATE_LEN];
+        let mut out = Vec::new();
+        let head = Head {
+            status: 200,
+            date: &date,
+            persist: Persist::KeepAlive,
+            head_only: false,
+            text: false,
+            extra: b"",
+        };
+        append(&mut out, head, &[b"[1,2", b"]"]);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains("\r\nContent-Length: 5\r\n\r\n[1,2]"));
+        assert!(text.ends_with("\r\n\r\n[1,2]"));
+    }
+
+    #[test]
+    fn errors_carry_allow_and_close() {
+        let date = [b'D'; DATE_LEN];
+        let mut out = Vec::new();
+        append_error(&mut out, &HttpError::method_not_allowed("GET, POST"), &date, Persist::KeepAlive);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 "));
+        assert!(text.contains("\r\nAllow: GET, POST\r\n"));
+        let mut out = Vec::new();
+        append_error(&mut out, &HttpError::MALFORMED, &date, Persist::KeepAlive);
+        assert!(String::from_utf8(out).unwrap().contains("Connection: close"));
+    }
+}

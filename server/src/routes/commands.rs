@@ -1,0 +1,25 @@
+//! `GET /commands/{id}`: what became of an accepted write.
+
+use todo_model::Outcome;
+
+use super::Reply;
+use crate::core::Core;
+use crate::error::HttpError;
+
+/// 200 `{"command_id":..,"status":"applied"}` or
+/// `{"command_id":..,"status":"rejected","reason":"not_owner"}`; 404 when
+/// unknown (never accepted, or older than the outcomes kept).
+pub async fn outcome(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u16 {
+    let Some(outcome) = core.backend.outcome(id).await else {
+        return reply.error(core, out, &HttpError::COMMAND_NOT_FOUND);
+    };
+    let body = match outcome {
+        Outcome::Applied => format!(r#"{{"command_id":{id},"status":"applied"}}"#),
+        Outcome::Rejected(r) => format!(
+            r#"{{"command_id":{id},"status":"rejected","reason":"{}"}}"#,
+            r.as_str()
+        ),
+    };
+    reply.json(core, out, 200, &[body.as_bytes()]);
+    200
+}

@@ -1,0 +1,47 @@
+//! `/livez`, `/readyz` and `/metrics`.
+
+use super::Reply;
+use crate::core::Core;
+use crate::error::HttpError;
+use crate::metrics;
+use crate::response;
+
+/// The process is up and this core answers.
+pub fn livez(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
+    reply.json(core, out, 200, &[b"{\"status\":\"live\"}"]);
+    200
+}
+
+/// Ready to take traffic: a snapshot is held and we are not draining.
+pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
+    if core.draining.get() {
+        return reply.error(core, out, &HttpError::NOT_READY);
+    }
+    let body = format!(
+        r#"{{"status":"ready","backend":"{}","core":{},"snapshot_version":{}}}"#,
+        core.backend.name(),
+        core.index,
+        core.snapshot().version()
+    );
+    reply.json(core, out, 200, &[body.as_bytes()]);
+    200
+}
+
+/// Prometheus text format, all cores summed.
+pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
+    let text = metrics::render(&core.all_metrics, todo_model::now_ms());
+    let date = core.date.get();
+    response::append(
+        out,
+        response::Head {
+            status: 200,
+            date: &date,
+            persist: reply.persist,
+            head_only: reply.head_only,
+            text: true,
+            extra: b"",
+        },
+        &[text.as_bytes()],
+    );
+    200
+}
