@@ -52,7 +52,7 @@ pub struct ServeConfig {
     #[arg(long, env = "TODO_CORES", default_value_t = 0)]
     pub cores: usize,
     /// Directory for the embedded default's state, log and secret.
-    #[arg(long, env = "TODO_DATA_DIR", default_value = "./data")]
+    #[arg(long, global = true, env = "TODO_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// io driver.
     #[arg(long, env = "TODO_DRIVER", value_enum, default_value_t = Driver::Auto)]
@@ -62,13 +62,13 @@ pub struct ServeConfig {
     pub pin: bool,
     /// HS256 secret, at least 32 bytes. Unset: the embedded default keeps a
     /// generated one in the data directory.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    #[arg(long, global = true, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Required `iss` claim, when set.
-    #[arg(long, env = "JWT_ISSUER")]
+    #[arg(long, global = true, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set.
-    #[arg(long, env = "JWT_AUDIENCE")]
+    #[arg(long, global = true, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// This instance's number (0-63), so ids made by several servers never collide.
     #[arg(long, env = "TODO_INSTANCE", default_value_t = 0)]
