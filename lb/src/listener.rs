@@ -77,12 +77,8 @@ mod tests {
         assert_ne!(port, 0);
         assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == port));
         // Another group member can join later (a second process would too).
-        let more = bind_reuseport(
-            ls[0].local_addr().unwrap(),
-            1,
-            &ListenerConfig::default(),
-        )
-        .unwrap();
+        let more =
+            bind_reuseport(ls[0].local_addr().unwrap(), 1, &ListenerConfig::default()).unwrap();
         assert_eq!(more[0].local_addr().unwrap().port(), port);
     }
 }

@@ -212,7 +212,10 @@ mod tests {
             Fields::default().validate(Op::Update),
             Err(FieldError::NothingToChange)
         );
-        assert_eq!(title("  ").validate(Op::Create), Err(FieldError::TitleBlank));
+        assert_eq!(
+            title("  ").validate(Op::Create),
+            Err(FieldError::TitleBlank)
+        );
         assert_eq!(
             title(&"x".repeat(201)).validate(Op::Create),
             Err(FieldError::TitleTooLong)

@@ -122,7 +122,11 @@ impl Snapshot {
     pub fn row_by_id(&self, id: u64) -> Option<&[u8]> {
         // Rows are newest first and ids are time-ordered, so ids descend.
         let i = self.ids.binary_search_by(|probe| id.cmp(probe)).ok()?;
-        let start = if i == 0 { 1 } else { self.ends[i - 1] as usize + 1 };
+        let start = if i == 0 {
+            1
+        } else {
+            self.ends[i - 1] as usize + 1
+        };
         Some(&self.body[start..self.ends[i] as usize])
     }
 }

@@ -110,7 +110,12 @@ fn check_secret(secret: &[u8]) -> Result<(), AuthError> {
 }
 
 /// Sign a token for `sub`, valid for `ttl`.
-pub fn issue(secret: &[u8], rules: &TokenRules, sub: &str, ttl: Duration) -> Result<String, AuthError> {
+pub fn issue(
+    secret: &[u8],
+    rules: &TokenRules,
+    sub: &str,
+    ttl: Duration,
+) -> Result<String, AuthError> {
     check_secret(secret)?;
     let now = todo_model::now_ms() / 1000;
     let claims = Claims {
@@ -167,7 +172,9 @@ pub fn load_secret(configured: Option<&str>, data_dir: &Path) -> Result<Vec<u8>,
                     .open(&tmp)
                     .map_err(io)?;
                 use std::io::Write;
-                f.write_all(hex.as_bytes()).and_then(|_| f.sync_all()).map_err(io)?;
+                f.write_all(hex.as_bytes())
+                    .and_then(|_| f.sync_all())
+                    .map_err(io)?;
             }
             std::fs::rename(&tmp, &path).map_err(io)?;
             Ok(hex.into_bytes())
@@ -226,7 +233,11 @@ mod tests {
             bearer(&sign(&not_yet, Algorithm::HS256, SECRET)),
         ];
         for h in &bad {
-            assert!(v.verify(Some(h)).is_err(), "{:?}", String::from_utf8_lossy(h));
+            assert!(
+                v.verify(Some(h)).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(h)
+            );
         }
         assert!(v.verify(None).is_err());
     }
@@ -240,8 +251,16 @@ mod tests {
         let v = Verifier::new(SECRET, &rules).unwrap();
         let good = issue(SECRET, &rules, "bob", Duration::from_secs(60)).unwrap();
         assert_eq!(v.verify(Some(&bearer(&good))).unwrap(), "bob");
-        let wrong_iss = sign(&claims(r#","iss":"evil","aud":"api""#), Algorithm::HS256, SECRET);
-        let wrong_aud = sign(&claims(r#","iss":"todo","aud":"web""#), Algorithm::HS256, SECRET);
+        let wrong_iss = sign(
+            &claims(r#","iss":"evil","aud":"api""#),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let wrong_aud = sign(
+            &claims(r#","iss":"todo","aud":"web""#),
+            Algorithm::HS256,
+            SECRET,
+        );
         let neither = sign(&claims(""), Algorithm::HS256, SECRET);
         for t in [wrong_iss, wrong_aud, neither] {
             assert!(v.verify(Some(&bearer(&t))).is_err());

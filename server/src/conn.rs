@@ -69,7 +69,12 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         if input.capacity() - input.len() < MIN_READ_SPACE {
             if input.len() >= read_max {
                 let persist = Persist::Close;
-                response::append_error(&mut out, &HttpError::PAYLOAD_TOO_LARGE, &core.date.get(), persist);
+                response::append_error(
+                    &mut out,
+                    &HttpError::PAYLOAD_TOO_LARGE,
+                    &core.date.get(),
+                    persist,
+                );
                 core.metrics().request(Route::Other, 413);
                 flush(stream, &mut out).await?;
                 return Ok(Ending::Linger);
@@ -81,18 +86,24 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             Some(t) => config.header_timeout.saturating_sub(t.elapsed()),
         };
         let len = input.len();
-        let (res, slice) = match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
-            Ok(r) => r,
-            Err(_) if started.is_some() => {
-                // The buffer went with the cancelled read; nothing in it is
-                // answerable anyway.
-                response::append_error(&mut out, &HttpError::HEADER_TIMEOUT, &core.date.get(), Persist::Close);
-                core.metrics().request(Route::Other, 408);
-                flush(stream, &mut out).await?;
-                return Ok(Ending::Close);
-            }
-            Err(_) => return Ok(Ending::Close),
-        };
+        let (res, slice) =
+            match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
+                Ok(r) => r,
+                Err(_) if started.is_some() => {
+                    // The buffer went with the cancelled read; nothing in it is
+                    // answerable anyway.
+                    response::append_error(
+                        &mut out,
+                        &HttpError::HEADER_TIMEOUT,
+                        &core.date.get(),
+                        Persist::Close,
+                    );
+                    core.metrics().request(Route::Other, 408);
+                    flush(stream, &mut out).await?;
+                    return Ok(Ending::Close);
+                }
+                Err(_) => return Ok(Ending::Close),
+            };
         input = slice.into_inner();
         if res? == 0 {
             return Ok(Ending::Close);
@@ -156,7 +167,8 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         }
         flush(stream, &mut out).await?;
         if served > 0 {
-            core.metrics().batch(served, t0.elapsed().as_micros() as u64);
+            core.metrics()
+                .batch(served, t0.elapsed().as_micros() as u64);
         }
         if let Some(ending) = ending {
             return Ok(ending);

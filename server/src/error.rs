@@ -30,23 +30,87 @@ impl HttpError {
         }
     }
 
-    pub const MALFORMED: HttpError = HttpError::new(400, "malformed_request", "the request could not be parsed as HTTP/1.1", true);
-    pub const VERSION: HttpError = HttpError::new(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served", true);
-    pub const URI_TOO_LONG: HttpError = HttpError::new(414, "uri_too_long", "the request line is longer than the limit", true);
-    pub const HEADERS_TOO_LARGE: HttpError = HttpError::new(431, "headers_too_large", "the request headers are larger than the limit", true);
-    pub const PAYLOAD_TOO_LARGE: HttpError = HttpError::new(413, "payload_too_large", "the request body is larger than the limit", true);
-    pub const NOT_IMPLEMENTED_CODING: HttpError = HttpError::new(501, "transfer_coding_not_implemented", "only Transfer-Encoding: chunked is supported", true);
-    pub const EXPECTATION_FAILED: HttpError = HttpError::new(417, "expectation_failed", "only Expect: 100-continue is supported", true);
-    pub const HEADER_TIMEOUT: HttpError = HttpError::new(408, "request_timeout", "the request was not received in time", true);
+    pub const MALFORMED: HttpError = HttpError::new(
+        400,
+        "malformed_request",
+        "the request could not be parsed as HTTP/1.1",
+        true,
+    );
+    pub const VERSION: HttpError = HttpError::new(
+        505,
+        "http_version_not_supported",
+        "only HTTP/1.0 and HTTP/1.1 are served",
+        true,
+    );
+    pub const URI_TOO_LONG: HttpError = HttpError::new(
+        414,
+        "uri_too_long",
+        "the request line is longer than the limit",
+        true,
+    );
+    pub const HEADERS_TOO_LARGE: HttpError = HttpError::new(
+        431,
+        "headers_too_large",
+        "the request headers are larger than the limit",
+        true,
+    );
+    pub const PAYLOAD_TOO_LARGE: HttpError = HttpError::new(
+        413,
+        "payload_too_large",
+        "the request body is larger than the limit",
+        true,
+    );
+    pub const NOT_IMPLEMENTED_CODING: HttpError = HttpError::new(
+        501,
+        "transfer_coding_not_implemented",
+        "only Transfer-Encoding: chunked is supported",
+        true,
+    );
+    pub const EXPECTATION_FAILED: HttpError = HttpError::new(
+        417,
+        "expectation_failed",
+        "only Expect: 100-continue is supported",
+        true,
+    );
+    pub const HEADER_TIMEOUT: HttpError = HttpError::new(
+        408,
+        "request_timeout",
+        "the request was not received in time",
+        true,
+    );
     pub const NOT_FOUND: HttpError = HttpError::new(404, "not_found", "no such resource", false);
-    pub const TODO_NOT_FOUND: HttpError = HttpError::new(404, "not_found", "no todo with that id", false);
-    pub const COMMAND_NOT_FOUND: HttpError = HttpError::new(404, "not_found", "no command with that id is known", false);
-    pub const LENGTH_REQUIRED: HttpError = HttpError::new(411, "length_required", "a body needs Content-Length or Transfer-Encoding: chunked", false);
-    pub const UNSUPPORTED_MEDIA_TYPE: HttpError = HttpError::new(415, "unsupported_media_type", "the body must be application/json", false);
-    pub const BAD_LIMIT: HttpError = HttpError::new(400, "invalid_limit", "limit must be an integer from 1 to 1000", false);
-    pub const BODY_REQUIRED: HttpError = HttpError::new(400, "body_required", "this request needs a JSON body", false);
-    pub const MISSING_TOKEN: HttpError = HttpError::new(401, "unauthorized", "missing bearer token", false);
-    pub const NOT_READY: HttpError = HttpError::new(503, "not_ready", "the service is not ready", false);
+    pub const TODO_NOT_FOUND: HttpError =
+        HttpError::new(404, "not_found", "no todo with that id", false);
+    pub const COMMAND_NOT_FOUND: HttpError =
+        HttpError::new(404, "not_found", "no command with that id is known", false);
+    pub const LENGTH_REQUIRED: HttpError = HttpError::new(
+        411,
+        "length_required",
+        "a body needs Content-Length or Transfer-Encoding: chunked",
+        false,
+    );
+    pub const UNSUPPORTED_MEDIA_TYPE: HttpError = HttpError::new(
+        415,
+        "unsupported_media_type",
+        "the body must be application/json",
+        false,
+    );
+    pub const BAD_LIMIT: HttpError = HttpError::new(
+        400,
+        "invalid_limit",
+        "limit must be an integer from 1 to 1000",
+        false,
+    );
+    pub const BODY_REQUIRED: HttpError = HttpError::new(
+        400,
+        "body_required",
+        "this request needs a JSON body",
+        false,
+    );
+    pub const MISSING_TOKEN: HttpError =
+        HttpError::new(401, "unauthorized", "missing bearer token", false);
+    pub const NOT_READY: HttpError =
+        HttpError::new(503, "not_ready", "the service is not ready", false);
 
     /// 400 for an RFC 9112 framing error; the connection closes.
     pub fn framing(message: &'static str) -> HttpError {
@@ -77,7 +141,12 @@ impl HttpError {
     pub fn method_not_allowed(allow: &'static str) -> HttpError {
         HttpError {
             allow: Some(allow),
-            ..HttpError::new(405, "method_not_allowed", "method not allowed on this resource", false)
+            ..HttpError::new(
+                405,
+                "method_not_allowed",
+                "method not allowed on this resource",
+                false,
+            )
         }
     }
 

@@ -195,7 +195,9 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
         ));
     }
     if !http10 && hosts != 1 {
-        return Err(HttpError::framing("HTTP/1.1 requires exactly one Host header"));
+        return Err(HttpError::framing(
+            "HTTP/1.1 requires exactly one Host header",
+        ));
     }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
@@ -335,7 +337,10 @@ mod tests {
     fn get_with_query() {
         let (r, n) = complete(GET);
         assert_eq!(n, GET.len());
-        assert_eq!((r.method, r.path, r.query), (Method::Get, "/todos", "limit=3"));
+        assert_eq!(
+            (r.method, r.path, r.query),
+            (Method::Get, "/todos", "limit=3")
+        );
         assert!(r.keep_alive && !r.http10);
     }
 
@@ -345,7 +350,10 @@ mod tests {
             for cut in 0..whole.len() {
                 match parse(&whole[..cut], &limits()) {
                     Ok(Parsed::Partial { .. }) => {}
-                    other => panic!("cut {cut} of {:?}: {other:?}", String::from_utf8_lossy(whole)),
+                    other => panic!(
+                        "cut {cut} of {:?}: {other:?}",
+                        String::from_utf8_lossy(whole)
+                    ),
                 }
             }
             let (r, n) = complete(whole);
@@ -429,10 +437,13 @@ mod tests {
 
     #[test]
     fn expect_continue_is_reported_while_the_body_is_missing() {
-        let head = b"POST /todos HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        let head =
+            b"POST /todos HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
         assert!(matches!(
             parse(head, &limits()),
-            Ok(Parsed::Partial { expect_continue: true })
+            Ok(Parsed::Partial {
+                expect_continue: true
+            })
         ));
     }
 }

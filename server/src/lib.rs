@@ -78,7 +78,11 @@ pub fn token_rules(config: &ServeConfig) -> TokenRules {
 
 /// Serve on `listeners` (one per core) until `shutdown` fires; returns once
 /// every core has stopped and every accepted write is durable.
-pub fn run(config: ServeConfig, listeners: Vec<TcpListener>, shutdown: Shutdown) -> Result<(), StartError> {
+pub fn run(
+    config: ServeConfig,
+    listeners: Vec<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), StartError> {
     if listeners.is_empty() {
         return Err(StartError::NoListener);
     }
@@ -107,7 +111,10 @@ pub fn run(config: ServeConfig, listeners: Vec<TcpListener>, shutdown: Shutdown)
 
     let mut threads = Vec::with_capacity(cores);
     for ((index, listener), updates) in listeners.into_iter().enumerate().zip(store.updates) {
-        let pin = config.pin.then(|| core_ids.get(index % core_ids.len().max(1)).copied()).flatten();
+        let pin = config
+            .pin
+            .then(|| core_ids.get(index % core_ids.len().max(1)).copied())
+            .flatten();
         let config = config.clone();
         let metrics = metrics.clone();
         let snapshot = store.snapshot.clone();
@@ -123,8 +130,19 @@ pub fn run(config: ServeConfig, listeners: Vec<TcpListener>, shutdown: Shutdown)
                     core_affinity::set_for_current(id);
                 }
                 let verifier = Verifier::new(&secret, &rules).expect("secret checked at start-up");
-                let core = Rc::new(core::Core::new(index, &snapshot, config.clone(), metrics, backend, verifier, node));
-                if let Err(e) = runtime::block_on(driver, runtime::core_main(core, listener, updates, shutdown)) {
+                let core = Rc::new(core::Core::new(
+                    index,
+                    &snapshot,
+                    config.clone(),
+                    metrics,
+                    backend,
+                    verifier,
+                    node,
+                ));
+                if let Err(e) = runtime::block_on(
+                    driver,
+                    runtime::core_main(core, listener, updates, shutdown),
+                ) {
                     eprintln!("todo-server: core {index}: runtime: {e}");
                 }
             })
@@ -132,13 +150,12 @@ pub fn run(config: ServeConfig, listeners: Vec<TcpListener>, shutdown: Shutdown)
         threads.push(thread);
     }
     eprintln!(
-        "todo-server: listening on {} ({cores} cores, {} driver, {} backend, {} todos, {} commands replayed, data in {})",
+        "todo-server: listening on {} ({cores} cores, {} driver, embedded backend, {} todos, {} commands replayed, data in {})",
         addr.map_or_else(|| "?".into(), |a| a.to_string()),
         match driver {
             Driver::Uring => "io_uring",
             _ => "epoll",
         },
-        "embedded",
         store.todos,
         store.replayed,
         config.data_dir.display(),

@@ -33,8 +33,8 @@ const ROUTES: [&str; 7] = [
 
 /// Statuses counted individually; anything else counts as the last slot (500).
 const STATUSES: [u16; 21] = [
-    200, 202, 400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 417, 422, 429, 431, 501, 503,
-    505, 100, 500,
+    200, 202, 400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 417, 422, 429, 431, 501, 503, 505,
+    100, 500,
 ];
 
 /// Upper bounds of the batch service-time histogram, in microseconds.
@@ -140,7 +140,10 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
         );
     }
     cumulative += sum(&|c| &c.latency[LATENCY_BUCKETS_US.len()]);
-    let _ = writeln!(out, "todo_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "todo_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
     let _ = writeln!(
         out,
         "todo_request_duration_seconds_sum {}",
@@ -152,14 +155,24 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
     let closed = sum(&|c| &c.closed);
     out.push_str("# HELP todo_connections_accepted_total Connections accepted.\n# TYPE todo_connections_accepted_total counter\n");
     let _ = writeln!(out, "todo_connections_accepted_total {accepted}");
-    out.push_str("# HELP todo_connections_open Connections open now.\n# TYPE todo_connections_open gauge\n");
-    let _ = writeln!(out, "todo_connections_open {}", accepted.saturating_sub(closed));
+    out.push_str(
+        "# HELP todo_connections_open Connections open now.\n# TYPE todo_connections_open gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "todo_connections_open {}",
+        accepted.saturating_sub(closed)
+    );
     out.push_str("# HELP todo_connection_panics_total Connections ended by a caught panic.\n# TYPE todo_connection_panics_total counter\n");
     let _ = writeln!(out, "todo_connection_panics_total {}", sum(&|c| &c.panics));
 
     out.push_str("# HELP todo_snapshot_version Version of the snapshot each core serves.\n# TYPE todo_snapshot_version gauge\n");
     for (i, c) in cores.iter().enumerate() {
-        let _ = writeln!(out, "todo_snapshot_version{{core=\"{i}\"}} {}", c.snapshot_version.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "todo_snapshot_version{{core=\"{i}\"}} {}",
+            c.snapshot_version.load(Relaxed)
+        );
     }
     out.push_str("# HELP todo_snapshot_age_seconds Time since each core installed its snapshot.\n# TYPE todo_snapshot_age_seconds gauge\n");
     for (i, c) in cores.iter().enumerate() {
@@ -168,7 +181,11 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
     }
     out.push_str("# HELP todo_snapshot_stale 1 when a core cannot confirm its snapshot is current.\n# TYPE todo_snapshot_stale gauge\n");
     for (i, c) in cores.iter().enumerate() {
-        let _ = writeln!(out, "todo_snapshot_stale{{core=\"{i}\"}} {}", c.snapshot_stale.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "todo_snapshot_stale{{core=\"{i}\"}} {}",
+            c.snapshot_stale.load(Relaxed)
+        );
     }
     out
 }

@@ -139,12 +139,19 @@ mod tests {
     fn errors_carry_allow_and_close() {
         let date = [b'D'; DATE_LEN];
         let mut out = Vec::new();
-        append_error(&mut out, &HttpError::method_not_allowed("GET, POST"), &date, Persist::KeepAlive);
+        append_error(
+            &mut out,
+            &HttpError::method_not_allowed("GET, POST"),
+            &date,
+            Persist::KeepAlive,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 405 "));
         assert!(text.contains("\r\nAllow: GET, POST\r\n"));
         let mut out = Vec::new();
         append_error(&mut out, &HttpError::MALFORMED, &date, Persist::KeepAlive);
-        assert!(String::from_utf8(out).unwrap().contains("Connection: close"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Connection: close"));
     }
 }

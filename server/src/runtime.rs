@@ -31,7 +31,10 @@ pub fn resolve_driver(wanted: Driver) -> Result<Driver, &'static str> {
 }
 
 /// Run `core_main` on a runtime of `driver` on the current thread.
-pub fn block_on(driver: Driver, main: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+pub fn block_on(
+    driver: Driver,
+    main: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     match driver {
         Driver::Uring => RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(URING_ENTRIES)

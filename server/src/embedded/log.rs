@@ -57,7 +57,10 @@ pub struct CommandLog {
 
 /// Open `dir`: load or seed the state, replay and compact the log. Returns the
 /// store and the log to append to, with how many commands were replayed.
-pub fn open(dir: &Path, seed: impl FnOnce() -> StoreImage) -> Result<(Store, CommandLog, usize), LogError> {
+pub fn open(
+    dir: &Path,
+    seed: impl FnOnce() -> StoreImage,
+) -> Result<(Store, CommandLog, usize), LogError> {
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let state_path = dir.join(STATE_FILE);
     let (generation, image) = match fs::read(&state_path) {
@@ -101,7 +104,6 @@ pub fn open(dir: &Path, seed: impl FnOnce() -> StoreImage) -> Result<(Store, Com
         replayed,
     ))
 }
-
 
 fn log_path_for(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("commands.{generation}.log"))

@@ -158,7 +158,7 @@ fn apply_loop(
             continue;
         }
         let outcomes: Vec<Outcome> = batch.iter().map(|(c, _)| store.apply(c)).collect();
-        if outcomes.iter().any(|o| *o == Outcome::Applied) {
+        if outcomes.contains(&Outcome::Applied) {
             let snapshot = Arc::new(store.next_snapshot());
             for core in cores {
                 let _ = core.send(snapshot.clone());

@@ -84,6 +84,10 @@ impl Store {
         self.todos.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.todos.is_empty()
+    }
+
     pub fn version(&self) -> u64 {
         self.version
     }

@@ -45,7 +45,14 @@ impl Reply {
         self.with_headers(core, out, status, b"", parts);
     }
 
-    pub fn with_headers(self, core: &Core, out: &mut Vec<u8>, status: u16, extra: &[u8], parts: &[&[u8]]) {
+    pub fn with_headers(
+        self,
+        core: &Core,
+        out: &mut Vec<u8>,
+        status: u16,
+        extra: &[u8],
+        parts: &[&[u8]],
+    ) {
         let date = core.date.get();
         response::append(
             out,
@@ -77,7 +84,9 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
         head_only: req.method == Method::Head,
     };
     let read = matches!(req.method, Method::Get | Method::Head);
-    let done = |route, err: HttpError, out: &mut Vec<u8>| Action::Done(route, reply.error(core, out, &err));
+    let done = |route, err: HttpError, out: &mut Vec<u8>| {
+        Action::Done(route, reply.error(core, out, &err))
+    };
 
     // The hot route first.
     if req.path == "/todos" {
@@ -87,7 +96,11 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
                 Ok(cmd) => Action::Await(Pending::Submit(cmd)),
                 Err(e) => done(Route::TodosWrite, e, out),
             },
-            _ => done(Route::Other, HttpError::method_not_allowed(TODOS_ALLOW), out),
+            _ => done(
+                Route::Other,
+                HttpError::method_not_allowed(TODOS_ALLOW),
+                out,
+            ),
         };
     }
     if let Some(id) = req.path.strip_prefix("/todos/") {
@@ -127,11 +140,22 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
 }
 
 /// Answer a [`Pending`] request once the backend has replied.
-pub async fn complete(core: &Core, pending: Pending, out: &mut Vec<u8>, reply: Reply) -> (Route, u16) {
+pub async fn complete(
+    core: &Core,
+    pending: Pending,
+    out: &mut Vec<u8>,
+    reply: Reply,
+) -> (Route, u16) {
     match pending {
-        Pending::Submit(cmd) => (Route::TodosWrite, todos::accepted(core, cmd, out, reply).await),
+        Pending::Submit(cmd) => (
+            Route::TodosWrite,
+            todos::accepted(core, cmd, out, reply).await,
+        ),
         Pending::GetTodo(id) => (Route::TodosGet, todos::get_slow(core, id, out, reply).await),
-        Pending::Outcome(id) => (Route::Commands, commands::outcome(core, id, out, reply).await),
+        Pending::Outcome(id) => (
+            Route::Commands,
+            commands::outcome(core, id, out, reply).await,
+        ),
     }
 }
 

@@ -14,7 +14,12 @@ use crate::metrics::Route;
 pub fn list(core: &Core, query: &str, out: &mut Vec<u8>, reply: Reply) -> Action {
     let limit = match parse_limit(query, core.config.default_limit) {
         Some(n) => n,
-        None => return Action::Done(Route::TodosList, reply.error(core, out, &HttpError::BAD_LIMIT)),
+        None => {
+            return Action::Done(
+                Route::TodosList,
+                reply.error(core, out, &HttpError::BAD_LIMIT),
+            )
+        }
     };
     let snapshot = core.snapshot();
     reply.json(core, out, 200, &[snapshot.prefix(limit), b"]"]);
@@ -108,6 +113,15 @@ fn parse_fields(req: &Request<'_>) -> Result<Fields, HttpError> {
     if body.trim_ascii().is_empty() {
         return Err(HttpError::BODY_REQUIRED);
     }
+    // serde would also read a struct from a JSON array; only objects are todos.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return match sonic_rs::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Err(HttpError::invalid_field(
+                "body must be a JSON object".into(),
+            )),
+            Err(e) => Err(HttpError::bad_json(format!("body is not valid JSON: {e}"))),
+        };
+    }
     sonic_rs::from_slice::<Fields>(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             HttpError::bad_json(format!("body is not valid JSON: {e}"))
@@ -149,7 +163,15 @@ mod tests {
         assert_eq!(parse_limit("x=1", 20), Some(20));
         assert_eq!(parse_limit("limit=1", 20), Some(1));
         assert_eq!(parse_limit("a=b&limit=1000", 20), Some(1000));
-        for bad in ["limit=0", "limit=1001", "limit=", "limit=-1", "limit=1e3", "limit=99999", "limit=%31"] {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=",
+            "limit=-1",
+            "limit=1e3",
+            "limit=99999",
+            "limit=%31",
+        ] {
             assert_eq!(parse_limit(bad, 20), None, "{bad}");
         }
     }
