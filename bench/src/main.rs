@@ -1,1 +1,137 @@
-fn main() {}
+//! todo-bench: a pipelining HTTP/1.1 load generator with autocannon's letters.
+//!
+//! ```text
+//! main.rs    flags -> Plan -> one pinned glommio executor per CPU -> Report
+//! mix.rs     the request mix: pre-rendered request bytes and their weights
+//! load.rs    per connection: keep `-p` requests in flight (closed loop) or
+//!            send on a fixed schedule (open loop, `--rate`); check every
+//!            response's status and framing before counting it
+//! report.rs  merge per-executor results; text or `--json`
+//! ```
+
+mod load;
+mod mix;
+mod report;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Parser;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+
+/// Pipelining HTTP/1.1 load generator.
+#[derive(Debug, Parser)]
+#[command(name = "todo-bench", version)]
+struct Cli {
+    /// Target, e.g. http://127.0.0.1:8080/todos?limit=1 (GET of this path
+    /// unless --mix is given).
+    url: String,
+    /// Concurrent connections, spread over the executors.
+    #[arg(short = 'c', long, default_value_t = 100)]
+    connections: usize,
+    /// Requests in flight per connection (pipelining depth).
+    #[arg(short = 'p', long, default_value_t = 1)]
+    pipelining: usize,
+    /// How long to measure, e.g. 10s.
+    #[arg(short = 'd', long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many responses in all (instead of at the duration).
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Open loop: total requests per second sent on a fixed schedule, latency
+    /// measured from when each request was due (no coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Executors (one pinned thread each); default: every CPU.
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Pin the executors to these CPUs, e.g. "1" or "0,1" (overrides -t).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Request mix: comma-separated WEIGHT:METHOD PATH, e.g.
+    /// "90:GET /todos?limit=1,9:GET /todos?limit=100,1:POST /todos".
+    #[arg(long)]
+    mix: Option<String>,
+    /// Bearer token for writes in the mix.
+    #[arg(long, env = "TODO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let target = mix::Target::parse(&cli.url)?;
+    let mix = match &cli.mix {
+        Some(spec) => mix::Mix::parse(spec, &target, cli.token.as_deref())?,
+        None => mix::Mix::single_get(&target),
+    };
+    if cli.connections == 0 || cli.pipelining == 0 {
+        bail!("-c and -p must be at least 1");
+    }
+    let placement = if cli.cpus.is_empty() {
+        let n = cli
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, cli.connections);
+        PoolPlacement::MaxSpread(n, None)
+    } else {
+        let online =
+            CpuSet::online().map_err(|e| anyhow::anyhow!("reading the CPU topology: {e}"))?;
+        let sets = cli
+            .cpus
+            .iter()
+            .map(|&cpu| online.clone().filter(|l| l.cpu == cpu))
+            .collect::<Vec<_>>();
+        if sets.iter().any(|s| s.is_empty()) {
+            bail!("--cpus names a CPU that is not online");
+        }
+        PoolPlacement::Custom(sets)
+    };
+    let executors = placement.executor_count();
+    let plan = load::Plan {
+        addr: target.addr,
+        mix,
+        connections: cli.connections,
+        executors,
+        pipelining: cli.pipelining,
+        duration: cli.duration,
+        requests: cli.requests,
+        rate: cli.rate,
+    };
+    let results = LocalExecutorPoolBuilder::new(placement)
+        .name("todo-bench")
+        .on_all_shards(move || {
+            let plan = plan.clone();
+            async move {
+                let shard = glommio::executor().id() - 1;
+                load::run_shard(&plan, shard).await
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("starting executors: {e}"))?
+        .join_all();
+    let mut merged = report::Report::new(
+        &cli.url,
+        cli.connections,
+        cli.pipelining,
+        executors,
+        cli.rate,
+    );
+    for r in results {
+        merged.merge(r.map_err(|e| anyhow::anyhow!("executor failed: {e}"))?);
+    }
+    merged.finish();
+    if cli.json {
+        println!("{}", merged.to_json());
+    } else {
+        print!("{}", merged.to_text());
+    }
+    if merged.responses == 0 {
+        bail!(
+            "no response was counted (is the server up at {}?)",
+            target.addr
+        );
+    }
+    Ok(())
+}

@@ -72,7 +72,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 response::append_error(
                     &mut out,
                     &HttpError::PAYLOAD_TOO_LARGE,
-                    &core.date.get(),
+                    &core.date,
                     persist,
                 );
                 core.metrics().request(Route::Other, 413);
@@ -95,7 +95,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     response::append_error(
                         &mut out,
                         &HttpError::HEADER_TIMEOUT,
-                        &core.date.get(),
+                        &core.date,
                         Persist::Close,
                     );
                     core.metrics().request(Route::Other, 408);
@@ -159,7 +159,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 }
                 Err(err) => {
                     core.metrics().request(Route::Other, err.status);
-                    response::append_error(&mut out, &err, &core.date.get(), Persist::Close);
+                    response::append_error(&mut out, &err, &core.date, Persist::Close);
                     ending = Some(Ending::Linger);
                     break;
                 }

@@ -5,12 +5,15 @@
 //! only `Date` (copied from the per-core cache) and `Content-Length` (itoa, on
 //! the stack) vary.
 
-use crate::date::DATE_LEN;
+use crate::date::DateCache;
 use crate::error::HttpError;
 
 /// What follows the status line in every response.
 const SERVER: &[u8] = b"\r\nServer: todo\r\nDate: ";
 const JSON: &[u8] = b"\r\nContent-Type: application/json\r\nContent-Length: ";
+/// The cached head of a 200 JSON response is these around the date.
+pub const OK_JSON_BEFORE_DATE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: todo\r\nDate: ";
+pub const OK_JSON_AFTER_DATE: &[u8] = JSON;
 const TEXT: &[u8] = b"\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: ";
 
 pub fn status_line(status: u16) -> &'static [u8] {
@@ -54,7 +57,7 @@ pub enum Persist {
 #[derive(Debug, Clone, Copy)]
 pub struct Head<'a> {
     pub status: u16,
-    pub date: &'a [u8; DATE_LEN],
+    pub date: &'a DateCache,
     pub persist: Persist,
     /// HEAD request: headers as for GET, no body bytes.
     pub head_only: bool,
@@ -66,10 +69,14 @@ pub struct Head<'a> {
 #[inline]
 pub fn append(out: &mut Vec<u8>, head: Head<'_>, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.extend_from_slice(status_line(head.status));
-    out.extend_from_slice(SERVER);
-    out.extend_from_slice(head.date);
-    out.extend_from_slice(if head.text { TEXT } else { JSON });
+    if head.status == 200 && !head.text {
+        head.date.with_ok_json_head(|h| out.extend_from_slice(h));
+    } else {
+        out.extend_from_slice(status_line(head.status));
+        out.extend_from_slice(SERVER);
+        out.extend_from_slice(&head.date.get());
+        out.extend_from_slice(if head.text { TEXT } else { JSON });
+    }
     let mut n = itoa::Buffer::new();
     out.extend_from_slice(n.format(len).as_bytes());
     match head.persist {
@@ -87,7 +94,7 @@ pub fn append(out: &mut Vec<u8>, head: Head<'_>, parts: &[&[u8]]) {
 }
 
 /// Append an error response.
-pub fn append_error(out: &mut Vec<u8>, err: &HttpError, date: &[u8; DATE_LEN], persist: Persist) {
+pub fn append_error(out: &mut Vec<u8>, err: &HttpError, date: &DateCache, persist: Persist) {
     let mut extra = Vec::new();
     if let Some(allow) = err.allow {
         extra.extend_from_slice(b"\r\nAllow: ");
@@ -118,7 +125,7 @@ mod tests {
 
     #[test]
     fn framing_is_exact() {
-        let date = [b'D'; DATE_LEN];
+        let date = DateCache::default();
         let mut out = Vec::new();
         let head = Head {
             status: 200,
@@ -137,7 +144,7 @@ mod tests {
 
     #[test]
     fn errors_carry_allow_and_close() {
-        let date = [b'D'; DATE_LEN];
+        let date = DateCache::default();
         let mut out = Vec::new();
         append_error(
             &mut out,

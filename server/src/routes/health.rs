@@ -30,12 +30,11 @@ pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
 /// Prometheus text format, all cores summed.
 pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
     let text = metrics::render(&core.all_metrics, todo_model::now_ms());
-    let date = core.date.get();
     response::append(
         out,
         response::Head {
             status: 200,
-            date: &date,
+            date: &core.date,
             persist: reply.persist,
             head_only: reply.head_only,
             text: true,

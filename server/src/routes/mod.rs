@@ -53,12 +53,11 @@ impl Reply {
         extra: &[u8],
         parts: &[&[u8]],
     ) {
-        let date = core.date.get();
         response::append(
             out,
             response::Head {
                 status,
-                date: &date,
+                date: &core.date,
                 persist: self.persist,
                 head_only: self.head_only,
                 text: false,
@@ -69,7 +68,7 @@ impl Reply {
     }
 
     pub fn error(self, core: &Core, out: &mut Vec<u8>, err: &HttpError) -> u16 {
-        response::append_error(out, err, &core.date.get(), self.persist);
+        response::append_error(out, err, &core.date, self.persist);
         err.status
     }
 }

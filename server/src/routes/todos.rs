@@ -29,13 +29,24 @@ pub fn list(core: &Core, query: &str, out: &mut Vec<u8>, reply: Reply) -> Action
 /// `limit` from a query string: absent means `default`; present must be an
 /// integer in 1..=SNAPSHOT_MAX. Other parameters are ignored.
 pub fn parse_limit(query: &str, default: usize) -> Option<usize> {
-    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("limit=")) else {
+    // Byte-wise on purpose: this runs for every read request.
+    let Some(value) = query
+        .as_bytes()
+        .split(|&b| b == b'&')
+        .find_map(|kv| kv.strip_prefix(b"limit="))
+    else {
         return Some(default);
     };
-    if value.is_empty() || value.len() > 4 || !value.bytes().all(|b| b.is_ascii_digit()) {
+    if value.is_empty() || value.len() > 4 {
         return None;
     }
-    let n: usize = value.parse().ok()?;
+    let mut n = 0usize;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + usize::from(b - b'0');
+    }
     (1..=SNAPSHOT_MAX).contains(&n).then_some(n)
 }
 

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# One run, one machine: todo-server against nginx returning the same bytes,
+# with the same client, plus wrk as a second client and callgrind
+# instruction counts. Prints a markdown table (also saved to
+# bench/results/compare-latest.md).
+#
+#   ./bench/compare.sh [--duration 10s] [--connections 2000]
+#
+# Layout on a 2-CPU machine: each server gets one core on CPU 0, the client
+# runs on CPU 1 (SERVER_CPU / CLIENT_CPU to change). Server CPU per request is
+# (utime+stime of the server processes over the run) / responses counted, so
+# kernel time spent on its sockets is included.
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-2000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-200000}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration|-d) DURATION=$2; shift 2 ;;
+    --connections|-c) CONNECTIONS=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+
+ensure_apt nginx-light wrk valgrind curl
+build_release
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+TICK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/todo-compare.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- todo-server, one core --------------------------------------------------
+TODO_PORT=$(free_port)
+mkdir -p "$WORK/data"
+taskset -c "$SERVER_CPU" true # fail early if the CPU does not exist
+start_server "$TODO_PORT" "$WORK/data" --cores 1 --pin false
+taskset -pc "$SERVER_CPU" "$SERVER_PID" >/dev/null
+for t in /proc/"$SERVER_PID"/task/*; do taskset -pc "$SERVER_CPU" "${t##*/}" >/dev/null; done
+PIDS+=("$SERVER_PID")
+TODO_URL="http://127.0.0.1:$TODO_PORT/todos?limit=1"
+
+# --- nginx, one worker, the same body -------------------------------------------
+curl -fs "$TODO_URL" > "$WORK/body.json"
+NGINX_PORT=$(free_port)
+BODY=$(cat "$WORK/body.json")
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+worker_cpu_affinity $(python3 -c "print(format(1 << $SERVER_CPU, 'b'))");
+worker_rlimit_nofile 16384;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 8192; multi_accept on; }
+http {
+  access_log off;
+  server_tokens off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+    location = /todos {
+      default_type application/json;
+      return 200 '$BODY';
+    }
+  }
+}
+CONF
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
+NGINX_MASTER=$!
+PIDS+=("$NGINX_MASTER")
+NGINX_URL="http://127.0.0.1:$NGINX_PORT/todos?limit=1"
+wait_http "$NGINX_URL"
+NGINX_PIDS=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER"))
+cmp -s <(curl -fs "$NGINX_URL") "$WORK/body.json" || { echo "nginx does not serve the same body" >&2; exit 1; }
+
+# run_bench NAME URL DEPTH PID...: one todo-bench run; appends a result line.
+declare -A RPS P99 NS
+run_bench() {
+  local name=$1 url=$2 depth=$3; shift 3
+  local before after out
+  before=$(cpu_ticks "$@")
+  out=$("$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$depth" -d "$DURATION" --cpus "$CLIENT_CPU" --json)
+  after=$(cpu_ticks "$@")
+  local responses errors
+  responses=$(json_field "$out" responses)
+  errors=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"])' "$out")
+  RPS[$name/$depth]=$(json_field "$out" requests_per_sec)
+  P99[$name/$depth]=$(json_field "$out" latency.p99_us)
+  NS[$name/$depth]=$(python3 -c "print(($after-$before)*1e9/$TICK/max(1,$responses))")
+  log "$name depth $depth: $(printf '%.0f' "${RPS[$name/$depth]}") req/s, p99 ${P99[$name/$depth]} us, ${NS[$name/$depth]%.*} ns CPU/req, errors $errors"
+}
+
+for depth in 1 80; do
+  run_bench todo "$TODO_URL" "$depth" "$SERVER_PID"
+  run_bench nginx "$NGINX_URL" "$depth" "${NGINX_PIDS[@]}"
+done
+
+# --- second client: wrk, one thread on the client CPU, pipelined ------------------
+cat > "$WORK/pipeline.lua" <<'LUA'
+init = function(args)
+  local r = {}
+  for i = 1, 80 do r[i] = wrk.format(nil, wrk.path) end
+  req = table.concat(r)
+end
+request = function() return req end
+LUA
+WRK_SECONDS=$(python3 -c "import re,sys; m=re.fullmatch(r'(\d+)(ms|s|m)?', '$DURATION'); v=int(m[1]); u=m[2] or 's'; print(max(1, v//1000 if u=='ms' else v*60 if u=='m' else v))")
+log "wrk -t1 -c $CONNECTIONS pipelined 80"
+WRK_OUT=$(taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNECTIONS" -d "${WRK_SECONDS}s" -s "$WORK/pipeline.lua" "$TODO_URL")
+WRK_RPS=$(echo "$WRK_OUT" | awk '/Requests\/sec/ {print $2}')
+WRK_ERRORS=$(echo "$WRK_OUT" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+
+# --- instructions per request (callgrind), both servers ------------------------
+# Two runs of N and 2N requests; (Ir(2N) - Ir(N)) / N removes start-up and
+# shutdown. Legacy (epoll) driver: valgrind does not model io_uring.
+callgrind_run() { # callgrind_run NAME REQUESTS -> total Ir
+  local name=$1 n=$2 port out pid
+  port=$(free_port)
+  out="$WORK/callgrind.$name.$n"
+  case $name in
+    todo)
+      rm -rf "$WORK/cg-data"
+      valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$BIN/todo-server" --listen "127.0.0.1:$port" --data-dir "$WORK/cg-data" --cores 1 --driver legacy --seed 10000 \
+        2>"$WORK/cg.log" &
+      pid=$!
+      ;;
+    nginx)
+      sed -e "s/127.0.0.1:$NGINX_PORT/127.0.0.1:$port/" -e "s#$WORK/nginx/nginx.pid#$WORK/nginx/cg.pid#" \
+        -e '/worker_cpu_affinity/d' "$WORK/nginx/nginx.conf" > "$WORK/nginx/cg.conf"
+      valgrind --tool=callgrind --callgrind-out-file="$out" --trace-children=no \
+        "$NGINX" -c "$WORK/nginx/cg.conf" -p "$WORK/nginx" -g 'daemon off; master_process off;' 2>"$WORK/cg.log" &
+      pid=$!
+      ;;
+  esac
+  for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$port/todos?limit=1" && break; sleep 0.1; done
+  "$BIN/todo-bench" "http://127.0.0.1:$port/todos?limit=1" -c 10 -p 80 -n "$n" -d 600s --cpus "$CLIENT_CPU" --json > /dev/null
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+log "callgrind: todo-server"
+T1=$(callgrind_run todo "$CALLGRIND_REQUESTS"); T2=$(callgrind_run todo $((2 * CALLGRIND_REQUESTS)))
+log "callgrind: nginx"
+N1=$(callgrind_run nginx "$CALLGRIND_REQUESTS"); N2=$(callgrind_run nginx $((2 * CALLGRIND_REQUESTS)))
+TODO_IR=$(( (T2 - T1) / CALLGRIND_REQUESTS ))
+NGINX_IR=$(( (N2 - N1) / CALLGRIND_REQUESTS ))
+
+# --- the table -----------------------------------------------------------------
+RESULTS="$ROOT/bench/results"
+mkdir -p "$RESULTS"
+python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" \
+  "${RPS[todo/1]}" "${P99[todo/1]}" "${NS[todo/1]}" "${RPS[nginx/1]}" "${P99[nginx/1]}" "${NS[nginx/1]}" \
+  "${RPS[todo/80]}" "${P99[todo/80]}" "${NS[todo/80]}" "${RPS[nginx/80]}" "${P99[nginx/80]}" "${NS[nginx/80]}" \
+  <<'PY' | tee "$RESULTS/compare-latest.md"
+import sys, datetime, platform, os
+a = sys.argv[1:]
+conns, duration, wrk_rps, todo_ir, nginx_ir = a[0], a[1], float(a[2]), int(a[3]), int(a[4])
+v = list(map(float, a[5:]))
+rows = {(n, d): v[i*3:(i+1)*3] for i, (d, n) in enumerate([(1,'todo'),(1,'nginx'),(80,'todo'),(80,'nginx')])}
+cpu = next((l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
+print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}.")
+print(f"Server on one core, client (todo-bench, one executor) on another; -c {conns}, {duration} per row, GET /todos?limit=1.\n")
+print("| server | depth | req/s | p99 | server CPU/req | req/s vs nginx | CPU/req vs nginx |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for d in (1, 80):
+    t, n = rows[('todo', d)], rows[('nginx', d)]
+    for name, r in (('todo-server', t), ('nginx (same bytes)', n)):
+        print(f"| {name} | {d} | {r[0]:,.0f} | {r[1]/1000:.1f} ms | {r[2]:,.0f} ns | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.3f} |")
+bench80 = rows[('todo', 80)][0]
+print(f"\nSecond client on the same server, one core, depth 80: todo-bench {bench80:,.0f} req/s, wrk {wrk_rps:,.0f} req/s: todo-bench/wrk = {bench80/wrk_rps:.2f}x.")
+print(f"\nInstructions per request (callgrind, epoll driver, depth 80): todo-server {todo_ir:,}, nginx {nginx_ir:,}: {todo_ir/nginx_ir:.3f} of nginx.")
+PY
+[ -n "$WRK_ERRORS" ] && echo "wrk reported: $WRK_ERRORS" >&2
+exit 0

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The reference run: todo-bench -c 2000 -p 80 against GET /todos?limit=1 on a
+# todo-server this script builds and starts (or on --target URL).
+#
+#   ./bench/pipelined.sh [--duration 10s] [--connections 2000] [--pipelining 80]
+#                        [--target URL] [--cores N] [--bench-cpus LIST]
+#
+# Environment: DURATION, CONNECTIONS, PIPELINING, TARGET, TODO_CORES, BENCH_CPUS.
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-2000}
+PIPELINING=${PIPELINING:-80}
+TARGET=${TARGET:-}
+CORES=${TODO_CORES:-0}
+BENCH_CPUS=${BENCH_CPUS:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration|-d) DURATION=$2; shift 2 ;;
+    --connections|-c) CONNECTIONS=$2; shift 2 ;;
+    --pipelining|-p) PIPELINING=$2; shift 2 ;;
+    --target) TARGET=$2; shift 2 ;;
+    --cores) CORES=$2; shift 2 ;;
+    --bench-cpus) BENCH_CPUS=$2; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+
+build_release
+if [ -z "$TARGET" ]; then
+  PORT=$(free_port)
+  DATA=$(mktemp -d /tmp/todo-pipelined.XXXXXX)
+  trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$DATA" "$DATA.log"' EXIT
+  start_server "$PORT" "$DATA" --cores "$CORES"
+  TARGET="http://127.0.0.1:$PORT/todos?limit=1"
+fi
+ARGS=("$TARGET" -c "$CONNECTIONS" -p "$PIPELINING" -d "$DURATION")
+[ -n "$BENCH_CPUS" ] && ARGS+=(--cpus "$BENCH_CPUS")
+log "todo-bench ${ARGS[*]}"
+"$BIN/todo-bench" "${ARGS[@]}"

@@ -1,0 +1,368 @@
+//! The load itself: connection loops on one executor.
+//!
+//! Closed loop (default): each connection keeps `-p` requests in flight; every
+//! response counted is answered by one new request in the same write.
+//! Open loop (`--rate`): each connection sends its share of the rate on a
+//! fixed schedule whatever the server does, and latency is measured from when
+//! a request was due, so a stalled server shows as latency, not as fewer
+//! samples (no coordinated omission).
+//!
+//! Every response is parsed (httparse): its status must be the one its request
+//! expects and its body must be complete per Content-Length, or it counts as an
+//! error, not as a response.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use hdrhistogram::Histogram;
+
+use crate::mix::Mix;
+
+#[derive(Clone)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub mix: Mix,
+    pub connections: usize,
+    pub executors: usize,
+    pub pipelining: usize,
+    pub duration: Duration,
+    pub requests: Option<u64>,
+    pub rate: Option<f64>,
+}
+
+/// What one executor measured.
+pub struct ShardResult {
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+    pub responses: u64,
+    pub bytes: u64,
+    /// Responses whose status was not the expected one, by status.
+    pub wrong_status: BTreeMap<u16, u64>,
+    /// Responses that could not be framed (unparsable, no Content-Length).
+    pub framing_errors: u64,
+    pub connect_errors: u64,
+    /// Connections the server closed or reset while requests were in flight.
+    pub io_errors: u64,
+    /// The measured phase: from every connection of this executor being
+    /// established to the last one finishing.
+    pub elapsed: Duration,
+}
+
+impl ShardResult {
+    fn new() -> Self {
+        ShardResult {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            responses: 0,
+            bytes: 0,
+            wrong_status: BTreeMap::new(),
+            framing_errors: 0,
+            connect_errors: 0,
+            io_errors: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+/// Read buffer per connection, bytes.
+const READ_BUF: usize = 256 * 1024;
+/// A response must arrive within this long or the connection counts an error.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run_shard(plan: &Plan, shard: usize) -> ShardResult {
+    let result = Rc::new(RefCell::new(ShardResult::new()));
+    let per = plan.connections / plan.executors;
+    let extra = usize::from(shard < plan.connections % plan.executors);
+    let conns = per + extra;
+    // Connect everything first, so the measured phase has no handshakes in it.
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(glommio::spawn_local(Conn::connect(plan.addr)));
+    }
+    let mut connected = Vec::with_capacity(conns);
+    for s in streams {
+        connected.push(s.await);
+    }
+    let start = Instant::now();
+    let deadline = start + plan.duration;
+    let mut tasks = Vec::with_capacity(conns);
+    for (i, stream) in connected.into_iter().enumerate() {
+        let conn_index = shard + i * plan.executors;
+        // Each connection's share of a fixed request count.
+        let quota = plan.requests.map(|n| {
+            let n = n as usize;
+            (n / plan.connections + usize::from(conn_index < n % plan.connections)) as u64
+        });
+        let plan = plan.clone();
+        let result = result.clone();
+        tasks.push(glommio::spawn_local(async move {
+            let mut conn = Conn::new(&plan, conn_index as u64);
+            let outcome = match stream {
+                Err(e) => Err(e),
+                Ok(stream) => match plan.rate {
+                    Some(rate) => {
+                        let interval = Duration::from_secs_f64(plan.connections as f64 / rate);
+                        // Spread the connections' schedules over one interval.
+                        let offset = interval.mul_f64(conn_index as f64 / plan.connections as f64);
+                        conn.open_loop(
+                            stream,
+                            &plan,
+                            start + offset,
+                            interval,
+                            deadline,
+                            quota,
+                            &result,
+                        )
+                        .await
+                    }
+                    None => {
+                        conn.closed_loop(stream, &plan, deadline, quota, &result)
+                            .await
+                    }
+                },
+            };
+            if let Err(kind) = outcome {
+                let mut r = result.borrow_mut();
+                match kind {
+                    Failure::Connect => r.connect_errors += 1,
+                    Failure::Io => r.io_errors += 1,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    let mut result = Rc::try_unwrap(result)
+        .ok()
+        .expect("every connection task has finished")
+        .into_inner();
+    result.elapsed = start.elapsed();
+    result
+}
+
+enum Failure {
+    Connect,
+    Io,
+}
+
+struct Conn {
+    rng: u64,
+    /// Due time (send or schedule) and expected status of each request in flight.
+    inflight: VecDeque<(Instant, u16)>,
+    out: Vec<u8>,
+    rbuf: Vec<u8>,
+    filled: usize,
+    sent: u64,
+}
+
+impl Conn {
+    fn new(plan: &Plan, index: u64) -> Self {
+        Conn {
+            rng: 0x9e37_79b9_7f4a_7c15 ^ (index + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+            inflight: VecDeque::with_capacity(plan.pipelining * 2),
+            out: Vec::with_capacity(64 * 1024),
+            rbuf: vec![0; READ_BUF],
+            filled: 0,
+            sent: 0,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Queue one request due at `at`.
+    fn push(&mut self, mix: &Mix, at: Instant) {
+        let kind = &mix.kinds[mix.pick(self.next_random())];
+        self.out.extend_from_slice(&kind.bytes);
+        self.inflight.push_back((at, kind.expect));
+        self.sent += 1;
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+        Ok(stream)
+    }
+
+    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), Failure> {
+        if !self.out.is_empty() {
+            stream.write_all(&self.out).await.map_err(|_| Failure::Io)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Read once and account every complete response. Returns how many
+    /// responses were counted.
+    async fn read_responses(
+        &mut self,
+        stream: &mut TcpStream,
+        result: &RefCell<ShardResult>,
+    ) -> Result<usize, Failure> {
+        if self.filled == self.rbuf.len() {
+            // One response larger than the buffer: grow.
+            self.rbuf.resize(self.rbuf.len() * 2, 0);
+        }
+        let n = stream
+            .read(&mut self.rbuf[self.filled..])
+            .await
+            .map_err(|_| Failure::Io)?;
+        if n == 0 {
+            return Err(Failure::Io);
+        }
+        self.filled += n;
+        let now = Instant::now();
+        let mut at = 0;
+        let mut counted = 0;
+        let mut r = result.borrow_mut();
+        while at < self.filled {
+            let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 16];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &self.rbuf[at..self.filled],
+                &mut headers,
+            );
+            let head = match parsed {
+                Ok(httparse::Status::Complete(head)) => head,
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => {
+                    r.framing_errors += 1;
+                    return Err(Failure::Io);
+                }
+            };
+            let length = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                });
+            let Some(length) = length else {
+                r.framing_errors += 1;
+                return Err(Failure::Io);
+            };
+            if self.filled - at < head + length {
+                break;
+            }
+            let status = resp.code.unwrap_or(0);
+            let Some((due, expect)) = self.inflight.pop_front() else {
+                // A response nobody asked for.
+                r.framing_errors += 1;
+                return Err(Failure::Io);
+            };
+            if status == expect {
+                r.responses += 1;
+                r.bytes += (head + length) as u64;
+                let us = now.saturating_duration_since(due).as_micros() as u64;
+                let _ = r.latency.record(us.clamp(1, 60_000_000));
+                counted += 1;
+            } else {
+                *r.wrong_status.entry(status).or_default() += 1;
+            }
+            at += head + length;
+        }
+        self.rbuf.copy_within(at..self.filled, 0);
+        self.filled -= at;
+        Ok(counted)
+    }
+
+    async fn closed_loop(
+        &mut self,
+        mut stream: TcpStream,
+        plan: &Plan,
+        deadline: Instant,
+        quota: Option<u64>,
+        result: &RefCell<ShardResult>,
+    ) -> Result<(), Failure> {
+        let more = |sent: u64| quota.is_none_or(|q| sent < q);
+        let now = Instant::now();
+        for _ in 0..plan.pipelining {
+            if !more(self.sent) {
+                break;
+            }
+            self.push(&plan.mix, now);
+        }
+        self.flush(&mut stream).await?;
+        while !self.inflight.is_empty() {
+            let before = self.inflight.len();
+            self.read_responses(&mut stream, result).await?;
+            let answered = before - self.inflight.len();
+            let now = Instant::now();
+            if now >= deadline && quota.is_none() {
+                break;
+            }
+            for _ in 0..answered {
+                if !more(self.sent) {
+                    break;
+                }
+                self.push(&plan.mix, now);
+            }
+            self.flush(&mut stream).await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn open_loop(
+        &mut self,
+        mut stream: TcpStream,
+        plan: &Plan,
+        first_due: Instant,
+        interval: Duration,
+        deadline: Instant,
+        quota: Option<u64>,
+        result: &RefCell<ShardResult>,
+    ) -> Result<(), Failure> {
+        let mut next_due = first_due;
+        loop {
+            let now = Instant::now();
+            while next_due <= now && next_due < deadline && quota.is_none_or(|q| self.sent < q) {
+                self.push(&plan.mix, next_due);
+                next_due += interval;
+            }
+            self.flush(&mut stream).await?;
+            let done_sending = next_due >= deadline || quota.is_some_and(|q| self.sent >= q);
+            if done_sending && self.inflight.is_empty() {
+                return Ok(());
+            }
+            if self.inflight.is_empty() {
+                glommio::timer::sleep(next_due.saturating_duration_since(Instant::now())).await;
+                continue;
+            }
+            // Read until the next request is due.
+            let wait = if done_sending {
+                READ_TIMEOUT
+            } else {
+                next_due.saturating_duration_since(Instant::now())
+            };
+            let read = self.read_responses(&mut stream, result);
+            let timer = async {
+                glommio::timer::sleep(wait).await;
+                Ok(usize::MAX)
+            };
+            match futures_lite::future::or(read, timer).await {
+                Ok(usize::MAX) if done_sending => return Err(Failure::Io),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
