@@ -84,16 +84,27 @@ wait_http "$NGINX_URL"
 NGINX_PIDS=("$NGINX_MASTER" $(pgrep -P "$NGINX_MASTER"))
 cmp -s <(curl -fs "$NGINX_URL") "$WORK/body.json" || { echo "nginx does not serve the same body" >&2; exit 1; }
 
+# client_cpu FILE CMD...: run CMD; write its CPU seconds (user+system) to FILE.
+client_cpu() {
+  local file=$1; shift
+  python3 -c 'import resource, subprocess, sys
+p = subprocess.run(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(str(r.ru_utime + r.ru_stime))
+sys.exit(p.returncode)' "$file" "$@"
+}
+
 # run_bench NAME URL DEPTH PID...: one todo-bench run; appends a result line.
 declare -A RPS P99 NS
 run_bench() {
   local name=$1 url=$2 depth=$3; shift 3
   local before after out
   before=$(cpu_ticks "$@")
-  out=$("$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$depth" -d "$DURATION" --cpus "$CLIENT_CPU" --json)
+  out=$(client_cpu "$WORK/client.$name.$depth" "$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$depth" -d "$DURATION" --cpus "$CLIENT_CPU" --json)
   after=$(cpu_ticks "$@")
   local responses errors
   responses=$(json_field "$out" responses)
+  echo "$responses" > "$WORK/responses.$name.$depth"
   errors=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"])' "$out")
   RPS[$name/$depth]=$(json_field "$out" requests_per_sec)
   P99[$name/$depth]=$(json_field "$out" latency.p99_us)
@@ -117,7 +128,11 @@ request = function() return req end
 LUA
 WRK_SECONDS=$(python3 -c "import re,sys; m=re.fullmatch(r'(\d+)(ms|s|m)?', '$DURATION'); v=int(m[1]); u=m[2] or 's'; print(max(1, v//1000 if u=='ms' else v*60 if u=='m' else v))")
 log "wrk -t1 -c $CONNECTIONS pipelined 80"
-WRK_OUT=$(taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNECTIONS" -d "${WRK_SECONDS}s" -s "$WORK/pipeline.lua" "$TODO_URL")
+WRK_OUT=$(client_cpu "$WORK/client.wrk" taskset -c "$CLIENT_CPU" wrk -t1 -c "$CONNECTIONS" -d "${WRK_SECONDS}s" -s "$WORK/pipeline.lua" "$TODO_URL")
+WRK_REQUESTS=$(echo "$WRK_OUT" | awk '/requests in/ {print $1}')
+WRK_CPU=$(cat "$WORK/client.wrk")
+BENCH_CPU=$(cat "$WORK/client.todo.80")
+BENCH_RESPONSES=$(cat "$WORK/responses.todo.80")
 WRK_RPS=$(echo "$WRK_OUT" | awk '/Requests\/sec/ {print $2}')
 WRK_ERRORS=$(echo "$WRK_OUT" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
 
@@ -159,14 +174,15 @@ NGINX_IR=$(( (N2 - N1) / CALLGRIND_REQUESTS ))
 # --- the table -----------------------------------------------------------------
 RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
-python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" \
+python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" "$WRK_REQUESTS" "$WRK_CPU" "$BENCH_CPU" "$BENCH_RESPONSES" \
   "${RPS[todo/1]}" "${P99[todo/1]}" "${NS[todo/1]}" "${RPS[nginx/1]}" "${P99[nginx/1]}" "${NS[nginx/1]}" \
   "${RPS[todo/80]}" "${P99[todo/80]}" "${NS[todo/80]}" "${RPS[nginx/80]}" "${P99[nginx/80]}" "${NS[nginx/80]}" \
   <<'PY' | tee "$RESULTS/compare-latest.md"
 import sys, datetime, platform, os
 a = sys.argv[1:]
 conns, duration, wrk_rps, todo_ir, nginx_ir = a[0], a[1], float(a[2]), int(a[3]), int(a[4])
-v = list(map(float, a[5:]))
+wrk_requests, wrk_cpu, bench_cpu, bench_responses = float(a[5]), float(a[6]), float(a[7]), float(a[8])
+v = list(map(float, a[9:]))
 rows = {(n, d): v[i*3:(i+1)*3] for i, (d, n) in enumerate([(1,'todo'),(1,'nginx'),(80,'todo'),(80,'nginx')])}
 cpu = next((l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
 print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}.")
@@ -178,7 +194,13 @@ for d in (1, 80):
     for name, r in (('todo-server', t), ('nginx (same bytes)', n)):
         print(f"| {name} | {d} | {r[0]:,.0f} | {r[1]/1000:.1f} ms | {r[2]:,.0f} ns | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.3f} |")
 bench80 = rows[('todo', 80)][0]
-print(f"\nSecond client on the same server, one core, depth 80: todo-bench {bench80:,.0f} req/s, wrk {wrk_rps:,.0f} req/s: todo-bench/wrk = {bench80/wrk_rps:.2f}x.")
+bench_ns = bench_cpu * 1e9 / bench_responses
+wrk_ns = wrk_cpu * 1e9 / wrk_requests
+print(f"\nTwo clients, one client core, the same todo-server, depth 80, -c {conns}:\n")
+print("| client | req/s | client CPU/response | req/s vs wrk | CPU/response vs wrk |")
+print("|---|---:|---:|---:|---:|")
+print(f"| todo-bench | {bench80:,.0f} | {bench_ns:,.0f} ns | {bench80/wrk_rps:.2f}x | {bench_ns/wrk_ns:.2f} |")
+print(f"| wrk (pipelining script) | {wrk_rps:,.0f} | {wrk_ns:,.0f} ns | 1.00x | 1.00 |")
 print(f"\nInstructions per request (callgrind, epoll driver, depth 80): todo-server {todo_ir:,}, nginx {nginx_ir:,}: {todo_ir/nginx_ir:.3f} of nginx.")
 PY
 [ -n "$WRK_ERRORS" ] && echo "wrk reported: $WRK_ERRORS" >&2

@@ -451,4 +451,53 @@ mod tests {
             })
         ));
     }
+
+    /// Mutated requests (deterministic xorshift): the parser never panics, a
+    /// complete request never claims more bytes than it was given, and bytes
+    /// after a complete request never change how it was read.
+    #[test]
+    fn mutations_never_panic_and_framing_is_stable() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds = [GET, POST, CHUNKED];
+        let interesting = b"\r\n:; \t0123456789abcdefxX-\0\x7f\xff";
+        for i in 0..30_000 {
+            let mut buf = seeds[i % seeds.len()].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % (buf.len() + 1);
+                match next() % 3 {
+                    0 if at < buf.len() => {
+                        buf[at] = interesting[(next() as usize) % interesting.len()]
+                    }
+                    1 => buf.insert(at, interesting[(next() as usize) % interesting.len()]),
+                    _ if at < buf.len() => {
+                        buf.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            if let Ok(Parsed::Complete(req, used)) = parse(&buf, &limits()) {
+                assert!(used <= buf.len());
+                let (method, path, body) =
+                    (req.method, req.path.to_string(), req.body.bytes().to_vec());
+                let mut longer = buf.clone();
+                longer.extend_from_slice(b"GET / HTTP/1.1\r\nHost: y\r\n\r\n");
+                match parse(&longer, &limits()) {
+                    Ok(Parsed::Complete(again, used_again)) => {
+                        assert_eq!(used_again, used, "{:?}", String::from_utf8_lossy(&buf));
+                        assert_eq!(
+                            (again.method, again.path, again.body.bytes()),
+                            (method, path.as_str(), body.as_slice())
+                        );
+                    }
+                    other => panic!("{:?} became {other:?}", String::from_utf8_lossy(&buf)),
+                }
+            }
+        }
+    }
 }
