@@ -118,6 +118,62 @@ impl Snapshot {
         }
     }
 
+    /// The stored form (Redis `todos:snapshot`): version, row count, row end
+    /// offsets, row ids, then the JSON body; integers big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let n = self.ends.len();
+        let mut out = Vec::with_capacity(12 + n * 12 + self.body.len());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        for e in &self.ends {
+            out.extend_from_slice(&e.to_be_bytes());
+        }
+        for id in &self.ids {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// The version of an encoded snapshot, without decoding the rest.
+    pub fn encoded_version(bytes: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+    }
+
+    /// Decode [`Snapshot::encode`]'s output, checking that every offset lies
+    /// inside the body, so a corrupt value is refused, never served.
+    pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
+        let version = Self::encoded_version(bytes)?;
+        let n = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
+        if n > SNAPSHOT_MAX {
+            return None;
+        }
+        let ends_at = 12;
+        let ids_at = ends_at + n * 4;
+        let body_at = ids_at + n * 8;
+        let body = bytes.get(body_at..)?.to_vec();
+        let ends: Vec<u32> = bytes
+            .get(ends_at..ids_at)?
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let ids: Vec<u64> = bytes
+            .get(ids_at..body_at)?
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let well_formed = body.first() == Some(&b'[')
+            && body.last() == Some(&b']')
+            && ends.windows(2).all(|w| w[0] < w[1])
+            && ends.last().is_none_or(|&e| (e as usize) < body.len());
+        well_formed.then_some(Snapshot {
+            version,
+            body,
+            ends,
+            ids,
+        })
+    }
+
     /// The JSON object of the todo `id`, if it is among those held.
     pub fn row_by_id(&self, id: u64) -> Option<&[u8]> {
         // Rows are newest first and ids are time-ordered, so ids descend.
@@ -169,6 +225,20 @@ mod tests {
             assert!(v["created_at"].as_str().unwrap().ends_with('Z'));
         }
         assert!(s.row_by_id(12345).is_none());
+    }
+
+    #[test]
+    fn encoding_round_trips_and_refuses_corruption() {
+        let mut todos = seed(50, 1_800_000_000_000);
+        todos.reverse();
+        let s = Snapshot::render(42, &todos);
+        let bytes = s.encode();
+        assert_eq!(Snapshot::encoded_version(&bytes), Some(42));
+        assert_eq!(Snapshot::decode(&bytes), Some(s.clone()));
+        assert_eq!(Snapshot::decode(&Snapshot::render(1, &[]).encode()), Some(Snapshot::render(1, &[])));
+        for cut in [0, 7, 11, 100, bytes.len() - 1] {
+            assert_eq!(Snapshot::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Real services for the distributed path, on loopback and free ports:
+# PostgreSQL 15 (Debian package, initdb), Redis (Debian package) and a
+# Kafka-protocol broker (tansu from crates.io, durable sqlite:// storage).
+#
+#   scripts/services.sh start [DIR]   # DIR default: a new temporary directory
+#   scripts/services.sh stop DIR
+#   scripts/services.sh install       # packages and the tansu binary only
+#
+# `start` prints DIR and writes DIR/env, to be sourced:
+#   KAFKA_BROKERS=127.0.0.1:P  REDIS_URL=redis://127.0.0.1:P/
+#   DATABASE_URL=postgres://postgres@127.0.0.1:P/todo?sslmode=disable
+# With KAFKA_BROKERS already set, no broker is started and that one is used.
+# Each service's pid is kept in DIR/*.pid; `stop` ends exactly those.
+set -euo pipefail
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+TANSU_VERSION=0.6.0
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_tcp PORT NAME: until something accepts on 127.0.0.1:PORT (30 s at most).
+wait_tcp() {
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$2 did not start listening on port $1" >&2
+  return 1
+}
+
+install() {
+  local missing=()
+  [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # Debian starts its own cluster and redis on install; we run our own.
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    return 0
+  fi
+  if ! command -v tansu >/dev/null || [ "$(tansu --version 2>/dev/null | awk '{print $2}')" != "$TANSU_VERSION" ]; then
+    log "building tansu $TANSU_VERSION (about 17 minutes the first time; cached in ~/.cargo/bin)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore,postgres >&2
+  fi
+}
+
+start() {
+  local dir=${1:-$(mktemp -d /tmp/todo-services.XXXXXX)}
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  install
+
+  # PostgreSQL refuses to run as root: the cluster belongs to `postgres`.
+  local pg_port; pg_port=$(free_port)
+  mkdir -p "$dir/pg"
+  chown postgres: "$dir/pg" "$dir"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/pg" -U postgres --auth=trust -E UTF8 >"$dir/pg-init.log"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $dir/pg -c max_connections=200" >/dev/null
+  head -1 "$dir/pg/postmaster.pid" > "$dir/postgres.pid"
+  runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres todo
+
+  local redis_port; redis_port=$(free_port)
+  mkdir -p "$dir/redis"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" --save '' --appendonly no \
+    --daemonize no >"$dir/redis.log" 2>&1 &
+  echo $! > "$dir/redis.pid"
+  wait_tcp "$redis_port" redis
+
+  local brokers=${KAFKA_BROKERS:-}
+  if [ -z "$brokers" ]; then
+    local kafka_port; kafka_port=$(free_port)
+    mkdir -p "$dir/tansu"
+    # The sqlite:// path is relative to the broker's working directory.
+    (cd "$dir/tansu" && exec tansu broker \
+      --listener-url "tcp://127.0.0.1:$kafka_port" \
+      --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+      --storage-engine "sqlite://tansu.db" >"$dir/tansu.log" 2>&1) &
+    echo $! > "$dir/tansu.pid"
+    wait_tcp "$kafka_port" tansu
+    brokers=127.0.0.1:$kafka_port
+  fi
+
+  cat > "$dir/env" <<ENV
+export KAFKA_BROKERS=$brokers
+export REDIS_URL=redis://127.0.0.1:$redis_port/
+export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/todo?sslmode=disable
+export TODO_SERVICES_DIR=$dir
+ENV
+  echo "$dir"
+}
+
+stop() {
+  local dir=${1:?usage: services.sh stop DIR}
+  local name pid
+  for name in tansu redis postgres; do
+    [ -f "$dir/$name.pid" ] || continue
+    pid=$(cat "$dir/$name.pid")
+    if [ "$name" = postgres ] && [ -d "$dir/pg" ]; then
+      runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    else
+      kill "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/$name.pid"
+  done
+}
+
+case "${1:-}" in
+  start) start "${2:-}" ;;
+  stop) stop "${2:-}" ;;
+  install) install ;;
+  *) sed -n '2,16p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,38 @@
+//! Configuration of `todo-worker`: the same environment variables as the
+//! server's distributed path.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "todo-worker", version, about = "Applies Todo commands from Kafka to PostgreSQL")]
+pub struct WorkerConfig {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// Redis, e.g. redis://127.0.0.1:6379/.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: String,
+    /// PostgreSQL, e.g. postgres://user@127.0.0.1:5432/todo.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Consumer group; workers in one group share the partitions.
+    #[arg(long, env = "TODO_WORKER_GROUP", default_value = "todo-worker")]
+    pub group: String,
+    /// Topic carrying the commands.
+    #[arg(long, env = "TODO_COMMANDS_TOPIC", default_value = todo_model::COMMANDS_TOPIC)]
+    pub topic: String,
+    /// Most commands applied in one transaction.
+    #[arg(long, env = "TODO_WORKER_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once its first command arrived.
+    #[arg(long, env = "TODO_WORKER_BATCH_WAIT", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "TODO_DB_POOL", default_value_t = 4)]
+    pub pool_size: usize,
+    /// Todos seeded into an empty database.
+    #[arg(long, env = "TODO_SEED", default_value_t = todo_model::seed::SEED_COUNT)]
+    pub seed: usize,
+}

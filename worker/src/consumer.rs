@@ -1,0 +1,79 @@
+//! The Kafka side: a consumer-group member with at-least-once processing.
+//! Offsets are stored only after the batch's transaction committed
+//! (`enable.auto.offset.store=false`); the client commits stored offsets in
+//! the background.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use todo_model::TodoCommand;
+
+use crate::cache::Cache;
+use crate::{db, WorkerConfig, WorkerError};
+
+pub fn consumer(config: &WorkerConfig) -> Result<StreamConsumer, WorkerError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create()?;
+    consumer.subscribe(&[&config.topic])?;
+    Ok(consumer)
+}
+
+pub async fn consume(config: &WorkerConfig, pool: &Pool, cache: &Cache) -> Result<(), WorkerError> {
+    let consumer = consumer(config)?;
+    let mut batch: Vec<TodoCommand> = Vec::with_capacity(config.max_batch);
+    // Highest offset seen per partition in this batch.
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    loop {
+        batch.clear();
+        offsets.clear();
+        let first = consumer.recv().await?;
+        let deadline = Instant::now() + config.batch_wait;
+        take(&first, &mut batch, &mut offsets);
+        drop(first);
+        while batch.len() < config.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => take(&m, &mut batch, &mut offsets),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        let applied = {
+            let mut client = pool.get().await.map_err(|e| WorkerError::Pool(e.to_string()))?;
+            db::apply_batch(&mut client, &batch).await?
+        };
+        if let Some(snapshot) = &applied.snapshot {
+            cache.publish_with_retry(snapshot).await;
+        }
+        for (partition, offset) in &offsets {
+            consumer.store_offset(&config.topic, *partition, *offset)?;
+        }
+    }
+}
+
+/// Add one message to the batch and note its offset.
+fn take(m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<TodoCommand>, offsets: &mut HashMap<i32, i64>) {
+    offsets.insert(m.partition(), m.offset());
+    match m.payload().map(sonic_rs::from_slice::<TodoCommand>) {
+        Some(Ok(cmd)) => batch.push(cmd),
+        // A command no server could have produced: skipped, and its offset
+        // stored with the batch so it is not retried forever.
+        other => eprintln!(
+            "todo-worker: skipping unreadable message at {}/{}: {:?}",
+            m.partition(),
+            m.offset(),
+            other.map(|r| r.err())
+        ),
+    }
+}

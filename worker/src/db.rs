@@ -1,0 +1,248 @@
+//! PostgreSQL: schema, seed, the batch transaction, and the newest rows.
+//!
+//! Every query here is served by a primary key: `todos(id)` for the row
+//! lookups and for `ORDER BY id DESC LIMIT n` (ids are time-ordered, so the
+//! newest todos are the largest ids), `processed_commands(command_id)` for the
+//! idempotency check.
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use todo_model::{decide, Change, Op, Outcome, Snapshot, Todo, TodoCommand, SNAPSHOT_MAX};
+use tokio_postgres::{NoTls, Row};
+
+use crate::{WorkerConfig, WorkerError};
+
+/// Serialises migrations and seeding across workers starting together.
+const MIGRATION_LOCK: i64 = 0x746f_646f; // "todo"
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS todos (
+    id          BIGINT PRIMARY KEY,
+    owner       TEXT    NOT NULL,
+    title       TEXT    NOT NULL,
+    description TEXT    NOT NULL DEFAULT '',
+    completed   BOOLEAN NOT NULL DEFAULT false,
+    created_at  BIGINT  NOT NULL,
+    updated_at  BIGINT  NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed_commands (
+    command_id   BIGINT PRIMARY KEY,
+    todo_id      BIGINT NOT NULL,
+    op           TEXT   NOT NULL,
+    user_name    TEXT   NOT NULL,
+    outcome      TEXT   NOT NULL,
+    reason       TEXT,
+    processed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS snapshot_version (
+    singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
+    version   BIGINT NOT NULL
+);
+INSERT INTO snapshot_version (singleton, version) VALUES (true, 0) ON CONFLICT DO NOTHING;
+";
+
+pub fn pool(config: &WorkerConfig) -> Result<Pool, WorkerError> {
+    let pg: tokio_postgres::Config = config
+        .database_url
+        .parse()
+        .map_err(|e| WorkerError::Config(format!("DATABASE_URL: {e}")))?;
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .build()
+        .map_err(|e| WorkerError::Pool(e.to_string()))
+}
+
+/// Create the schema if missing and seed an empty database. Returns how many
+/// todos were seeded.
+pub async fn migrate_and_seed(client: &mut deadpool_postgres::Client, seed: usize) -> Result<usize, WorkerError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(SCHEMA).await?;
+    let empty: bool = tx
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM todos) AND NOT EXISTS (SELECT 1 FROM processed_commands)",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut seeded = 0;
+    if empty && seed > 0 {
+        let todos = todo_model::seed::seed(seed, todo_model::now_ms());
+        let col = |f: fn(&Todo) -> i64| todos.iter().map(f).collect::<Vec<i64>>();
+        let text = |f: fn(&Todo) -> &str| todos.iter().map(f).collect::<Vec<&str>>();
+        let done: Vec<bool> = todos.iter().map(|t| t.completed).collect();
+        tx.execute(
+            "INSERT INTO todos (id, owner, title, description, completed, created_at, updated_at)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[])",
+            &[
+                &col(|t| t.id as i64),
+                &text(|t| &t.owner),
+                &text(|t| &t.title),
+                &text(|t| &t.description),
+                &done,
+                &col(|t| t.created_at as i64),
+                &col(|t| t.updated_at as i64),
+            ],
+        )
+        .await?;
+        tx.execute("UPDATE snapshot_version SET version = version + 1", &[]).await?;
+        seeded = todos.len();
+    }
+    tx.commit().await?;
+    Ok(seeded)
+}
+
+fn todo_from(row: &Row) -> Todo {
+    Todo {
+        id: row.get::<_, i64>(0) as u64,
+        owner: row.get(1),
+        title: row.get(2),
+        description: row.get(3),
+        completed: row.get(4),
+        created_at: row.get::<_, i64>(5) as u64,
+        updated_at: row.get::<_, i64>(6) as u64,
+    }
+}
+
+const COLUMNS: &str = "id, owner, title, description, completed, created_at, updated_at";
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Create => "create",
+        Op::Update => "update",
+        Op::Delete => "delete",
+    }
+}
+
+/// What one batch did.
+pub struct Applied {
+    /// Per command of the batch: `None` when it had been processed before.
+    pub outcomes: Vec<Option<Outcome>>,
+    /// The snapshot to publish, when anything changed.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Apply a batch in ONE transaction (see the crate doc for why this is
+/// exactly-once together with the consumer's offset handling).
+pub async fn apply_batch(client: &mut deadpool_postgres::Client, cmds: &[TodoCommand]) -> Result<Applied, WorkerError> {
+    let tx = client.transaction().await?;
+    let mut outcomes = Vec::with_capacity(cmds.len());
+    let mut changed = false;
+    for cmd in cmds {
+        let new = tx
+            .execute(
+                "INSERT INTO processed_commands (command_id, todo_id, op, user_name, outcome)
+                 VALUES ($1, $2, $3, $4, 'pending') ON CONFLICT DO NOTHING",
+                &[&(cmd.command_id as i64), &(cmd.todo_id as i64), &op_name(cmd.op), &cmd.user],
+            )
+            .await?;
+        if new == 0 {
+            outcomes.push(None);
+            continue;
+        }
+        let existing = tx
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM todos WHERE id = $1 FOR UPDATE"),
+                &[&(cmd.todo_id as i64)],
+            )
+            .await?
+            .map(|r| todo_from(&r));
+        let outcome = match decide(existing.as_ref(), cmd) {
+            Ok(Change::Insert(t)) => {
+                tx.execute(
+                    &format!("INSERT INTO todos ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+                    &[
+                        &(t.id as i64),
+                        &t.owner,
+                        &t.title,
+                        &t.description,
+                        &t.completed,
+                        &(t.created_at as i64),
+                        &(t.updated_at as i64),
+                    ],
+                )
+                .await?;
+                Outcome::Applied
+            }
+            Ok(Change::Update(t)) => {
+                tx.execute(
+                    "UPDATE todos SET title = $2, description = $3, completed = $4, updated_at = $5 WHERE id = $1",
+                    &[&(t.id as i64), &t.title, &t.description, &t.completed, &(t.updated_at as i64)],
+                )
+                .await?;
+                Outcome::Applied
+            }
+            Ok(Change::Delete(id)) => {
+                tx.execute("DELETE FROM todos WHERE id = $1", &[&(id as i64)]).await?;
+                Outcome::Applied
+            }
+            Err(rejection) => Outcome::Rejected(rejection),
+        };
+        let (status, reason) = match outcome {
+            Outcome::Applied => ("applied", None),
+            Outcome::Rejected(r) => ("rejected", Some(r.as_str())),
+        };
+        tx.execute(
+            "UPDATE processed_commands SET outcome = $2, reason = $3 WHERE command_id = $1",
+            &[&(cmd.command_id as i64), &status, &reason],
+        )
+        .await?;
+        changed |= outcome == Outcome::Applied;
+        outcomes.push(Some(outcome));
+    }
+    // Rendering inside the transaction, after taking the version row's lock,
+    // makes the snapshot exactly the state its version names: another worker's
+    // commit has to wait for ours.
+    let snapshot = if changed {
+        let version: i64 = tx
+            .query_one("UPDATE snapshot_version SET version = version + 1 RETURNING version", &[])
+            .await?
+            .get(0);
+        Some(render(&tx, version as u64).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(Applied { outcomes, snapshot })
+}
+
+async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, WorkerError> {
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM todos ORDER BY id DESC LIMIT {SNAPSHOT_MAX}"),
+            &[],
+        )
+        .await?;
+    let todos: Vec<Todo> = rows.iter().map(todo_from).collect();
+    Ok(Snapshot::render(version, &todos))
+}
+
+/// The snapshot of the committed state now, under a consistent version.
+pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snapshot, WorkerError> {
+    // REPEATABLE READ: the version and the rows come from one snapshot.
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let result = async {
+        let version: i64 = client.query_one("SELECT version FROM snapshot_version", &[]).await?.get(0);
+        render(client, version as u64).await
+    }
+    .await;
+    client.batch_execute("COMMIT").await?;
+    result
+}
+
+/// The recorded outcome of a command, for `GET /commands/{id}`.
+pub async fn outcome(client: &impl GenericClient, command_id: u64) -> Result<Option<(String, Option<String>)>, WorkerError> {
+    Ok(client
+        .query_opt(
+            "SELECT outcome, reason FROM processed_commands WHERE command_id = $1",
+            &[&(command_id as i64)],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
