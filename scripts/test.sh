@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # The test suite: unit tests beside the code, and integration tests that start
-# the real binaries on 127.0.0.1:0 and speak raw bytes to them.
+# the real binaries on 127.0.0.1:0 and talk to real PostgreSQL, Redis and a
+# Kafka-protocol broker, which this script starts on free loopback ports
+# (scripts/services.sh; the first run builds the tansu broker, ~17 minutes)
+# and stops again.
 #
 #   ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+SERVICES_DIR=$(scripts/services.sh start)
+cleanup() {
+  scripts/services.sh stop "$SERVICES_DIR"
+  rm -rf "$SERVICES_DIR"
+}
+trap cleanup EXIT
+# shellcheck source=/dev/null
+. "$SERVICES_DIR/env"
 cargo test --workspace --all-targets "$@"

@@ -10,12 +10,15 @@
 //!   newest [`SNAPSHOT_MAX`] todos rendered once, sliced per `limit=N`.
 //! - [`ids`]: [`IdGenerator`], time-ordered ids made without coordination.
 //! - [`seed`]: the 10,000 todos an empty store starts with.
+//! - [`resp`]: Redis URLs and RESP2 commands (redis-protocol), for every
+//!   process that talks to Redis whatever its I/O runtime.
 //!
 //! Names other processes agree on (Redis keys, the pub/sub channel, the Kafka
 //! topic) live here too, so there is exactly one spelling of each.
 
 pub mod command;
 pub mod ids;
+pub mod resp;
 pub mod seed;
 pub mod snapshot;
 pub mod todo;

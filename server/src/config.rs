@@ -95,6 +95,22 @@ pub struct ServeConfig {
     /// written (pipelining depth per batch).
     #[arg(long, env = "TODO_MAX_PIPELINE", default_value_t = 1024)]
     pub max_pipeline: usize,
+    /// Kafka bootstrap servers. With REDIS_URL and DATABASE_URL: the
+    /// distributed path.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Redis, e.g. redis://127.0.0.1:6379/ (distributed path).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// PostgreSQL, e.g. postgres://todo@127.0.0.1:5432/todo (distributed path).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Kafka topic for commands.
+    #[arg(long, env = "TODO_COMMANDS_TOPIC", default_value = todo_model::COMMANDS_TOPIC)]
+    pub topic: String,
+    /// Longest wait for the broker to confirm a write (503 after).
+    #[arg(long, env = "TODO_KAFKA_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
     /// Output bytes buffered before a batch is written early.
     #[arg(long, env = "TODO_WRITE_BUFFER", default_value_t = 256 * 1024)]
     pub write_buffer: usize,
@@ -106,6 +122,22 @@ impl ServeConfig {
             max_head: self.max_head,
             max_body: self.max_body,
             ..Limits::default()
+        }
+    }
+
+    /// The distributed settings when all three of KAFKA_BROKERS, REDIS_URL
+    /// and DATABASE_URL are set, `None` when none is; an error otherwise.
+    pub fn distributed(&self) -> Result<Option<crate::distributed::Settings>, String> {
+        match (&self.kafka_brokers, &self.redis_url, &self.database_url) {
+            (Some(k), Some(r), Some(d)) => Ok(Some(crate::distributed::Settings {
+                kafka_brokers: k.clone(),
+                redis_url: r.clone(),
+                database_url: d.clone(),
+                topic: self.topic.clone(),
+                kafka_timeout: self.kafka_timeout,
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err("set all of KAFKA_BROKERS, REDIS_URL and DATABASE_URL for the distributed path, or none for the embedded default".into()),
         }
     }
 

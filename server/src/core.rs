@@ -27,6 +27,8 @@ pub struct Core {
     pub ids: RefCell<IdGenerator>,
     /// Set when shutting down: `/readyz` answers 503 so balancers drain us.
     pub draining: Cell<bool>,
+    /// The snapshot cannot be confirmed current (its source is unreachable).
+    stale: Cell<bool>,
 }
 
 impl Core {
@@ -49,6 +51,7 @@ impl Core {
             verifier,
             ids: RefCell::new(IdGenerator::new(id_node)),
             draining: Cell::new(false),
+            stale: Cell::new(false),
         };
         core.metrics()
             .snapshot(snapshot.version(), todo_model::now_ms(), false);
@@ -76,6 +79,26 @@ impl Core {
         self.metrics()
             .snapshot(next.version(), todo_model::now_ms(), false);
         true
+    }
+
+    /// Install an owned snapshot if it is newer (no copy needed).
+    pub fn install_owned(&self, next: Snapshot) -> bool {
+        if next.version() <= self.snapshot.borrow().version() {
+            return false;
+        }
+        let version = next.version();
+        *self.snapshot.borrow_mut() = Rc::new(next);
+        self.metrics().snapshot(version, todo_model::now_ms(), self.stale.get());
+        true
+    }
+
+    pub fn stale(&self) -> bool {
+        self.stale.get()
+    }
+
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.set(stale);
+        self.metrics().set_stale(stale);
     }
 
     pub fn next_id(&self) -> u64 {

@@ -12,8 +12,10 @@
 //!              /todos/{id}, writes, /commands/{id}, /livez /readyz /metrics
 //! core.rs      per-core state: snapshot (Rc), Date cache, id generator, metrics
 //! auth.rs      HS256 bearer tokens (write path)
-//! backend.rs   where writes go: the embedded apply thread (embedded/)
+//! backend.rs   where writes go: the embedded apply thread (embedded/) or
+//!              Kafka (distributed/)
 //! embedded/    the embedded default: command log + in-memory store + renderer
+//! distributed/ Kafka producer, per-core Redis refresh, PostgreSQL lookups
 //! response.rs  response heads and error bodies; date.rs the cached Date
 //! metrics.rs   per-core counters summed at scrape time
 //! ```
@@ -27,6 +29,7 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod date;
+pub mod distributed;
 pub mod embedded;
 pub mod error;
 pub mod http1;
@@ -55,6 +58,10 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
     Store(#[from] embedded::log::LogError),
+    #[error(transparent)]
+    Distributed(#[from] distributed::DistributedError),
+    #[error("{0}")]
+    Config(String),
     #[error("instance {instance} with {cores} cores needs id node {node}, above the {max} available; lower TODO_INSTANCE")]
     IdSpace {
         instance: u16,
@@ -99,26 +106,63 @@ pub fn run(
             max,
         });
     }
+    let settings = config.distributed().map_err(StartError::Config)?;
+    if settings.is_some() && config.jwt_secret.is_none() {
+        return Err(StartError::Config(
+            "the distributed path needs JWT_SECRET, shared by every server".into(),
+        ));
+    }
     let secret = auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let rules = token_rules(&config);
     Verifier::new(&secret, &rules)?;
 
-    let store = embedded::start(&config.data_dir, cores, config.seed)?;
+    // Per mode: the backend every core uses, where each core's snapshot
+    // updates come from, and what to say at start-up.
+    let (backend, refreshes, first, apply_thread, summary) = match &settings {
+        None => {
+            let store = embedded::start(&config.data_dir, cores, config.seed)?;
+            let summary = format!(
+                "embedded backend, {} todos, {} commands replayed, data in {}",
+                store.todos,
+                store.replayed,
+                config.data_dir.display()
+            );
+            let refreshes: Vec<runtime::Refresh> = store.updates.into_iter().map(runtime::Refresh::Embedded).collect();
+            (Backend::Embedded(store.handle), refreshes, store.snapshot, Some(store.thread), summary)
+        }
+        Some(settings) => {
+            let producer = distributed::producer::Producer::new(settings)?;
+            let lookups = distributed::lookup::Lookups::start(settings)?;
+            let refreshes = (0..cores)
+                .map(|_| runtime::Refresh::Redis {
+                    url: settings.redis_url.clone(),
+                    lookups: lookups.clone(),
+                })
+                .collect();
+            let summary = format!(
+                "distributed backend: Kafka {} topic {}, Redis {}, PostgreSQL",
+                settings.kafka_brokers, settings.topic, settings.redis_url
+            );
+            // Version 0: nothing yet; /readyz says 503 until Redis delivers.
+            let empty = Arc::new(todo_model::Snapshot::render(0, &[]));
+            (Backend::Distributed { producer, lookups }, refreshes, empty, None, summary)
+        }
+    };
     let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
     let config = Arc::new(config);
     let addr = listeners[0].local_addr().ok();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
 
     let mut threads = Vec::with_capacity(cores);
-    for ((index, listener), updates) in listeners.into_iter().enumerate().zip(store.updates) {
+    for ((index, listener), refresh) in listeners.into_iter().enumerate().zip(refreshes) {
         let pin = config
             .pin
             .then(|| core_ids.get(index % core_ids.len().max(1)).copied())
             .flatten();
         let config = config.clone();
         let metrics = metrics.clone();
-        let snapshot = store.snapshot.clone();
-        let backend = Backend::Embedded(store.handle.clone());
+        let snapshot = first.clone();
+        let backend = backend.clone();
         let secret = secret.clone();
         let rules = rules.clone();
         let shutdown = shutdown.clone();
@@ -141,7 +185,7 @@ pub fn run(
                 ));
                 if let Err(e) = runtime::block_on(
                     driver,
-                    runtime::core_main(core, listener, updates, shutdown),
+                    runtime::core_main(core, listener, refresh, shutdown),
                 ) {
                     eprintln!("todo-server: core {index}: runtime: {e}");
                 }
@@ -150,21 +194,20 @@ pub fn run(
         threads.push(thread);
     }
     eprintln!(
-        "todo-server: listening on {} ({cores} cores, {} driver, embedded backend, {} todos, {} commands replayed, data in {})",
+        "todo-server: listening on {} ({cores} cores, {} driver, {summary})",
         addr.map_or_else(|| "?".into(), |a| a.to_string()),
         match driver {
             Driver::Uring => "io_uring",
             _ => "epoll",
         },
-        store.todos,
-        store.replayed,
-        config.data_dir.display(),
     );
-    drop(store.handle);
+    drop(backend);
     for t in threads {
         let _ = t.join();
     }
     // Every core's handle is gone: the apply thread drains its queue and stops.
-    let _ = store.thread.join();
+    if let Some(t) = apply_thread {
+        let _ = t.join();
+    }
     Ok(())
 }

@@ -100,6 +100,10 @@ impl CoreMetrics {
         bump(&self.panics, 1);
     }
 
+    pub fn set_stale(&self, stale: bool) {
+        self.snapshot_stale.store(u64::from(stale), Relaxed);
+    }
+
     pub fn snapshot(&self, version: u64, installed_ms: u64, stale: bool) {
         self.snapshot_version.store(version, Relaxed);
         self.snapshot_installed_ms.store(installed_ms, Relaxed);

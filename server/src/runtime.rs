@@ -70,12 +70,23 @@ pub fn block_on(
     Ok(())
 }
 
+/// Where a core's snapshot updates come from.
+pub enum Refresh {
+    /// Snapshots rendered by the embedded apply thread.
+    Embedded(flume::Receiver<Arc<Snapshot>>),
+    /// The core's own Redis subscription.
+    Redis {
+        url: String,
+        lookups: crate::distributed::lookup::Lookups,
+    },
+}
+
 /// One core's life: accept until shutdown, serving each connection in its own
 /// task; keep the Date header and the snapshot current.
 pub async fn core_main(
     core: Rc<Core>,
     listener: StdListener,
-    updates: flume::Receiver<Arc<Snapshot>>,
+    refresh: Refresh,
     shutdown: Shutdown,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -92,15 +103,22 @@ pub async fn core_main(
             date_core.date.refresh();
         }
     });
-    let refresh_core = core.clone();
-    monoio::spawn(async move {
-        while let Ok(mut latest) = updates.recv_async().await {
-            while let Ok(newer) = updates.try_recv() {
-                latest = newer;
-            }
-            refresh_core.install(&latest);
+    match refresh {
+        Refresh::Embedded(updates) => {
+            let core = core.clone();
+            monoio::spawn(async move {
+                while let Ok(mut latest) = updates.recv_async().await {
+                    while let Ok(newer) = updates.try_recv() {
+                        latest = newer;
+                    }
+                    core.install(&latest);
+                }
+            });
         }
-    });
+        Refresh::Redis { url, lookups } => {
+            monoio::spawn(crate::distributed::refresh::run(core.clone(), url, lookups));
+        }
+    }
 
     let mut last_accept_error = None::<std::time::Instant>;
     loop {

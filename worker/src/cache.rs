@@ -28,7 +28,7 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(url: &str) -> Result<Cache, WorkerError> {
-        crate::resp::parse_url(url)?;
+        crate::resp::parse_url(url).map_err(|e| WorkerError::Config(e.to_string()))?;
         Ok(Cache {
             url: url.to_string(),
             conn: Mutex::new(None),
@@ -56,7 +56,7 @@ impl Cache {
             ])
             .await;
         match result {
-            Ok(redis_protocol::resp2::types::OwnedFrame::Integer(n)) => Ok(n == 1),
+            Ok(todo_model::resp::Frame::Integer(n)) => Ok(n == 1),
             Ok(other) => Err(WorkerError::Redis(format!("unexpected reply {other:?}"))),
             Err(e) => {
                 // Drop the connection; the next call reconnects.

@@ -9,7 +9,7 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use todo_model::{decide, Change, Op, Outcome, Snapshot, Todo, TodoCommand, SNAPSHOT_MAX};
 use tokio_postgres::{NoTls, Row};
 
-use crate::{WorkerConfig, WorkerError};
+use crate::WorkerError;
 
 /// Serialises migrations and seeding across workers starting together.
 const MIGRATION_LOCK: i64 = 0x746f_646f; // "todo"
@@ -40,9 +40,9 @@ CREATE TABLE IF NOT EXISTS snapshot_version (
 INSERT INTO snapshot_version (singleton, version) VALUES (true, 0) ON CONFLICT DO NOTHING;
 ";
 
-pub fn pool(config: &WorkerConfig) -> Result<Pool, WorkerError> {
-    let pg: tokio_postgres::Config = config
-        .database_url
+/// A connection pool of `size` connections to `database_url`.
+pub fn pool(database_url: &str, size: usize) -> Result<Pool, WorkerError> {
+    let pg: tokio_postgres::Config = database_url
         .parse()
         .map_err(|e| WorkerError::Config(format!("DATABASE_URL: {e}")))?;
     let manager = Manager::from_config(
@@ -53,7 +53,7 @@ pub fn pool(config: &WorkerConfig) -> Result<Pool, WorkerError> {
         },
     );
     Pool::builder(manager)
-        .max_size(config.pool_size.max(1))
+        .max_size(size.max(1))
         .build()
         .map_err(|e| WorkerError::Pool(e.to_string()))
 }
@@ -234,6 +234,14 @@ pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snap
     .await;
     client.batch_execute("COMMIT").await?;
     result
+}
+
+/// One todo by id.
+pub async fn todo(client: &impl GenericClient, id: u64) -> Result<Option<Todo>, WorkerError> {
+    Ok(client
+        .query_opt(&format!("SELECT {COLUMNS} FROM todos WHERE id = $1"), &[&(id as i64)])
+        .await?
+        .map(|r| todo_from(&r)))
 }
 
 /// The recorded outcome of a command, for `GET /commands/{id}`.

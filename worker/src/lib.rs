@@ -43,7 +43,7 @@ pub enum WorkerError {
 /// Run the worker until the process is stopped: migrate, seed, publish the
 /// current snapshot, then consume.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
-    let pool = db::pool(&config)?;
+    let pool = db::pool(&config.database_url, config.pool_size)?;
     {
         let mut client = pool.get().await.map_err(|e| WorkerError::Pool(e.to_string()))?;
         let seeded = db::migrate_and_seed(&mut client, config.seed).await?;

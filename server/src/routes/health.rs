@@ -14,14 +14,17 @@ pub fn livez(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
 
 /// Ready to take traffic: a snapshot is held and we are not draining.
 pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    if core.draining.get() {
+    // Not ready while draining, or before any snapshot arrived (version 0).
+    // A stale snapshot is still served, and said so.
+    if core.draining.get() || core.snapshot().version() == 0 {
         return reply.error(core, out, &HttpError::NOT_READY);
     }
     let body = format!(
-        r#"{{"status":"ready","backend":"{}","core":{},"snapshot_version":{}}}"#,
+        r#"{{"status":"ready","backend":"{}","core":{},"snapshot_version":{},"stale":{}}}"#,
         core.backend.name(),
         core.index,
-        core.snapshot().version()
+        core.snapshot().version(),
+        core.stale()
     );
     reply.json(core, out, 200, &[body.as_bytes()]);
     200

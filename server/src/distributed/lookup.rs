@@ -1,0 +1,125 @@
+//! The lookup thread: a tokio runtime with a PostgreSQL pool, for the reads
+//! that are not in the snapshot and for filling an empty Redis. Cores send
+//! requests over a bounded channel and await the reply; nothing here is on
+//! the read hot path.
+
+use std::thread;
+
+use todo_model::{Outcome, Rejection};
+
+use super::{DistributedError, Settings};
+
+/// Connections in the lookup pool.
+const POOL_SIZE: usize = 4;
+const QUEUE_DEPTH: usize = 4096;
+
+pub enum Request {
+    Get(u64, flume::Sender<Option<Vec<u8>>>),
+    Outcome(u64, flume::Sender<Option<Outcome>>),
+    /// Render the committed state and store it in Redis if Redis has nothing
+    /// newer. Concurrent fills from all cores collapse into one.
+    Fill(flume::Sender<bool>),
+}
+
+#[derive(Clone)]
+pub struct Lookups {
+    tx: flume::Sender<Request>,
+}
+
+impl Lookups {
+    pub fn start(settings: &Settings) -> Result<Lookups, DistributedError> {
+        let pool = todo_worker::db::pool(&settings.database_url, POOL_SIZE)?;
+        let cache = todo_worker::cache::Cache::new(&settings.redis_url)?;
+        let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
+        thread::Builder::new()
+            .name("todo-db".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime for lookups");
+                rt.block_on(serve(rx, pool, cache));
+            })
+            .map_err(|e| DistributedError::Config(format!("lookup thread: {e}")))?;
+        Ok(Lookups { tx })
+    }
+
+    pub async fn get(&self, id: u64) -> Option<Vec<u8>> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.send_async(Request::Get(id, tx)).await.ok()?;
+        rx.recv_async().await.ok().flatten()
+    }
+
+    pub async fn outcome(&self, id: u64) -> Option<Outcome> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.send_async(Request::Outcome(id, tx)).await.ok()?;
+        rx.recv_async().await.ok().flatten()
+    }
+
+    /// Ask for a fill; true once Redis holds a snapshot at least as new as
+    /// PostgreSQL's.
+    pub async fn fill(&self) -> bool {
+        let (tx, rx) = flume::bounded(1);
+        if self.tx.send_async(Request::Fill(tx)).await.is_err() {
+            return false;
+        }
+        rx.recv_async().await.unwrap_or(false)
+    }
+}
+
+async fn serve(rx: flume::Receiver<Request>, pool: deadpool_postgres::Pool, cache: todo_worker::cache::Cache) {
+    while let Ok(first) = rx.recv_async().await {
+        // Single flight: every Fill waiting now is answered by one render.
+        let mut fills = Vec::new();
+        let mut next = Some(first);
+        while let Some(req) = next.take() {
+            match req {
+                Request::Fill(reply) => fills.push(reply),
+                Request::Get(id, reply) => {
+                    let row = get(&pool, id).await;
+                    let _ = reply.send(row);
+                }
+                Request::Outcome(id, reply) => {
+                    let _ = reply.send(outcome(&pool, id).await);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if !fills.is_empty() {
+            let ok = fill(&pool, &cache).await;
+            for reply in fills {
+                let _ = reply.send(ok);
+            }
+        }
+    }
+}
+
+async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Option<Vec<u8>> {
+    let client = pool.get().await.ok()?;
+    let todo = todo_worker::db::todo(&client, id).await.ok()??;
+    let mut out = Vec::with_capacity(256);
+    todo_model::snapshot::render_todo(&todo, &mut out);
+    Some(out)
+}
+
+async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Option<Outcome> {
+    let client = pool.get().await.ok()?;
+    let (status, reason) = todo_worker::db::outcome(&client, id).await.ok()??;
+    match (status.as_str(), reason.as_deref()) {
+        ("applied", _) => Some(Outcome::Applied),
+        ("rejected", Some("not_owner")) => Some(Outcome::Rejected(Rejection::NotOwner)),
+        ("rejected", Some("not_found")) => Some(Outcome::Rejected(Rejection::NotFound)),
+        ("rejected", Some("already_exists")) => Some(Outcome::Rejected(Rejection::AlreadyExists)),
+        _ => None,
+    }
+}
+
+async fn fill(pool: &deadpool_postgres::Pool, cache: &todo_worker::cache::Cache) -> bool {
+    let Ok(client) = pool.get().await else {
+        return false;
+    };
+    let Ok(snapshot) = todo_worker::db::current_snapshot(&client).await else {
+        return false;
+    };
+    cache.publish(&snapshot).await.is_ok()
+}

@@ -1,0 +1,44 @@
+//! The distributed path (design sections 4 and 5), chosen when
+//! `KAFKA_BROKERS`, `REDIS_URL` and `DATABASE_URL` are all set.
+//!
+//! ```text
+//! write:   core -> producer.rs: TodoCommand to Kafka (idempotent, acks=all,
+//!          keyed by todo id) -> await the delivery report -> 202 | 503
+//! refresh: core -> refresh.rs: its own Redis subscriber on todos:changed;
+//!          GET todos:snapshot on every (re)subscribe and every message;
+//!          newer versions only; stale while Redis is away
+//! lookups: core -> lookup.rs: one tokio thread ("todo-db") with a
+//!          PostgreSQL pool for GET /todos/{id} outside the snapshot,
+//!          GET /commands/{id}, and the single-flight fill of an empty Redis
+//! ```
+//!
+//! The cores share two things here, both built for it: the librdkafka
+//! producer (thread-safe; its own threads send and report) and the lookup
+//! thread's request queue. The read hot path touches neither.
+
+pub mod lookup;
+pub mod producer;
+pub mod refresh;
+
+use std::time::Duration;
+
+/// Settings of the distributed path.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka_brokers: String,
+    pub redis_url: String,
+    pub database_url: String,
+    pub topic: String,
+    /// Longest wait for a delivery report before answering 503.
+    pub kafka_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistributedError {
+    #[error("Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Config(String),
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] todo_worker::WorkerError),
+}

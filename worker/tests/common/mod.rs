@@ -1,0 +1,195 @@
+//! Harness for the worker's integration tests: real PostgreSQL, Redis and
+//! Kafka-protocol broker, as started by `scripts/services.sh` (whose `env`
+//! file `scripts/test.sh` sources). Each test gets its own database, Redis
+//! database number and topic, so tests can run side by side.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use todo_model::{Fields, Op, TodoCommand};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_todo-worker");
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through ./scripts/test.sh, which starts PostgreSQL, Redis and the broker")
+    })
+}
+
+/// One test's slice of the shared services.
+pub struct Env {
+    pub brokers: String,
+    pub redis_url: String,
+    pub database_url: String,
+    pub topic: String,
+    pub group: String,
+}
+
+impl Env {
+    pub async fn new(partitions: i32) -> Env {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}_{n}", std::process::id());
+        let brokers = var("KAFKA_BROKERS");
+        let base = var("DATABASE_URL");
+        let redis = var("REDIS_URL");
+
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("PostgreSQL");
+        tokio::spawn(conn);
+        let db = format!("todo_test_{tag}");
+        client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        let query = base.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+        let database_url = format!("{prefix}/{db}{query}");
+
+        // Redis databases 1..15, one per test in this process (0 is the servers').
+        let redis_url = format!("{}/{}", redis.trim_end_matches('/'), 1 + n % 15);
+        let mut r = todo_worker::resp::Connection::connect(&redis_url).await.unwrap();
+        r.call(&[b"FLUSHDB"]).await.unwrap();
+
+        let topic = format!("todo-commands-{tag}");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topic");
+        for r in created {
+            r.expect("topic created");
+        }
+        Env {
+            brokers,
+            redis_url,
+            database_url,
+            topic,
+            group: format!("todo-worker-{tag}"),
+        }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .create()
+            .unwrap()
+    }
+
+    /// Produce every command, keyed by todo id, and wait for every delivery.
+    pub async fn produce(&self, producer: &FutureProducer, cmds: &[TodoCommand]) {
+        let mut pending = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let payload = sonic_rs::to_vec(cmd).unwrap();
+            let key = cmd.todo_id.to_string();
+            let producer = producer.clone();
+            let topic = self.topic.clone();
+            pending.push(async move {
+                producer
+                    .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+            });
+        }
+        for p in pending {
+            p.await.expect("delivered");
+        }
+    }
+
+    pub fn start_worker(&self) -> Child {
+        Command::new(BIN)
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("REDIS_URL", &self.redis_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("TODO_COMMANDS_TOPIC", &self.topic)
+            .env("TODO_WORKER_GROUP", &self.group)
+            .env("TODO_SEED", "100")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn todo-worker")
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("test database");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Poll `count_sql` until it returns `want` (60 s at most); returns the last value.
+    pub async fn wait_count(&self, count_sql: &str, want: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = -1;
+        while Instant::now() < deadline {
+            if let Ok(db) = tokio::time::timeout(Duration::from_secs(5), self.db()).await {
+                if let Ok(row) = db.query_one(count_sql, &[]).await {
+                    last = row.get(0);
+                    if last == want {
+                        return last;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+
+    pub async fn redis_snapshot(&self) -> Option<todo_model::Snapshot> {
+        let mut r = todo_worker::resp::Connection::connect(&self.redis_url).await.ok()?;
+        match r.call(&[b"GET", todo_model::SNAPSHOT_KEY.as_bytes()]).await.ok()? {
+            todo_model::resp::Frame::BulkString(b) => todo_model::Snapshot::decode(&b),
+            _ => None,
+        }
+    }
+}
+
+/// Commands the way a server makes them: unique, time-ordered ids.
+pub struct Commands {
+    ids: todo_model::IdGenerator,
+}
+
+impl Commands {
+    pub fn new(node: u16) -> Self {
+        Commands {
+            ids: todo_model::IdGenerator::new(node),
+        }
+    }
+
+    pub fn make(&mut self, op: Op, todo_id: Option<u64>, user: &str, fields: Fields) -> TodoCommand {
+        let now = todo_model::now_ms();
+        let todo_id = todo_id.unwrap_or_else(|| self.ids.next_id(now));
+        TodoCommand {
+            command_id: self.ids.next_id(now),
+            op,
+            todo_id,
+            user: user.to_string(),
+            fields,
+            issued_at: now,
+        }
+    }
+
+    pub fn create(&mut self, user: &str, title: &str) -> TodoCommand {
+        self.make(
+            Op::Create,
+            None,
+            user,
+            Fields {
+                title: Some(title.to_string()),
+                ..Fields::default()
+            },
+        )
+    }
+}
