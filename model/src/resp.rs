@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("redis://127.0.0.1:7000/").unwrap(), ("127.0.0.1:7000".into(), 0));
+        assert_eq!(
+            parse_url("redis://127.0.0.1:7000/").unwrap(),
+            ("127.0.0.1:7000".into(), 0)
+        );
         assert_eq!(parse_url("redis://h/3").unwrap(), ("h:6379".into(), 3));
         assert!(parse_url("http://h").is_err());
     }
@@ -74,10 +77,16 @@ mod tests {
     fn commands_and_replies() {
         assert_eq!(command(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
         let mut buf = b"+OK\r\n:5\r\n$2\r\nab".to_vec();
-        assert_eq!(take_frame(&mut buf).unwrap(), Some(Frame::SimpleString(b"OK".to_vec())));
+        assert_eq!(
+            take_frame(&mut buf).unwrap(),
+            Some(Frame::SimpleString(b"OK".to_vec()))
+        );
         assert_eq!(take_frame(&mut buf).unwrap(), Some(Frame::Integer(5)));
         assert_eq!(take_frame(&mut buf).unwrap(), None);
         buf.extend_from_slice(b"\r\n");
-        assert_eq!(take_frame(&mut buf).unwrap(), Some(Frame::BulkString(b"ab".to_vec())));
+        assert_eq!(
+            take_frame(&mut buf).unwrap(),
+            Some(Frame::BulkString(b"ab".to_vec()))
+        );
     }
 }

@@ -235,7 +235,10 @@ mod tests {
         let bytes = s.encode();
         assert_eq!(Snapshot::encoded_version(&bytes), Some(42));
         assert_eq!(Snapshot::decode(&bytes), Some(s.clone()));
-        assert_eq!(Snapshot::decode(&Snapshot::render(1, &[]).encode()), Some(Snapshot::render(1, &[])));
+        assert_eq!(
+            Snapshot::decode(&Snapshot::render(1, &[]).encode()),
+            Some(Snapshot::render(1, &[]))
+        );
         for cut in [0, 7, 11, 100, bytes.len() - 1] {
             assert_eq!(Snapshot::decode(&bytes[..cut]), None, "cut at {cut}");
         }

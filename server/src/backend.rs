@@ -11,7 +11,10 @@ use crate::error::HttpError;
 #[derive(Clone)]
 pub enum Backend {
     Embedded(embedded::Handle),
-    Distributed { producer: Producer, lookups: Lookups },
+    Distributed {
+        producer: Producer,
+        lookups: Lookups,
+    },
 }
 
 impl Backend {

@@ -88,7 +88,8 @@ impl Core {
         }
         let version = next.version();
         *self.snapshot.borrow_mut() = Rc::new(next);
-        self.metrics().snapshot(version, todo_model::now_ms(), self.stale.get());
+        self.metrics()
+            .snapshot(version, todo_model::now_ms(), self.stale.get());
         true
     }
 

@@ -127,8 +127,18 @@ pub fn run(
                 store.replayed,
                 config.data_dir.display()
             );
-            let refreshes: Vec<runtime::Refresh> = store.updates.into_iter().map(runtime::Refresh::Embedded).collect();
-            (Backend::Embedded(store.handle), refreshes, store.snapshot, Some(store.thread), summary)
+            let refreshes: Vec<runtime::Refresh> = store
+                .updates
+                .into_iter()
+                .map(runtime::Refresh::Embedded)
+                .collect();
+            (
+                Backend::Embedded(store.handle),
+                refreshes,
+                store.snapshot,
+                Some(store.thread),
+                summary,
+            )
         }
         Some(settings) => {
             let producer = distributed::producer::Producer::new(settings)?;
@@ -145,7 +155,13 @@ pub fn run(
             );
             // Version 0: nothing yet; /readyz says 503 until Redis delivers.
             let empty = Arc::new(todo_model::Snapshot::render(0, &[]));
-            (Backend::Distributed { producer, lookups }, refreshes, empty, None, summary)
+            (
+                Backend::Distributed { producer, lookups },
+                refreshes,
+                empty,
+                None,
+                summary,
+            )
         }
     };
     let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();

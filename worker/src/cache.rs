@@ -74,7 +74,10 @@ impl Cache {
             match self.publish(snapshot).await {
                 Ok(_) => return,
                 Err(e) => {
-                    eprintln!("todo-worker: publishing snapshot {}: {e}; retrying in {delay:?}", snapshot.version());
+                    eprintln!(
+                        "todo-worker: publishing snapshot {}: {e}; retrying in {delay:?}",
+                        snapshot.version()
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "todo-worker", version, about = "Applies Todo commands from Kafka to PostgreSQL")]
+#[command(
+    name = "todo-worker",
+    version,
+    about = "Applies Todo commands from Kafka to PostgreSQL"
+)]
 pub struct WorkerConfig {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -23,6 +27,9 @@ pub struct WorkerConfig {
     /// Topic carrying the commands.
     #[arg(long, env = "TODO_COMMANDS_TOPIC", default_value = todo_model::COMMANDS_TOPIC)]
     pub topic: String,
+    /// Partitions of the topic when the worker has to create it.
+    #[arg(long, env = "TODO_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
     /// Most commands applied in one transaction.
     #[arg(long, env = "TODO_WORKER_BATCH", default_value_t = 1000)]
     pub max_batch: usize,

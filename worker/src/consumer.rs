@@ -15,6 +15,36 @@ use todo_model::TodoCommand;
 use crate::cache::Cache;
 use crate::{db, WorkerConfig, WorkerError};
 
+/// Create the commands topic if it does not exist yet.
+pub async fn ensure_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(
+                &config.topic,
+                config.partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(WorkerError::Config(format!(
+                    "creating topic {topic}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn consumer(config: &WorkerConfig) -> Result<StreamConsumer, WorkerError> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_brokers)
@@ -50,7 +80,10 @@ pub async fn consume(config: &WorkerConfig, pool: &Pool, cache: &Cache) -> Resul
             }
         }
         let applied = {
-            let mut client = pool.get().await.map_err(|e| WorkerError::Pool(e.to_string()))?;
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| WorkerError::Pool(e.to_string()))?;
             db::apply_batch(&mut client, &batch).await?
         };
         if let Some(snapshot) = &applied.snapshot {
@@ -63,7 +96,11 @@ pub async fn consume(config: &WorkerConfig, pool: &Pool, cache: &Cache) -> Resul
 }
 
 /// Add one message to the batch and note its offset.
-fn take(m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<TodoCommand>, offsets: &mut HashMap<i32, i64>) {
+fn take(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    batch: &mut Vec<TodoCommand>,
+    offsets: &mut HashMap<i32, i64>,
+) {
     offsets.insert(m.partition(), m.offset());
     match m.payload().map(sonic_rs::from_slice::<TodoCommand>) {
         Some(Ok(cmd)) => batch.push(cmd),

@@ -60,9 +60,13 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, WorkerError> {
 
 /// Create the schema if missing and seed an empty database. Returns how many
 /// todos were seeded.
-pub async fn migrate_and_seed(client: &mut deadpool_postgres::Client, seed: usize) -> Result<usize, WorkerError> {
+pub async fn migrate_and_seed(
+    client: &mut deadpool_postgres::Client,
+    seed: usize,
+) -> Result<usize, WorkerError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute(SCHEMA).await?;
     let empty: bool = tx
         .query_one(
@@ -91,7 +95,8 @@ pub async fn migrate_and_seed(client: &mut deadpool_postgres::Client, seed: usiz
             ],
         )
         .await?;
-        tx.execute("UPDATE snapshot_version SET version = version + 1", &[]).await?;
+        tx.execute("UPDATE snapshot_version SET version = version + 1", &[])
+            .await?;
         seeded = todos.len();
     }
     tx.commit().await?;
@@ -130,7 +135,10 @@ pub struct Applied {
 
 /// Apply a batch in ONE transaction (see the crate doc for why this is
 /// exactly-once together with the consumer's offset handling).
-pub async fn apply_batch(client: &mut deadpool_postgres::Client, cmds: &[TodoCommand]) -> Result<Applied, WorkerError> {
+pub async fn apply_batch(
+    client: &mut deadpool_postgres::Client,
+    cmds: &[TodoCommand],
+) -> Result<Applied, WorkerError> {
     let tx = client.transaction().await?;
     let mut outcomes = Vec::with_capacity(cmds.len());
     let mut changed = false;
@@ -139,7 +147,12 @@ pub async fn apply_batch(client: &mut deadpool_postgres::Client, cmds: &[TodoCom
             .execute(
                 "INSERT INTO processed_commands (command_id, todo_id, op, user_name, outcome)
                  VALUES ($1, $2, $3, $4, 'pending') ON CONFLICT DO NOTHING",
-                &[&(cmd.command_id as i64), &(cmd.todo_id as i64), &op_name(cmd.op), &cmd.user],
+                &[
+                    &(cmd.command_id as i64),
+                    &(cmd.todo_id as i64),
+                    &op_name(cmd.op),
+                    &cmd.user,
+                ],
             )
             .await?;
         if new == 0 {
@@ -179,7 +192,8 @@ pub async fn apply_batch(client: &mut deadpool_postgres::Client, cmds: &[TodoCom
                 Outcome::Applied
             }
             Ok(Change::Delete(id)) => {
-                tx.execute("DELETE FROM todos WHERE id = $1", &[&(id as i64)]).await?;
+                tx.execute("DELETE FROM todos WHERE id = $1", &[&(id as i64)])
+                    .await?;
                 Outcome::Applied
             }
             Err(rejection) => Outcome::Rejected(rejection),
@@ -201,7 +215,10 @@ pub async fn apply_batch(client: &mut deadpool_postgres::Client, cmds: &[TodoCom
     // commit has to wait for ours.
     let snapshot = if changed {
         let version: i64 = tx
-            .query_one("UPDATE snapshot_version SET version = version + 1 RETURNING version", &[])
+            .query_one(
+                "UPDATE snapshot_version SET version = version + 1 RETURNING version",
+                &[],
+            )
             .await?
             .get(0);
         Some(render(&tx, version as u64).await?)
@@ -226,9 +243,14 @@ async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, W
 /// The snapshot of the committed state now, under a consistent version.
 pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snapshot, WorkerError> {
     // REPEATABLE READ: the version and the rows come from one snapshot.
-    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let result = async {
-        let version: i64 = client.query_one("SELECT version FROM snapshot_version", &[]).await?.get(0);
+        let version: i64 = client
+            .query_one("SELECT version FROM snapshot_version", &[])
+            .await?
+            .get(0);
         render(client, version as u64).await
     }
     .await;
@@ -239,13 +261,19 @@ pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snap
 /// One todo by id.
 pub async fn todo(client: &impl GenericClient, id: u64) -> Result<Option<Todo>, WorkerError> {
     Ok(client
-        .query_opt(&format!("SELECT {COLUMNS} FROM todos WHERE id = $1"), &[&(id as i64)])
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM todos WHERE id = $1"),
+            &[&(id as i64)],
+        )
         .await?
         .map(|r| todo_from(&r)))
 }
 
 /// The recorded outcome of a command, for `GET /commands/{id}`.
-pub async fn outcome(client: &impl GenericClient, command_id: u64) -> Result<Option<(String, Option<String>)>, WorkerError> {
+pub async fn outcome(
+    client: &impl GenericClient,
+    command_id: u64,
+) -> Result<Option<(String, Option<String>)>, WorkerError> {
     Ok(client
         .query_opt(
             "SELECT outcome, reason FROM processed_commands WHERE command_id = $1",

@@ -45,7 +45,10 @@ pub enum WorkerError {
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let pool = db::pool(&config.database_url, config.pool_size)?;
     {
-        let mut client = pool.get().await.map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| WorkerError::Pool(e.to_string()))?;
         let seeded = db::migrate_and_seed(&mut client, config.seed).await?;
         if seeded > 0 {
             eprintln!("todo-worker: seeded {seeded} todos");
@@ -53,9 +56,13 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     }
     let cache = cache::Cache::new(&config.redis_url)?;
     {
-        let client = pool.get().await.map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| WorkerError::Pool(e.to_string()))?;
         let snapshot = db::current_snapshot(&client).await?;
         cache.publish_with_retry(&snapshot).await;
     }
+    consumer::ensure_topic(&config).await?;
     consumer::consume(&config, &pool, &cache).await
 }

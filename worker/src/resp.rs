@@ -34,7 +34,10 @@ impl Connection {
     /// Send one command and read its reply; a Redis error reply is an `Err`.
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Frame, WorkerError> {
         let io = |e: std::io::Error| WorkerError::Redis(e.to_string());
-        self.stream.write_all(&resp::command(args)).await.map_err(io)?;
+        self.stream
+            .write_all(&resp::command(args))
+            .await
+            .map_err(io)?;
         loop {
             match resp::take_frame(&mut self.buf).map_err(|e| WorkerError::Redis(e.to_string()))? {
                 Some(Frame::Error(e)) => return Err(WorkerError::Redis(e)),

@@ -13,50 +13,114 @@ async fn commands_are_applied_rendered_and_published() {
     let producer = env.producer();
     let mut cmds = Commands::new(1);
 
-    let alice: Vec<_> = (0..200).map(|i| cmds.create("alice", &format!("a{i}"))).collect();
+    let alice: Vec<_> = (0..200)
+        .map(|i| cmds.create("alice", &format!("a{i}")))
+        .collect();
     env.produce(&producer, &alice).await;
     let target = alice[10].todo_id;
     let later = vec![
-        cmds.make(Op::Update, Some(target), "bob", Fields { title: Some("stolen".into()), ..Fields::default() }),
+        cmds.make(
+            Op::Update,
+            Some(target),
+            "bob",
+            Fields {
+                title: Some("stolen".into()),
+                ..Fields::default()
+            },
+        ),
         cmds.make(Op::Delete, Some(target), "bob", Fields::default()),
-        cmds.make(Op::Update, Some(target), "alice", Fields { completed: Some(true), ..Fields::default() }),
-        cmds.make(Op::Delete, Some(alice[11].todo_id), "alice", Fields::default()),
-        cmds.make(Op::Update, Some(42), "alice", Fields { title: Some("x".into()), ..Fields::default() }),
+        cmds.make(
+            Op::Update,
+            Some(target),
+            "alice",
+            Fields {
+                completed: Some(true),
+                ..Fields::default()
+            },
+        ),
+        cmds.make(
+            Op::Delete,
+            Some(alice[11].todo_id),
+            "alice",
+            Fields::default(),
+        ),
+        cmds.make(
+            Op::Update,
+            Some(42),
+            "alice",
+            Fields {
+                title: Some("x".into()),
+                ..Fields::default()
+            },
+        ),
     ];
     // Per-todo order holds because commands are keyed by todo id.
     env.produce(&producer, &later).await;
 
     let total = (alice.len() + later.len()) as i64;
-    assert_eq!(env.wait_count("SELECT count(*) FROM processed_commands", total).await, total);
+    assert_eq!(
+        env.wait_count("SELECT count(*) FROM processed_commands", total)
+            .await,
+        total
+    );
     let db = env.db().await;
     let outcome = |id: u64| {
         let db = &db;
         async move {
             let row = db
-                .query_one("SELECT outcome, reason FROM processed_commands WHERE command_id = $1", &[&(id as i64)])
+                .query_one(
+                    "SELECT outcome, reason FROM processed_commands WHERE command_id = $1",
+                    &[&(id as i64)],
+                )
                 .await
                 .unwrap();
             (row.get::<_, String>(0), row.get::<_, Option<String>>(1))
         }
     };
-    assert_eq!(outcome(later[0].command_id).await, ("rejected".into(), Some("not_owner".into())));
-    assert_eq!(outcome(later[1].command_id).await, ("rejected".into(), Some("not_owner".into())));
+    assert_eq!(
+        outcome(later[0].command_id).await,
+        ("rejected".into(), Some("not_owner".into()))
+    );
+    assert_eq!(
+        outcome(later[1].command_id).await,
+        ("rejected".into(), Some("not_owner".into()))
+    );
     assert_eq!(outcome(later[2].command_id).await, ("applied".into(), None));
-    assert_eq!(outcome(later[4].command_id).await, ("rejected".into(), Some("not_found".into())));
+    assert_eq!(
+        outcome(later[4].command_id).await,
+        ("rejected".into(), Some("not_found".into()))
+    );
     let row = db
-        .query_one("SELECT title, completed FROM todos WHERE id = $1", &[&(target as i64)])
+        .query_one(
+            "SELECT title, completed FROM todos WHERE id = $1",
+            &[&(target as i64)],
+        )
         .await
         .unwrap();
-    assert_eq!((row.get::<_, String>(0), row.get::<_, bool>(1)), ("a10".into(), true));
-    let todos: i64 = db.query_one("SELECT count(*) FROM todos", &[]).await.unwrap().get(0);
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, bool>(1)),
+        ("a10".into(), true)
+    );
+    let todos: i64 = db
+        .query_one("SELECT count(*) FROM todos", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(todos, 100 + 200 - 1, "seed + creates - one delete");
 
     // The snapshot in Redis is the newest rows, at the version in PostgreSQL.
-    let version: i64 = db.query_one("SELECT version FROM snapshot_version", &[]).await.unwrap().get(0);
+    let version: i64 = db
+        .query_one("SELECT version FROM snapshot_version", &[])
+        .await
+        .unwrap()
+        .get(0);
     let mut snapshot = None;
     for _ in 0..100 {
         snapshot = env.redis_snapshot().await;
-        if snapshot.as_ref().is_some_and(|s| s.version() == version as u64) {
+        if snapshot
+            .as_ref()
+            .is_some_and(|s| s.version() == version as u64)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -65,8 +129,16 @@ async fn commands_are_applied_rendered_and_published() {
     assert_eq!(snapshot.version(), version as u64);
     let rows: Vec<sonic_rs::Value> = sonic_rs::from_slice(snapshot.body()).unwrap();
     assert_eq!(rows.len(), 299.min(todo_model::SNAPSHOT_MAX));
-    assert_eq!(rows[0]["id"].as_u64(), Some(alice[199].todo_id), "newest first");
-    assert!(rows.iter().all(|r| r["id"].as_u64() != Some(alice[11].todo_id)), "deleted todo gone");
+    assert_eq!(
+        rows[0]["id"].as_u64(),
+        Some(alice[199].todo_id),
+        "newest first"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["id"].as_u64() != Some(alice[11].todo_id)),
+        "deleted todo gone"
+    );
 
     let _ = worker.kill();
     let _ = worker.wait();
@@ -79,10 +151,22 @@ async fn sigkill_during_the_flow_applies_every_command_exactly_once() {
     let mut cmds = Commands::new(2);
     // Creates, then an update of every created todo: all must apply, and an
     // update can only apply after its create (same key, same partition).
-    let creates: Vec<_> = (0..1500).map(|i| cmds.create("erin", &format!("e{i}"))).collect();
+    let creates: Vec<_> = (0..1500)
+        .map(|i| cmds.create("erin", &format!("e{i}")))
+        .collect();
     let updates: Vec<_> = creates
         .iter()
-        .map(|c| cmds.make(Op::Update, Some(c.todo_id), "erin", Fields { completed: Some(true), ..Fields::default() }))
+        .map(|c| {
+            cmds.make(
+                Op::Update,
+                Some(c.todo_id),
+                "erin",
+                Fields {
+                    completed: Some(true),
+                    ..Fields::default()
+                },
+            )
+        })
         .collect();
     let all: Vec<_> = creates.iter().chain(&updates).cloned().collect();
     let total = all.len() as i64;
@@ -109,16 +193,29 @@ async fn sigkill_during_the_flow_applies_every_command_exactly_once() {
     };
     tokio::join!(producing, killing);
 
-    assert_eq!(env.wait_count("SELECT count(*) FROM processed_commands", total).await, total);
+    assert_eq!(
+        env.wait_count("SELECT count(*) FROM processed_commands", total)
+            .await,
+        total
+    );
     let db = env.db().await;
     let rejected: i64 = db
-        .query_one("SELECT count(*) FROM processed_commands WHERE outcome <> 'applied'", &[])
+        .query_one(
+            "SELECT count(*) FROM processed_commands WHERE outcome <> 'applied'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rejected, 0, "a redelivered command was applied twice (its second run would be rejected)");
+    assert_eq!(
+        rejected, 0,
+        "a redelivered command was applied twice (its second run would be rejected)"
+    );
     let row = db
-        .query_one("SELECT count(*), count(*) FILTER (WHERE completed) FROM todos WHERE owner = 'erin'", &[])
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE completed) FROM todos WHERE owner = 'erin'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1500, 1500));

@@ -67,7 +67,11 @@ impl Lookups {
     }
 }
 
-async fn serve(rx: flume::Receiver<Request>, pool: deadpool_postgres::Pool, cache: todo_worker::cache::Cache) {
+async fn serve(
+    rx: flume::Receiver<Request>,
+    pool: deadpool_postgres::Pool,
+    cache: todo_worker::cache::Cache,
+) {
     while let Ok(first) = rx.recv_async().await {
         // Single flight: every Fill waiting now is answered by one render.
         let mut fills = Vec::new();

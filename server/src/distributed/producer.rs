@@ -42,7 +42,8 @@ impl Producer {
     /// wait is an await on the core's event loop, not a blocking call: the
     /// report comes from librdkafka's thread and wakes this task.
     pub async fn send(&self, cmd: &TodoCommand) -> Result<(), HttpError> {
-        let payload = sonic_rs::to_vec(cmd).map_err(|_| HttpError::internal("cannot encode command"))?;
+        let payload =
+            sonic_rs::to_vec(cmd).map_err(|_| HttpError::internal("cannot encode command"))?;
         let key = itoa::Buffer::new().format(cmd.todo_id).to_string();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
         let delivery = self
@@ -53,9 +54,10 @@ impl Producer {
         // guards against a report that never comes.
         match monoio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => {
-                Err(HttpError::unavailable("the command broker did not confirm the write", 1))
-            }
+            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => Err(HttpError::unavailable(
+                "the command broker did not confirm the write",
+                1,
+            )),
         }
     }
 }

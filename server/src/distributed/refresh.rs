@@ -52,7 +52,8 @@ async fn session(core: &Core, url: &str, lookups: &Lookups) -> (bool, String) {
     let result: io::Result<()> = async {
         let mut cmd = Conn::connect(&addr, db).await?;
         let mut sub = Conn::connect(&addr, 0).await?;
-        sub.call(&[b"SUBSCRIBE", CHANGED_CHANNEL.as_bytes()]).await?;
+        sub.call(&[b"SUBSCRIBE", CHANGED_CHANNEL.as_bytes()])
+            .await?;
         resync(core, &mut cmd, lookups).await?;
         synced = true;
         core.set_stale(false);
@@ -63,7 +64,10 @@ async fn session(core: &Core, url: &str, lookups: &Lookups) -> (bool, String) {
         }
     }
     .await;
-    (synced, result.err().map_or_else(String::new, |e| e.to_string()))
+    (
+        synced,
+        result.err().map_or_else(String::new, |e| e.to_string()),
+    )
 }
 
 /// GET the stored snapshot and install it if newer; fill an empty Redis.
@@ -71,17 +75,27 @@ async fn resync(core: &Core, cmd: &mut Conn, lookups: &Lookups) -> io::Result<()
     for attempt in 0..2 {
         match cmd.call(&[b"GET", SNAPSHOT_KEY.as_bytes()]).await? {
             Frame::BulkString(bytes) => {
-                let snapshot = Snapshot::decode(&bytes)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "todos:snapshot is not a snapshot"))?;
+                let snapshot = Snapshot::decode(&bytes).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "todos:snapshot is not a snapshot",
+                    )
+                })?;
                 core.install_owned(snapshot);
                 return Ok(());
             }
             Frame::Null if attempt == 0 => {
                 if !lookups.fill().await {
-                    return Err(io::Error::other("Redis is empty and the fill from PostgreSQL failed"));
+                    return Err(io::Error::other(
+                        "Redis is empty and the fill from PostgreSQL failed",
+                    ));
                 }
             }
-            other => return Err(io::Error::other(format!("unexpected reply to GET: {other:?}"))),
+            other => {
+                return Err(io::Error::other(format!(
+                    "unexpected reply to GET: {other:?}"
+                )))
+            }
         }
     }
     Err(io::Error::other("Redis still empty after a fill"))
@@ -115,7 +129,9 @@ impl Conn {
 
     async fn frame(&mut self) -> io::Result<Frame> {
         loop {
-            match resp::take_frame(&mut self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
+            match resp::take_frame(&mut self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
                 Some(Frame::Error(e)) => return Err(io::Error::other(e)),
                 Some(frame) => return Ok(frame),
                 None => {}
@@ -128,7 +144,10 @@ impl Conn {
             let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
             self.buf = slice.into_inner();
             if res? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "Redis closed the connection"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "Redis closed the connection",
+                ));
             }
         }
     }

@@ -62,6 +62,16 @@ impl Server {
     }
 
     pub fn start_in(driver: &'static str, data_dir: PathBuf, extra: &[&str]) -> Server {
+        Server::start_with(driver, data_dir, extra, &[])
+    }
+
+    /// Start with extra environment variables (the distributed path's).
+    pub fn start_with(
+        driver: &'static str,
+        data_dir: PathBuf,
+        extra: &[&str],
+        vars: &[(&str, String)],
+    ) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "--listen",
@@ -74,12 +84,21 @@ impl Server {
             ])
             .arg(&data_dir)
             .args(extra)
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn todo-server");
         let mut reader = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
-        reader.read_line(&mut line).expect("read start-up line");
+        for _ in 0..100 {
+            line.clear();
+            if reader.read_line(&mut line).expect("read start-up line") == 0
+                || line.contains("listening on ")
+            {
+                break;
+            }
+            eprint!("[server] {line}");
+        }
         let addr = line
             .split("listening on ")
             .nth(1)
@@ -109,9 +128,25 @@ impl Server {
         s
     }
 
-    /// A token from the binary's own `token` subcommand, for this data dir.
+    /// A token from the binary's own `token` subcommand, for this data dir
+    /// (or for JWT_SECRET when the test environment sets it).
     pub fn token(&self, sub: &str) -> String {
         token_for(&self.data_dir, sub)
+    }
+
+    /// A token signed with `secret`, as `JWT_SECRET=secret todo-server token`.
+    pub fn token_with_secret(secret: &str, sub: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["token", "--sub", sub])
+            .env("JWT_SECRET", secret)
+            .output()
+            .expect("todo-server token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
     /// SIGKILL: nothing gets a chance to flush.
@@ -144,7 +179,17 @@ impl Server {
 
     /// Poll `GET path` until `accept` holds (2 s at most).
     pub fn wait_for(&self, path: &str, accept: impl Fn(&Response) -> bool) -> Response {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        self.wait_for_secs(path, 2, accept)
+    }
+
+    /// Poll `GET path` until `accept` holds (`secs` at most).
+    pub fn wait_for_secs(
+        &self,
+        path: &str,
+        secs: u64,
+        accept: impl Fn(&Response) -> bool,
+    ) -> Response {
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let r = self.get(path);
             if accept(&r) || Instant::now() > deadline {

@@ -1,4 +1,5 @@
-//! Harness for the worker's integration tests: real PostgreSQL, Redis and
+//! Harness for the distributed path's integration tests (the worker's, and
+//! the server's through `#[path]`): real PostgreSQL, Redis and
 //! Kafka-protocol broker, as started by `scripts/services.sh` (whose `env`
 //! file `scripts/test.sh` sources). Each test gets its own database, Redis
 //! database number and topic, so tests can run side by side.
@@ -14,7 +15,25 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use todo_model::{Fields, Op, TodoCommand};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_todo-worker");
+/// The todo-worker binary: this package's, or the workspace's when another
+/// package's tests use this harness (`cargo test --workspace` builds it).
+pub fn worker_bin() -> std::path::PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_todo-worker") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("todo-worker");
+    assert!(
+        bin.exists(),
+        "{} missing: run through ./scripts/test.sh (cargo test --workspace)",
+        bin.display()
+    );
+    bin
+}
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
@@ -35,23 +54,38 @@ pub struct Env {
 
 impl Env {
     pub async fn new(partitions: i32) -> Env {
+        Env::with(partitions, None, None).await
+    }
+
+    /// Like [`Env::new`], with this test's own broker and/or Redis.
+    pub async fn with(partitions: i32, brokers: Option<String>, redis: Option<String>) -> Env {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}_{n}", std::process::id());
-        let brokers = var("KAFKA_BROKERS");
+        let brokers = brokers.unwrap_or_else(|| var("KAFKA_BROKERS"));
         let base = var("DATABASE_URL");
-        let redis = var("REDIS_URL");
+        let redis = redis.unwrap_or_else(|| var("REDIS_URL"));
 
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.expect("PostgreSQL");
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL");
         tokio::spawn(conn);
         let db = format!("todo_test_{tag}");
-        client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
         let (prefix, _) = base.rsplit_once('/').unwrap();
-        let query = base.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+        let query = base
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
         let database_url = format!("{prefix}/{db}{query}");
 
         // Redis databases 1..15, one per test in this process (0 is the servers').
         let redis_url = format!("{}/{}", redis.trim_end_matches('/'), 1 + n % 15);
-        let mut r = todo_worker::resp::Connection::connect(&redis_url).await.unwrap();
+        let mut r = todo_worker::resp::Connection::connect(&redis_url)
+            .await
+            .unwrap();
         r.call(&[b"FLUSHDB"]).await.unwrap();
 
         let topic = format!("todo-commands-{tag}");
@@ -61,7 +95,11 @@ impl Env {
             .unwrap();
         let created = admin
             .create_topics(
-                &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+                &[NewTopic::new(
+                    &topic,
+                    partitions,
+                    TopicReplication::Fixed(1),
+                )],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await
@@ -98,7 +136,10 @@ impl Env {
             let topic = self.topic.clone();
             pending.push(async move {
                 producer
-                    .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(30))
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&payload),
+                        Duration::from_secs(30),
+                    )
                     .await
                     .map_err(|(e, _)| e)
             });
@@ -108,8 +149,18 @@ impl Env {
         }
     }
 
+    /// The environment a server or worker of this test needs.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KAFKA_BROKERS", self.brokers.clone()),
+            ("REDIS_URL", self.redis_url.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("TODO_COMMANDS_TOPIC", self.topic.clone()),
+        ]
+    }
+
     pub fn start_worker(&self) -> Child {
-        Command::new(BIN)
+        Command::new(worker_bin())
             .env("KAFKA_BROKERS", &self.brokers)
             .env("REDIS_URL", &self.redis_url)
             .env("DATABASE_URL", &self.database_url)
@@ -148,8 +199,14 @@ impl Env {
     }
 
     pub async fn redis_snapshot(&self) -> Option<todo_model::Snapshot> {
-        let mut r = todo_worker::resp::Connection::connect(&self.redis_url).await.ok()?;
-        match r.call(&[b"GET", todo_model::SNAPSHOT_KEY.as_bytes()]).await.ok()? {
+        let mut r = todo_worker::resp::Connection::connect(&self.redis_url)
+            .await
+            .ok()?;
+        match r
+            .call(&[b"GET", todo_model::SNAPSHOT_KEY.as_bytes()])
+            .await
+            .ok()?
+        {
             todo_model::resp::Frame::BulkString(b) => todo_model::Snapshot::decode(&b),
             _ => None,
         }
@@ -168,7 +225,13 @@ impl Commands {
         }
     }
 
-    pub fn make(&mut self, op: Op, todo_id: Option<u64>, user: &str, fields: Fields) -> TodoCommand {
+    pub fn make(
+        &mut self,
+        op: Op,
+        todo_id: Option<u64>,
+        user: &str,
+        fields: Fields,
+    ) -> TodoCommand {
         let now = todo_model::now_ms();
         let todo_id = todo_id.unwrap_or_else(|| self.ids.next_id(now));
         TodoCommand {
@@ -191,5 +254,128 @@ impl Commands {
                 ..Fields::default()
             },
         )
+    }
+}
+
+/// A process of this test's own (a broker or a Redis that the test stops and
+/// starts again), killed when dropped.
+pub struct Private {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    kind: &'static str,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Private {
+    /// A tansu broker with durable sqlite storage in its own directory.
+    pub fn broker() -> Private {
+        let dir = std::env::temp_dir().join(format!(
+            "todo-broker-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = Private {
+            child: None,
+            port: free_port(),
+            dir,
+            kind: "tansu",
+        };
+        p.start();
+        p
+    }
+
+    /// A Redis without persistence: a restart comes back empty.
+    pub fn redis() -> Private {
+        let dir = std::env::temp_dir().join(format!(
+            "todo-redis-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = Private {
+            child: None,
+            port: free_port(),
+            dir,
+            kind: "redis",
+        };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        let port = self.port.to_string();
+        let child = match self.kind {
+            "tansu" => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                Command::new("tansu")
+                    .current_dir(&self.dir)
+                    .args([
+                        "broker",
+                        "--listener-url",
+                        &url,
+                        "--advertised-listener-url",
+                        &url,
+                        "--storage-engine",
+                        "sqlite://tansu.db",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("tansu on PATH (scripts/services.sh install)")
+            }
+            _ => Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .current_dir(&self.dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server"),
+        };
+        self.child = Some(child);
+        wait_port(self.port);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,268 @@
+//! The distributed path end to end, over real services: servers produce to
+//! the Kafka-protocol broker, todo-worker applies to PostgreSQL and publishes
+//! through Redis, every core of every server converges.
+
+mod common;
+#[path = "../../worker/tests/common/mod.rs"]
+mod services;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{read_response, Server};
+use services::Env;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+
+const SECRET: &str = "distributed-test-secret-0123456789abcdef";
+
+fn start_server(env: &Env, instance: u16, extra: &[&str]) -> Server {
+    let mut vars = env.vars();
+    vars.push(("JWT_SECRET", SECRET.to_string()));
+    vars.push(("TODO_INSTANCE", instance.to_string()));
+    let server = Server::start_with("legacy", common::temp_dir("dist"), extra, &vars);
+    // Ready once a snapshot arrived from Redis.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "server never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+fn ids_in(server: &Server, limit: usize) -> Vec<u64> {
+    let r = server.get(&format!("/todos?limit={limit}"));
+    assert_eq!(r.status, 200);
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Runtime for the harness's async parts (topic, database, Redis setup).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn writes_from_many_clients_reach_every_server() {
+    let rt = runtime();
+    let env = rt.block_on(Env::new(3));
+    let mut worker = env.start_worker();
+    let a = start_server(&env, 1, &[]);
+    let b = start_server(&env, 2, &[]);
+    let token = Server::token_with_secret(SECRET, "alice");
+
+    // 8 clients x 25 writes, alternating servers; each write is timed from
+    // its request until the todo shows in GET /todos on BOTH servers.
+    let written: Vec<(u64, Instant)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|c| {
+                let (a, b, token) = (&a, &b, &token);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..25 {
+                        let server = if (c + i) % 2 == 0 { a } else { b };
+                        let started = Instant::now();
+                        let r = server.send_json(
+                            "POST",
+                            "/todos",
+                            token,
+                            &format!(r#"{{"title":"c{c} w{i}"}}"#),
+                        );
+                        assert_eq!(r.status, 202, "{}", r.text());
+                        mine.push((r.json()["todo_id"].as_u64().unwrap(), started));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pending = written;
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} writes never became visible",
+            pending.len()
+        );
+        let (on_a, on_b) = (ids_in(&a, 1000), ids_in(&b, 1000));
+        let now = Instant::now();
+        pending.retain(|(id, started)| {
+            let seen = on_a.contains(id) && on_b.contains(id);
+            if seen {
+                latencies.push(now - *started);
+            }
+            !seen
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "write-to-visible on both servers, {} writes: p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        p(0.5),
+        p(0.99),
+        latencies.last().unwrap()
+    );
+    assert_eq!(latencies.len(), 200);
+
+    // Every core of both servers serves the same bytes.
+    let mut bodies = std::collections::HashSet::new();
+    for server in [&a, &b] {
+        for _ in 0..8 {
+            let mut s = server.connect();
+            s.write_all(b"GET /todos?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            bodies.insert(read_response(&mut s, &mut Vec::new()).unwrap().body);
+        }
+    }
+    assert_eq!(bodies.len(), 1, "servers or cores disagree");
+    // The outcome is recorded and served from PostgreSQL.
+    let id = ids_in(&a, 1)[0];
+    assert_eq!(
+        a.get(&format!("/todos/{id}")).json()["owner"].as_str(),
+        Some("alice")
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
+
+#[test]
+fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
+    let mut broker = services::Private::broker();
+    let rt = runtime();
+    let env = rt.block_on(Env::with(2, Some(broker.addr()), None));
+    let mut worker = env.start_worker();
+    let server = start_server(&env, 3, &["--kafka-timeout", "2s"]);
+    let token = Server::token_with_secret(SECRET, "dana");
+    assert_eq!(
+        server
+            .send_json("POST", "/todos", &token, r#"{"title":"before"}"#)
+            .status,
+        202
+    );
+
+    broker.kill();
+    let started = Instant::now();
+    let r = server.send_json("POST", "/todos", &token, r#"{"title":"during"}"#);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    // Reads go on meanwhile.
+    assert_eq!(server.get("/todos?limit=1").status, 200);
+
+    broker.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let r = server.send_json("POST", "/todos", &token, r#"{"title":"after"}"#);
+        if r.status == 202 {
+            break r.json()["todo_id"].as_u64().unwrap();
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "writes never flowed again");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let visible = server.wait_for_secs("/todos?limit=5", 30, |r| {
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"].as_u64() == Some(after))
+    });
+    assert!(visible
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["title"].as_str() != Some("during")));
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
+
+#[test]
+fn redis_restarted_reads_never_fail_and_every_core_converges() {
+    let mut redis = services::Private::redis();
+    let rt = runtime();
+    let env = rt.block_on(Env::with(
+        2,
+        None,
+        Some(format!("redis://{}/", redis.addr())),
+    ));
+    let mut worker = env.start_worker();
+    let server = start_server(&env, 4, &[]);
+    let token = Server::token_with_secret(SECRET, "fred");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // A reader that must never see anything but 200 while Redis is away.
+        let reader = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = server.get("/todos?limit=3");
+                assert_eq!(r.status, 200, "a read failed while Redis was away");
+                n += 1;
+            }
+            n
+        });
+        redis.kill();
+        let stale =
+            server.wait_for_secs("/readyz", 10, |r| r.json()["stale"].as_bool() == Some(true));
+        assert_eq!(
+            stale.json()["stale"].as_bool(),
+            Some(true),
+            "{}",
+            stale.text()
+        );
+        assert!(server
+            .get("/metrics")
+            .text()
+            .contains("todo_snapshot_stale{core=\"0\"} 1"));
+        // Written while Redis is down: durable in Kafka, applied to PostgreSQL.
+        let r = server.send_json(
+            "POST",
+            "/todos",
+            &token,
+            r#"{"title":"while redis was away"}"#,
+        );
+        assert_eq!(r.status, 202);
+        let id = r.json()["todo_id"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        redis.start(); // empty: no persistence
+                       // Every core converges on the snapshot holding the new todo.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut all = true;
+            for _ in 0..8 {
+                all &= ids_in(&server, 1).first() == Some(&id);
+            }
+            let ready = server.get("/readyz");
+            if all && ready.json()["stale"].as_bool() == Some(false) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cores did not converge after Redis returned"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+    let _ = worker.kill();
+    let _ = worker.wait();
+}
