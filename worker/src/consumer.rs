@@ -12,7 +12,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use todo_model::TodoCommand;
 
-use crate::cache::Cache;
 use crate::{db, WorkerConfig, WorkerError};
 
 /// Create the commands topic if it does not exist yet.
@@ -53,13 +52,27 @@ pub fn consumer(config: &WorkerConfig) -> Result<StreamConsumer, WorkerError> {
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        // Fetch as soon as anything is there (default: wait up to 500 ms).
+        .set("fetch.wait.max.ms", "10")
+        // A worker that dies (SIGKILL) is noticed by its silence within the
+        // session timeout; the rebalance timeout (max.poll.interval.ms) bounds
+        // how long the group waits for members to rejoin. Defaults are 45 s
+        // and 5 min; a batch never takes long, so short bounds cost nothing
+        // and let the surviving workers take the partitions over quickly.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "10000")
         .create()?;
     consumer.subscribe(&[&config.topic])?;
     Ok(consumer)
 }
 
-pub async fn consume(config: &WorkerConfig, pool: &Pool, cache: &Cache) -> Result<(), WorkerError> {
+/// Consume until an error; each applied batch's snapshot goes to `latest`.
+pub async fn consume(
+    config: &WorkerConfig,
+    pool: &Pool,
+    latest: &tokio::sync::watch::Sender<std::sync::Arc<todo_model::Snapshot>>,
+) -> Result<(), WorkerError> {
     let consumer = consumer(config)?;
     let mut batch: Vec<TodoCommand> = Vec::with_capacity(config.max_batch);
     // Highest offset seen per partition in this batch.
@@ -86,11 +99,11 @@ pub async fn consume(config: &WorkerConfig, pool: &Pool, cache: &Cache) -> Resul
                 .map_err(|e| WorkerError::Pool(e.to_string()))?;
             db::apply_batch(&mut client, &batch).await?
         };
-        if let Some(snapshot) = &applied.snapshot {
-            cache.publish_with_retry(snapshot).await;
-        }
         for (partition, offset) in &offsets {
             consumer.store_offset(&config.topic, *partition, *offset)?;
+        }
+        if let Some(snapshot) = applied.snapshot {
+            latest.send_replace(std::sync::Arc::new(snapshot));
         }
     }
 }

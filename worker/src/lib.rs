@@ -7,9 +7,9 @@
 //!                   NOTHING), apply only new ones with todo_model::decide,
 //!                   record the outcome, bump the snapshot version, read the
 //!                   newest rows -> COMMIT
-//!   -> cache.rs     render once (todo_model::Snapshot), SET todos:snapshot
-//!                   only if newer, PUBLISH todos:changed
 //!   -> store the batch's offsets (committed by the consumer afterwards)
+//!   -> cache.rs     (beside, latest wins) SET todos:snapshot only if newer,
+//!                   PUBLISH todos:changed; retried until Redis takes it
 //! ```
 //!
 //! A crash before COMMIT redelivers the batch and nothing was applied; a crash
@@ -55,14 +55,23 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         }
     }
     let cache = cache::Cache::new(&config.redis_url)?;
-    {
+    let current = {
         let client = pool
             .get()
             .await
             .map_err(|e| WorkerError::Pool(e.to_string()))?;
-        let snapshot = db::current_snapshot(&client).await?;
-        cache.publish_with_retry(&snapshot).await;
-    }
+        db::current_snapshot(&client).await?
+    };
+    // Publishing runs beside consumption: Redis being away delays readers but
+    // never stalls the applying of commands (their durability is PostgreSQL's).
+    let (latest, mut newest) = tokio::sync::watch::channel(std::sync::Arc::new(current));
+    newest.mark_changed();
+    tokio::spawn(async move {
+        while newest.changed().await.is_ok() {
+            let snapshot = newest.borrow_and_update().clone();
+            cache.publish_with_retry(&snapshot).await;
+        }
+    });
     consumer::ensure_topic(&config).await?;
-    consumer::consume(&config, &pool, &cache).await
+    consumer::consume(&config, &pool, &latest).await
 }

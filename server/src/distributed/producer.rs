@@ -1,8 +1,18 @@
 //! Producing accepted commands to Kafka. The 202 is sent only once the
 //! delivery report says the broker has the command (acks=all); a broker that
 //! cannot be reached within `kafka_timeout` gives 503, never a 202.
+//!
+//! Each core owns its producer (an idempotent librdkafka client). After a
+//! failed or missing delivery report the core replaces it, at most once per
+//! `kafka_timeout`: an idempotent producer whose in-flight batches timed out
+//! can be left waiting on sequence numbers the restarted broker no longer
+//! knows, and a fresh producer id is the reliable way out. (Measured here
+//! against a broker killed and restarted: the old client never delivered
+//! again; a fresh one does.) The old client is dropped on a helper thread,
+//! because its drop purges and flushes for up to half a second.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -11,31 +21,67 @@ use todo_model::TodoCommand;
 use super::{DistributedError, Settings};
 use crate::error::HttpError;
 
-#[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
-    topic: String,
-    timeout: Duration,
+    settings: Settings,
+    /// The core's client and when it was made; made on first use.
+    inner: RefCell<Option<(FutureProducer, Instant)>>,
+}
+
+/// Each clone (one per core) makes its own client.
+impl Clone for Producer {
+    fn clone(&self) -> Self {
+        Producer {
+            settings: self.settings.clone(),
+            inner: RefCell::new(None),
+        }
+    }
+}
+
+fn client(settings: &Settings) -> Result<FutureProducer, DistributedError> {
+    let timeout_ms = settings.kafka_timeout.as_millis().max(1).to_string();
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka_brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // A report within the timeout, success or failure: librdkafka's
+        // default would keep retrying for five minutes.
+        .set("message.timeout.ms", &timeout_ms)
+        .set("linger.ms", "1")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
 }
 
 impl Producer {
+    /// Check the settings by building one client now, so a bad
+    /// configuration fails at start-up.
     pub fn new(settings: &Settings) -> Result<Producer, DistributedError> {
-        let timeout_ms = settings.kafka_timeout.as_millis().max(1).to_string();
-        let inner: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.kafka_brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // A report within the timeout, success or failure: librdkafka's
-            // default would keep retrying for five minutes.
-            .set("message.timeout.ms", &timeout_ms)
-            .set("linger.ms", "1")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
+        drop(client(settings)?);
         Ok(Producer {
-            inner,
-            topic: settings.topic.clone(),
-            timeout: settings.kafka_timeout,
+            settings: settings.clone(),
+            inner: RefCell::new(None),
         })
+    }
+
+    fn current(&self) -> Result<FutureProducer, HttpError> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.is_none() {
+            let made = client(&self.settings)
+                .map_err(|_| HttpError::unavailable("cannot create the Kafka producer", 1))?;
+            *inner = Some((made, Instant::now()));
+        }
+        Ok(inner.as_ref().expect("made above").0.clone())
+    }
+
+    fn replace_after_failure(&self) {
+        let mut inner = self.inner.borrow_mut();
+        if inner
+            .as_ref()
+            .is_some_and(|(_, made)| made.elapsed() >= self.settings.kafka_timeout)
+        {
+            if let Some((old, _)) = inner.take() {
+                std::thread::spawn(move || drop(old));
+            }
+        }
     }
 
     /// Produce `cmd` keyed by its todo id and wait for the broker's ack. The
@@ -45,19 +91,30 @@ impl Producer {
         let payload =
             sonic_rs::to_vec(cmd).map_err(|_| HttpError::internal("cannot encode command"))?;
         let key = itoa::Buffer::new().format(cmd.todo_id).to_string();
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        let delivery = self
-            .inner
+        let producer = self.current()?;
+        let record = FutureRecord::to(&self.settings.topic)
+            .key(&key)
+            .payload(&payload);
+        let delivery = producer
             .send_result(record)
             .map_err(|_| HttpError::unavailable("the write queue is full", 1))?;
         // librdkafka reports by message.timeout.ms; the extra second only
         // guards against a report that never comes.
-        match monoio::time::timeout(self.timeout + Duration::from_secs(1), delivery).await {
+        let waited = monoio::time::timeout(
+            self.settings.kafka_timeout + Duration::from_secs(1),
+            delivery,
+        )
+        .await;
+        match waited {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(_))) | Ok(Err(_)) | Err(_) => Err(HttpError::unavailable(
-                "the command broker did not confirm the write",
-                1,
-            )),
+            _ => {
+                drop(producer);
+                self.replace_after_failure();
+                Err(HttpError::unavailable(
+                    "the command broker did not confirm the write",
+                    1,
+                ))
+            }
         }
     }
 }
