@@ -11,9 +11,22 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_todo-server");
 
+/// Variables that select the distributed path or a shared secret: cleared
+/// for every server a test starts, so each test says what it runs.
+const SELECTORS: [&str; 4] = ["KAFKA_BROKERS", "REDIS_URL", "DATABASE_URL", "JWT_SECRET"];
+
+/// `todo-server` with the selecting variables cleared.
+fn command() -> Command {
+    let mut c = Command::new(BIN);
+    for v in SELECTORS {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// The drivers to test: io_uring where this kernel allows it, and epoll.
 pub fn drivers() -> Vec<&'static str> {
-    let out = Command::new(BIN)
+    let out = command()
         .args(["--driver", "uring", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(temp_dir("probe"))
         .args(["--seed", "0"])
@@ -72,7 +85,7 @@ impl Server {
         extra: &[&str],
         vars: &[(&str, String)],
     ) -> Server {
-        let mut child = Command::new(BIN)
+        let mut child = command()
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -136,7 +149,7 @@ impl Server {
 
     /// A token signed with `secret`, as `JWT_SECRET=secret todo-server token`.
     pub fn token_with_secret(secret: &str, sub: &str) -> String {
-        let out = Command::new(BIN)
+        let out = command()
             .args(["token", "--sub", sub])
             .env("JWT_SECRET", secret)
             .output()
@@ -211,7 +224,7 @@ impl Drop for Server {
 }
 
 pub fn token_for(data_dir: &Path, sub: &str) -> String {
-    let out = Command::new(BIN)
+    let out = command()
         .args(["token", "--sub", sub, "--data-dir"])
         .arg(data_dir)
         .output()
