@@ -4,7 +4,8 @@
 # Kafka-protocol broker (tansu from crates.io, durable sqlite:// storage).
 #
 #   scripts/services.sh start [DIR]   # DIR default: a new temporary directory
-#   scripts/services.sh stop DIR
+#   scripts/services.sh up [DIR] [N]  # start, then todo-worker and N todo-servers (default 2)
+#   scripts/services.sh stop DIR      # stops whatever start/up started
 #   scripts/services.sh install       # packages and the tansu binary only
 #
 # `start` prints DIR and writes DIR/env, to be sourced:
@@ -12,6 +13,9 @@
 #   DATABASE_URL=postgres://postgres@127.0.0.1:P/todo?sslmode=disable
 # With KAFKA_BROKERS already set, no broker is started and that one is used.
 # Each service's pid is kept in DIR/*.pid; `stop` ends exactly those.
+# `up` builds the release binaries, shares one generated JWT_SECRET (in
+# DIR/env) and adds TODO_SERVERS=http://127.0.0.1:P,... to DIR/env; mint a
+# token with `JWT_SECRET=... target/release/todo-server token --sub NAME`.
 set -euo pipefail
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -99,9 +103,40 @@ ENV
   echo "$dir"
 }
 
+up() {
+  local dir n root
+  dir=$(start "${1:-}")
+  n=${2:-2}
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  (cd "$root" && cargo build --release -q -p todo-server -p todo-worker)
+  # shellcheck source=/dev/null
+  . "$dir/env"
+  local secret; secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "export JWT_SECRET=$secret" >> "$dir/env"
+  export JWT_SECRET=$secret
+  "$root/target/release/todo-worker" >"$dir/worker.log" 2>&1 &
+  echo $! > "$dir/worker.pid"
+  local urls=() i port
+  for i in $(seq "$n"); do
+    port=$(free_port)
+    TODO_INSTANCE=$i "$root/target/release/todo-server" --listen "127.0.0.1:$port" \
+      --data-dir "$dir/server-$i" >"$dir/server-$i.log" 2>&1 &
+    echo $! > "$dir/server-$i.pid"
+    wait_tcp "$port" "todo-server $i"
+    urls+=("http://127.0.0.1:$port")
+  done
+  echo "export TODO_SERVERS=$(IFS=,; echo "${urls[*]}")" >> "$dir/env"
+  echo "$dir"
+}
+
 stop() {
   local dir=${1:?usage: services.sh stop DIR}
   local name pid
+  for f in "$dir"/server-*.pid "$dir"/worker.pid; do
+    [ -f "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
   for name in tansu redis postgres; do
     [ -f "$dir/$name.pid" ] || continue
     pid=$(cat "$dir/$name.pid")
@@ -116,7 +151,8 @@ stop() {
 
 case "${1:-}" in
   start) start "${2:-}" ;;
+  up) up "${2:-}" "${3:-}" ;;
   stop) stop "${2:-}" ;;
   install) install ;;
-  *) sed -n '2,16p' "$0"; exit 2 ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
 esac

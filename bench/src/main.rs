@@ -9,13 +9,14 @@
 //! report.rs  merge per-executor results; text or `--json`
 //! ```
 
+mod kafka;
 mod load;
 mod mix;
 mod report;
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Parser;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
@@ -58,10 +59,35 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of HTTP: produce straight to this Kafka topic (URL is then
+    /// kafka://BROKERS/TOPIC) for the broker's own rate, with messages of
+    /// --size bytes and -c messages in flight.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(rest) = cli.url.strip_prefix("kafka://") {
+        let (brokers, topic) = rest.split_once('/').context("kafka://BROKERS/TOPIC")?;
+        let p = kafka::produce(brokers, topic, cli.size, cli.connections, cli.duration)?;
+        let rate = p.acked as f64 / p.seconds;
+        if cli.json {
+            println!(
+                r#"{{"acked":{},"failed":{},"seconds":{},"per_sec":{rate}}}"#,
+                p.acked, p.failed, p.seconds
+            );
+        } else {
+            println!(
+                "{} messages of {} bytes acked in {:.2}s: {rate:.0}/s ({} failed)",
+                p.acked, cli.size, p.seconds, p.failed
+            );
+        }
+        if p.acked == 0 {
+            bail!("no message was acknowledged");
+        }
+        return Ok(());
+    }
     let target = mix::Target::parse(&cli.url)?;
     let mix = match &cli.mix {
         Some(spec) => mix::Mix::parse(spec, &target, cli.token.as_deref())?,

@@ -17,18 +17,46 @@ pub enum Backend {
     },
 }
 
+/// A write handed to the backend and not yet confirmed.
+pub enum Submission {
+    Embedded(embedded::Submission),
+    Kafka(rdkafka::producer::DeliveryFuture),
+    Refused(HttpError),
+}
+
 impl Backend {
-    /// Accept a command durably. `Ok` means it will take effect (or be
-    /// recorded as rejected) exactly once.
-    pub async fn submit(&self, cmd: TodoCommand) -> Result<(), HttpError> {
+    /// Hand a command over now; [`Backend::finish`] says whether it was
+    /// accepted. Starting several before finishing any lets one
+    /// connection's pipelined writes share the wait.
+    pub fn start(&self, cmd: TodoCommand) -> Submission {
         match self {
-            Backend::Embedded(h) => h.submit(cmd).await.map(|_| ()).map_err(|e| match e {
-                embedded::ApplyError::Durability => {
-                    HttpError::unavailable("the command log cannot be written", 1)
-                }
-                embedded::ApplyError::Stopped => HttpError::unavailable("shutting down", 1),
-            }),
-            Backend::Distributed { producer, .. } => producer.send(&cmd).await,
+            Backend::Embedded(h) => Submission::Embedded(h.start(cmd)),
+            Backend::Distributed { producer, .. } => match producer.start(&cmd) {
+                Ok(delivery) => Submission::Kafka(delivery),
+                Err(e) => Submission::Refused(e),
+            },
+        }
+    }
+
+    /// `Ok` means the command is durable and will take effect (or be
+    /// recorded as rejected) exactly once.
+    pub async fn finish(&self, sub: Submission) -> Result<(), HttpError> {
+        match (self, sub) {
+            (_, Submission::Refused(e)) => Err(e),
+            (Backend::Embedded(h), Submission::Embedded(sub)) => {
+                h.finish(sub).await.map(|_| ()).map_err(|e| match e {
+                    embedded::ApplyError::Durability => {
+                        HttpError::unavailable("the command log cannot be written", 1)
+                    }
+                    embedded::ApplyError::Stopped => HttpError::unavailable("shutting down", 1),
+                })
+            }
+            (Backend::Distributed { producer, .. }, Submission::Kafka(delivery)) => {
+                producer.finish(delivery).await
+            }
+            _ => Err(HttpError::internal(
+                "submission finished on another backend",
+            )),
         }
     }
 

@@ -7,13 +7,15 @@
 //!   -> ONE write for the whole batch -> read again
 //! ```
 //!
-//! Responses leave in request order. A request that must await (a write being
-//! made durable) first flushes the responses before it, so they never wait on
-//! it. Buffers are bounded: input by the head and body limits, output by
+//! Responses leave in request order. Writes are handed to the backend as they
+//! are parsed, so the writes of one batch are made durable together; their
+//! responses, and any after them, are appended once confirmed. Responses
+//! before a write never wait for it: they are written first. Buffers are bounded: input by the head and body limits, output by
 //! `write_buffer` (a full buffer is written before parsing goes on), and at
 //! most `max_pipeline` requests are answered per batch, so a client that
 //! pipelines without reading gets back-pressure, not memory growth.
 
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -22,12 +24,13 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::backend::Submission;
 use crate::core::Core;
 use crate::error::HttpError;
 use crate::http1::{self, Method, Parsed};
 use crate::metrics::Route;
 use crate::response::{self, Persist};
-use crate::routes::{self, Action, Reply};
+use crate::routes::{self, todos, Action, Pending, Reply};
 
 /// Read buffer growth step, bytes.
 const READ_CHUNK: usize = 16 * 1024;
@@ -64,6 +67,8 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     // When the request still incomplete in `input` began arriving.
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;
+    // Writes started in this batch, and the responses queued behind them.
+    let mut queued: VecDeque<Queued> = VecDeque::new();
 
     loop {
         if input.capacity() - input.len() < MIN_READ_SPACE {
@@ -116,6 +121,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         let mut ending = None;
         loop {
             if batch >= config.max_pipeline {
+                settle(core, stream, &mut out, &mut queued).await?;
                 flush(stream, &mut out).await?;
                 batch = 0;
             }
@@ -130,14 +136,30 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         persist,
                         head_only: req.method == Method::Head,
                     };
-                    let (route, status) = match routes::dispatch(core, &req, &mut out, persist) {
-                        Action::Done(route, status) => (route, status),
-                        Action::Await(pending) => {
-                            flush(stream, &mut out).await?;
-                            routes::complete(core, pending, &mut out, reply).await
+                    // Behind a write in flight, a response waits its turn.
+                    let behind = !queued.is_empty();
+                    let mut later = Vec::new();
+                    let target = if behind { &mut later } else { &mut out };
+                    match routes::dispatch(core, &req, target, persist) {
+                        Action::Done(route, status) => {
+                            core.metrics().request(route, status);
+                            if behind {
+                                queued.push_back(Queued::Ready(later));
+                            }
                         }
-                    };
-                    core.metrics().request(route, status);
+                        Action::Await(Pending::Submit(cmd)) => {
+                            let ids = (cmd.command_id, cmd.todo_id);
+                            let sub = core.backend.start(cmd);
+                            queued.push_back(Queued::Write { sub, ids, reply });
+                        }
+                        Action::Await(pending) => {
+                            settle(core, stream, &mut out, &mut queued).await?;
+                            flush(stream, &mut out).await?;
+                            let (route, status) =
+                                routes::complete(core, pending, &mut out, reply).await;
+                            core.metrics().request(route, status);
+                        }
+                    }
                     at += used;
                     served += 1;
                     batch += 1;
@@ -152,12 +174,14 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 }
                 Ok(Parsed::Partial { expect_continue }) => {
                     if expect_continue && !sent_continue {
+                        settle(core, stream, &mut out, &mut queued).await?;
                         out.extend_from_slice(CONTINUE);
                         sent_continue = true;
                     }
                     break;
                 }
                 Err(err) => {
+                    settle(core, stream, &mut out, &mut queued).await?;
                     core.metrics().request(Route::Other, err.status);
                     response::append_error(&mut out, &err, &core.date, Persist::Close);
                     ending = Some(Ending::Linger);
@@ -165,6 +189,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 }
             }
         }
+        settle(core, stream, &mut out, &mut queued).await?;
         flush(stream, &mut out).await?;
         if served > 0 {
             core.metrics()
@@ -180,6 +205,44 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             (false, false, Some(t)) => Some(t),
         };
     }
+}
+
+/// A response slot behind a write in flight.
+enum Queued {
+    /// A write handed to the backend; its response is known once it finishes.
+    Write {
+        sub: Submission,
+        ids: (u64, u64),
+        reply: Reply,
+    },
+    /// A response ready to go once the writes before it are answered.
+    Ready(Vec<u8>),
+}
+
+/// Answer every queued write, in order, with what follows each. Pipelined
+/// writes were all handed over before the first wait, so they share it.
+async fn settle(
+    core: &Core,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    queued: &mut VecDeque<Queued>,
+) -> io::Result<()> {
+    if queued.is_empty() {
+        return Ok(());
+    }
+    // What is answered already leaves before the wait.
+    flush(stream, out).await?;
+    while let Some(slot) = queued.pop_front() {
+        match slot {
+            Queued::Write { sub, ids, reply } => {
+                let result = core.backend.finish(sub).await;
+                let status = todos::accepted(core, ids, result, out, reply);
+                core.metrics().request(Route::TodosWrite, status);
+            }
+            Queued::Ready(bytes) => out.extend_from_slice(&bytes),
+        }
+    }
+    Ok(())
 }
 
 /// Write and clear `out`; keeps its allocation.

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use todo_model::TodoCommand;
 
 use super::{DistributedError, Settings};
@@ -84,10 +84,10 @@ impl Producer {
         }
     }
 
-    /// Produce `cmd` keyed by its todo id and wait for the broker's ack. The
-    /// wait is an await on the core's event loop, not a blocking call: the
-    /// report comes from librdkafka's thread and wakes this task.
-    pub async fn send(&self, cmd: &TodoCommand) -> Result<(), HttpError> {
+    /// Produce `cmd` keyed by its todo id now; [`Producer::finish`] waits
+    /// for the broker's ack. Several writes of one connection are in flight
+    /// together this way.
+    pub fn start(&self, cmd: &TodoCommand) -> Result<DeliveryFuture, HttpError> {
         let payload =
             sonic_rs::to_vec(cmd).map_err(|_| HttpError::internal("cannot encode command"))?;
         let key = itoa::Buffer::new().format(cmd.todo_id).to_string();
@@ -95,9 +95,15 @@ impl Producer {
         let record = FutureRecord::to(&self.settings.topic)
             .key(&key)
             .payload(&payload);
-        let delivery = producer
+        producer
             .send_result(record)
-            .map_err(|_| HttpError::unavailable("the write queue is full", 1))?;
+            .map_err(|_| HttpError::unavailable("the write queue is full", 1))
+    }
+
+    /// Wait for the delivery report. The wait is an await on the core's event
+    /// loop, not a blocking call: the report comes from librdkafka's thread
+    /// and wakes this task.
+    pub async fn finish(&self, delivery: DeliveryFuture) -> Result<(), HttpError> {
         // librdkafka reports by message.timeout.ms; the extra second only
         // guards against a report that never comes.
         let waited = monoio::time::timeout(
@@ -108,7 +114,6 @@ impl Producer {
         match waited {
             Ok(Ok(Ok(_))) => Ok(()),
             _ => {
-                drop(producer);
                 self.replace_after_failure();
                 Err(HttpError::unavailable(
                     "the command broker did not confirm the write",

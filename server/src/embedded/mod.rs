@@ -54,14 +54,37 @@ pub struct Handle {
     tx: flume::Sender<ApplyRequest>,
 }
 
+/// A command handed to the apply thread (or waiting for room in its queue).
+pub struct Submission {
+    unsent: Option<ApplyRequest>,
+    reply: flume::Receiver<Result<Outcome, ApplyError>>,
+}
+
 impl Handle {
-    pub async fn submit(&self, cmd: TodoCommand) -> Result<Outcome, ApplyError> {
+    /// Hand `cmd` over now if the queue has room; [`Handle::finish`] waits.
+    pub fn start(&self, cmd: TodoCommand) -> Submission {
         let (tx, rx) = flume::bounded(1);
-        self.tx
-            .send_async(ApplyRequest::Submit(cmd, tx))
+        let unsent = match self.tx.try_send(ApplyRequest::Submit(cmd, tx)) {
+            Ok(()) => None,
+            Err(flume::TrySendError::Full(req) | flume::TrySendError::Disconnected(req)) => {
+                Some(req)
+            }
+        };
+        Submission { unsent, reply: rx }
+    }
+
+    /// Wait until the command is durable and applied.
+    pub async fn finish(&self, sub: Submission) -> Result<Outcome, ApplyError> {
+        if let Some(req) = sub.unsent {
+            self.tx
+                .send_async(req)
+                .await
+                .map_err(|_| ApplyError::Stopped)?;
+        }
+        sub.reply
+            .recv_async()
             .await
-            .map_err(|_| ApplyError::Stopped)?;
-        rx.recv_async().await.map_err(|_| ApplyError::Stopped)?
+            .map_err(|_| ApplyError::Stopped)?
     }
 
     pub async fn get(&self, id: u64) -> Option<Vec<u8>> {

@@ -146,10 +146,14 @@ pub async fn complete(
     reply: Reply,
 ) -> (Route, u16) {
     match pending {
-        Pending::Submit(cmd) => (
-            Route::TodosWrite,
-            todos::accepted(core, cmd, out, reply).await,
-        ),
+        Pending::Submit(cmd) => {
+            let ids = (cmd.command_id, cmd.todo_id);
+            let result = core.backend.finish(core.backend.start(cmd)).await;
+            (
+                Route::TodosWrite,
+                todos::accepted(core, ids, result, out, reply),
+            )
+        }
         Pending::GetTodo(id) => (Route::TodosGet, todos::get_slow(core, id, out, reply).await),
         Pending::Outcome(id) => (
             Route::Commands,

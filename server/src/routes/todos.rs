@@ -142,12 +142,17 @@ fn parse_fields(req: &Request<'_>) -> Result<Fields, HttpError> {
     })
 }
 
-/// Submit an accepted command and answer 202 `{"command_id","todo_id"}` once
-/// it is durable.
-pub async fn accepted(core: &Core, cmd: TodoCommand, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    let (command_id, todo_id) = (cmd.command_id, cmd.todo_id);
-    match core.backend.submit(cmd).await {
-        Ok(_) => {
+/// Answer a finished write: 202 `{"command_id","todo_id"}` once it is
+/// durable, the backend's error otherwise.
+pub fn accepted(
+    core: &Core,
+    (command_id, todo_id): (u64, u64),
+    result: Result<(), HttpError>,
+    out: &mut Vec<u8>,
+    reply: Reply,
+) -> u16 {
+    match result {
+        Ok(()) => {
             let mut body = Vec::with_capacity(64);
             body.extend_from_slice(b"{\"command_id\":");
             body.extend_from_slice(itoa::Buffer::new().format(command_id).as_bytes());

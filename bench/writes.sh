@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Accepted writes per second through todo-server (distributed path) against
+# the broker's own produce rate for the same message size, same machine, same
+# run. Starts PostgreSQL, Redis, tansu, todo-worker and one todo-server
+# (scripts/services.sh up), then stops them.
+#
+#   ./bench/writes.sh [--duration 10s] [--connections 64] [--pipelining 8]
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+PIPELINING=${PIPELINING:-8}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration|-d) DURATION=$2; shift 2 ;;
+    --connections|-c) CONNECTIONS=$2; shift 2 ;;
+    --pipelining|-p) PIPELINING=$2; shift 2 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+
+build_release
+DIR=$("$ROOT/scripts/services.sh" up "" 1)
+trap '"$ROOT/scripts/services.sh" stop "$DIR"; rm -rf "$DIR"' EXIT
+# shellcheck source=/dev/null
+. "$DIR/env"
+SERVER=${TODO_SERVERS%%,*}
+wait_http "$SERVER/readyz"
+TOKEN=$("$BIN/todo-server" token --sub bench)
+# Accepting a write ends at the broker's ack; applying it is the worker's
+# later work. Both rows measure acceptance only, so the worker is paused (it
+# would compete for the same two cores in one row and not the other) and
+# resumed afterwards to apply the backlog.
+kill -STOP "$(cat "$DIR/worker.pid")"
+
+# The size of the command todo-bench's POST becomes on the wire.
+SIZE=$(python3 -c 'import json; print(len(json.dumps({"command_id":250614141134319617,"op":"create","todo_id":250614141134319616,"user":"bench","fields":{"title":"bench","description":"written by todo-bench"},"issued_at":1795431067432}, separators=(",",":"))))')
+IN_FLIGHT=$((CONNECTIONS * PIPELINING))
+
+log "todo-server: POST /todos, -c $CONNECTIONS -p $PIPELINING ($IN_FLIGHT in flight)"
+HTTP=$(TODO_TOKEN=$TOKEN "$BIN/todo-bench" "$SERVER/todos" --mix "1:POST /todos" -c "$CONNECTIONS" -p "$PIPELINING" -d "$DURATION" --json)
+log "broker alone: $SIZE-byte messages, $IN_FLIGHT in flight"
+RAW=$("$BIN/todo-bench" "kafka://$KAFKA_BROKERS/bench-raw-$$" -c "$IN_FLIGHT" -d "$DURATION" --size "$SIZE" --json)
+
+kill -CONT "$(cat "$DIR/worker.pid")"
+
+python3 - "$HTTP" "$RAW" "$SIZE" "$IN_FLIGHT" <<'PY' | tee "$ROOT/bench/results/writes-latest.md"
+import json, sys, datetime
+http, raw = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+size, inflight = sys.argv[3], sys.argv[4]
+errors = sum(http["wrong_status"].values()) + http["framing_errors"] + http["io_errors"]
+print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; broker: tansu (sqlite storage); {inflight} writes in flight; worker paused during both rows.\n")
+print("| path | writes/s | p99 | vs broker alone |")
+print("|---|---:|---:|---:|")
+print(f"| todo-server, 202 after the delivery report | {http['requests_per_sec']:,.0f} | {http['latency']['p99_us']/1000:.1f} ms | {http['requests_per_sec']/raw['per_sec']:.2f} |")
+print(f"| broker alone (rdkafka, {size}-byte messages) | {raw['per_sec']:,.0f} | | 1.00 |")
+print(f"\nErrors counted by todo-bench: {errors}; failed deliveries producing alone: {raw['failed']}.")
+PY
