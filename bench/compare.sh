@@ -204,4 +204,14 @@ print(f"| wrk (pipelining script) | {wrk_rps:,.0f} | {wrk_ns:,.0f} ns | 1.00x | 
 print(f"\nInstructions per request (callgrind, epoll driver, depth 80): todo-server {todo_ir:,}, nginx {nginx_ir:,}: {todo_ir/nginx_ir:.3f} of nginx.")
 PY
 [ -n "$WRK_ERRORS" ] && echo "wrk reported: $WRK_ERRORS" >&2
+
+# --- the write row: accepted writes vs the broker alone (bench/writes.sh) -------
+if [ "${WRITES:-1}" = 1 ] && command -v tansu >/dev/null; then
+  cleanup_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+  cleanup_servers
+  echo
+  DURATION=$DURATION "$ROOT/bench/writes.sh"
+else
+  echo "(write row skipped: WRITES=0, or no tansu on PATH; scripts/services.sh install builds it)" >&2
+fi
 exit 0
