@@ -149,17 +149,9 @@ impl Server {
 
     /// A token signed with `secret`, as `JWT_SECRET=secret todo-server token`.
     pub fn token_with_secret(secret: &str, sub: &str) -> String {
-        let out = command()
-            .args(["token", "--sub", sub])
-            .env("JWT_SECRET", secret)
-            .output()
-            .expect("todo-server token");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        let mut c = command();
+        c.args(["token", "--sub", sub]).env("JWT_SECRET", secret);
+        run_token(c)
     }
 
     /// SIGKILL: nothing gets a chance to flush.
@@ -224,11 +216,14 @@ impl Drop for Server {
 }
 
 pub fn token_for(data_dir: &Path, sub: &str) -> String {
-    let out = command()
-        .args(["token", "--sub", sub, "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("todo-server token");
+    let mut c = command();
+    c.args(["token", "--sub", sub, "--data-dir"]).arg(data_dir);
+    run_token(c)
+}
+
+/// Run a `todo-server token` command and return the token it printed.
+fn run_token(mut c: Command) -> String {
+    let out = c.output().expect("todo-server token");
     assert!(
         out.status.success(),
         "{}",

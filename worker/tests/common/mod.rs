@@ -285,26 +285,17 @@ fn wait_port(port: u16) {
 impl Private {
     /// A tansu broker with durable sqlite storage in its own directory.
     pub fn broker() -> Private {
-        let dir = std::env::temp_dir().join(format!(
-            "todo-broker-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut p = Private {
-            child: None,
-            port: free_port(),
-            dir,
-            kind: "tansu",
-        };
-        p.start();
-        p
+        Private::new("tansu")
     }
 
     /// A Redis without persistence: a restart comes back empty.
     pub fn redis() -> Private {
+        Private::new("redis")
+    }
+
+    fn new(kind: &'static str) -> Private {
         let dir = std::env::temp_dir().join(format!(
-            "todo-redis-{}-{}",
+            "todo-{kind}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
@@ -313,7 +304,7 @@ impl Private {
             child: None,
             port: free_port(),
             dir,
-            kind: "redis",
+            kind,
         };
         p.start();
         p
