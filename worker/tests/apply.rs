@@ -222,3 +222,51 @@ async fn sigkill_during_the_flow_applies_every_command_exactly_once() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+#[tokio::test]
+async fn two_workers_share_the_partitions_and_apply_each_command_once() {
+    let env = Env::new(4).await;
+    let mut workers = [env.start_worker(), env.start_worker()];
+    let producer = env.producer();
+    let mut cmds = Commands::new(3);
+    let creates: Vec<_> = (0..800)
+        .map(|i| cmds.create("gus", &format!("g{i}")))
+        .collect();
+    let updates: Vec<_> = creates
+        .iter()
+        .map(|c| {
+            cmds.make(
+                Op::Update,
+                Some(c.todo_id),
+                "gus",
+                Fields {
+                    completed: Some(true),
+                    ..Fields::default()
+                },
+            )
+        })
+        .collect();
+    env.produce(&producer, &creates).await;
+    env.produce(&producer, &updates).await;
+    let total = (creates.len() + updates.len()) as i64;
+    assert_eq!(
+        env.wait_count("SELECT count(*) FROM processed_commands", total)
+            .await,
+        total
+    );
+    let db = env.db().await;
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE outcome <> 'applied'),
+                    (SELECT count(*) FROM todos WHERE owner = 'gus' AND completed)
+             FROM processed_commands",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 800));
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
