@@ -72,13 +72,8 @@ impl Core {
     /// Install `next` if it is newer: versions only go forward. The bytes are
     /// copied so each core reads its own memory.
     pub fn install(&self, next: &Snapshot) -> bool {
-        if next.version() <= self.snapshot.borrow().version() {
-            return false;
-        }
-        *self.snapshot.borrow_mut() = Rc::new(next.clone());
-        self.metrics()
-            .snapshot(next.version(), todo_model::now_ms(), false);
-        true
+        // Checked before the copy, so an old snapshot costs nothing.
+        next.version() > self.snapshot.borrow().version() && self.install_owned(next.clone())
     }
 
     /// Install an owned snapshot if it is newer (no copy needed).

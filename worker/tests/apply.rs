@@ -149,25 +149,7 @@ async fn sigkill_during_the_flow_applies_every_command_exactly_once() {
     let env = Env::new(3).await;
     let producer = env.producer();
     let mut cmds = Commands::new(2);
-    // Creates, then an update of every created todo: all must apply, and an
-    // update can only apply after its create (same key, same partition).
-    let creates: Vec<_> = (0..1500)
-        .map(|i| cmds.create("erin", &format!("e{i}")))
-        .collect();
-    let updates: Vec<_> = creates
-        .iter()
-        .map(|c| {
-            cmds.make(
-                Op::Update,
-                Some(c.todo_id),
-                "erin",
-                Fields {
-                    completed: Some(true),
-                    ..Fields::default()
-                },
-            )
-        })
-        .collect();
+    let (creates, updates) = cmds.create_then_complete("erin", 1500);
     let all: Vec<_> = creates.iter().chain(&updates).cloned().collect();
     let total = all.len() as i64;
 
@@ -229,23 +211,7 @@ async fn two_workers_share_the_partitions_and_apply_each_command_once() {
     let mut workers = [env.start_worker(), env.start_worker()];
     let producer = env.producer();
     let mut cmds = Commands::new(3);
-    let creates: Vec<_> = (0..800)
-        .map(|i| cmds.create("gus", &format!("g{i}")))
-        .collect();
-    let updates: Vec<_> = creates
-        .iter()
-        .map(|c| {
-            cmds.make(
-                Op::Update,
-                Some(c.todo_id),
-                "gus",
-                Fields {
-                    completed: Some(true),
-                    ..Fields::default()
-                },
-            )
-        })
-        .collect();
+    let (creates, updates) = cmds.create_then_complete("gus", 800);
     env.produce(&producer, &creates).await;
     env.produce(&producer, &updates).await;
     let total = (creates.len() + updates.len()) as i64;

@@ -244,6 +244,28 @@ impl Commands {
         }
     }
 
+    /// `n` creates by `user`, then an update completing each: every one
+    /// applies, and an update can only apply after its create (same key, so
+    /// same partition), which makes a lost or doubled command visible.
+    pub fn create_then_complete(
+        &mut self,
+        user: &str,
+        n: usize,
+    ) -> (Vec<TodoCommand>, Vec<TodoCommand>) {
+        let creates: Vec<_> = (0..n)
+            .map(|i| self.create(user, &format!("{user} {i}")))
+            .collect();
+        let done = Fields {
+            completed: Some(true),
+            ..Fields::default()
+        };
+        let updates = creates
+            .iter()
+            .map(|c| self.make(Op::Update, Some(c.todo_id), user, done.clone()))
+            .collect();
+        (creates, updates)
+    }
+
     pub fn create(&mut self, user: &str, title: &str) -> TodoCommand {
         self.make(
             Op::Create,
