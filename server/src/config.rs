@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+pub use todo_lb::runtime::Driver;
 
-use crate::http1::Limits;
+use todo_lb::http1::Limits;
 
 #[derive(Debug, Parser)]
 #[command(name = "todo-server", version, about = "Thread-per-core Todo API")]
@@ -30,17 +31,6 @@ pub enum Command {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
     },
-}
-
-/// Which io driver each core runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Driver {
-    /// io_uring when the kernel allows it, epoll otherwise.
-    Auto,
-    /// io_uring; fail at start-up when unavailable.
-    Uring,
-    /// epoll (monoio's legacy driver).
-    Legacy,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,6 +75,16 @@ pub struct ServeConfig {
     /// An idle keep-alive connection is closed after this long.
     #[arg(long, env = "TODO_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// A connection quiet for this long gives its buffers back to the core's
+    /// pool and waits for readiness holding none (what lets many idle
+    /// connections cost little memory).
+    #[arg(long, env = "TODO_IDLE_RELEASE", default_value = "100ms", value_parser = parse_duration)]
+    pub idle_release: Duration,
+    /// On SIGTERM: stop accepting, answer each connection's next request with
+    /// `Connection: close`, close quiet ones, and exit once all are closed or
+    /// after this long.
+    #[arg(long, env = "TODO_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
     /// Largest request body in bytes (413 above).
     #[arg(long, env = "TODO_MAX_BODY", default_value_t = 64 * 1024)]
     pub max_body: usize,

@@ -14,6 +14,11 @@
 //! `write_buffer` (a full buffer is written before parsing goes on), and at
 //! most `max_pipeline` requests are answered per batch, so a client that
 //! pipelines without reading gets back-pressure, not memory growth.
+//!
+//! A connection quiet for `idle_release` (100 ms) gives its buffers up and
+//! waits for readiness holding none, so an idle keep-alive connection costs
+//! its task and socket, not 32 KiB of buffers. While the server drains, each
+//! connection's next response says `Connection: close` and quiet ones close.
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,6 +46,8 @@ const MIN_READ_SPACE: usize = 4 * 1024;
 /// with a RST that could destroy the error response in flight.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
+/// Output buffers larger than this are freed rather than pooled, bytes.
+const MAX_POOLED: usize = 64 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serve one connection until it closes.
@@ -62,8 +69,10 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     let limits = config.limits();
     // Chunked framing may take more bytes than the body it carries.
     let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
-    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut input: Vec<u8> = core.take_buffer(READ_CHUNK);
+    let mut out: Vec<u8> = core.take_buffer(READ_CHUNK);
+    // When the last batch was answered: the idle timeout runs from here.
+    let mut active = Instant::now();
     // When the request still incomplete in `input` began arriving.
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;
@@ -86,8 +95,11 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             }
             input.reserve(input.capacity().max(READ_CHUNK));
         }
+        let idle_until = active + config.idle_timeout;
         let wait = match started {
-            None => config.idle_timeout,
+            None => config
+                .idle_release
+                .min(idle_until.saturating_duration_since(Instant::now())),
             Some(t) => config.header_timeout.saturating_sub(t.elapsed()),
         };
         let len = input.len();
@@ -107,7 +119,18 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     flush(stream, &mut out).await?;
                     return Ok(Ending::Close);
                 }
-                Err(_) => return Ok(Ending::Close),
+                Err(_) => {
+                    // Quiet: the cancelled read took the input buffer with it;
+                    // the output buffer goes back to the pool. Wait for
+                    // readiness holding neither.
+                    core.put_buffer(std::mem::take(&mut out), MAX_POOLED);
+                    if !wait_quietly(core, stream, idle_until).await {
+                        return Ok(Ending::Close);
+                    }
+                    input = core.take_buffer(READ_CHUNK);
+                    out = core.take_buffer(READ_CHUNK);
+                    continue;
+                }
             };
         input = slice.into_inner();
         if res? == 0 {
@@ -127,7 +150,10 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             }
             match http1::parse(&input[at..], &limits) {
                 Ok(Parsed::Complete(req, used)) => {
-                    let persist = match (req.keep_alive, req.http10) {
+                    // Draining: this response is the connection's last; the
+                    // client sends what follows it on a new connection
+                    // (RFC 9112 §9.3.2), which reaches a server still running.
+                    let persist = match (req.keep_alive && !core.draining.get(), req.http10) {
                         (false, _) => Persist::Close,
                         (true, true) => Persist::KeepAlive10,
                         (true, false) => Persist::KeepAlive,
@@ -199,6 +225,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             return Ok(ending);
         }
         input.drain(..at);
+        active = Instant::now();
         started = match (input.is_empty(), served > 0, started) {
             (true, _, _) => None,
             (false, true, _) | (false, false, None) => Some(Instant::now()),
@@ -243,6 +270,19 @@ async fn settle(
         }
     }
     Ok(())
+}
+
+/// Wait, holding no buffer, until the connection is readable (true), or the
+/// idle timeout passes or the server drains (false).
+async fn wait_quietly(core: &Core, stream: &TcpStream, until: Instant) -> bool {
+    if core.draining.get() {
+        return false;
+    }
+    let wait = until.saturating_duration_since(Instant::now());
+    monoio::select! {
+        ready = monoio::time::timeout(wait, stream.readable(false)) => matches!(ready, Ok(Ok(()))),
+        _ = core.shutdown.wait() => false,
+    }
 }
 
 /// Write and clear `out`; keeps its allocation.

@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::config::ServeConfig;
 use crate::date::DateCache;
 use crate::metrics::CoreMetrics;
+use crate::shutdown::Shutdown;
 
 pub struct Core {
     pub index: usize,
@@ -29,7 +30,17 @@ pub struct Core {
     pub draining: Cell<bool>,
     /// The snapshot cannot be confirmed current (its source is unreachable).
     stale: Cell<bool>,
+    /// Resolves when the server starts draining; quiet connections wait on it.
+    pub shutdown: Shutdown,
+    /// Connections open on this core (the drain waits for zero).
+    pub open: Cell<usize>,
+    /// Buffers of quiet connections, reused by the next busy one, so an idle
+    /// connection holds no buffer (see `conn.rs`).
+    buffers: RefCell<Vec<Vec<u8>>>,
 }
+
+/// Buffers kept in a core's pool at most; more are freed.
+const POOLED_BUFFERS: usize = 256;
 
 impl Core {
     pub fn new(
@@ -40,6 +51,7 @@ impl Core {
         backend: Backend,
         verifier: Verifier,
         id_node: u16,
+        shutdown: Shutdown,
     ) -> Self {
         let core = Core {
             index,
@@ -52,6 +64,9 @@ impl Core {
             ids: RefCell::new(IdGenerator::new(id_node)),
             draining: Cell::new(false),
             stale: Cell::new(false),
+            shutdown,
+            open: Cell::new(0),
+            buffers: RefCell::new(Vec::new()),
         };
         core.metrics()
             .snapshot(snapshot.version(), todo_model::now_ms(), false);
@@ -95,6 +110,28 @@ impl Core {
     pub fn set_stale(&self, stale: bool) {
         self.stale.set(stale);
         self.metrics().set_stale(stale);
+    }
+
+    /// An empty buffer with at least `capacity` bytes, from the pool when it
+    /// has one.
+    pub fn take_buffer(&self, capacity: usize) -> Vec<u8> {
+        match self.buffers.borrow_mut().pop() {
+            Some(mut b) => {
+                b.reserve(capacity);
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Give a buffer back to the pool (emptied; large ones are freed so one
+    /// big request does not pin memory).
+    pub fn put_buffer(&self, mut buf: Vec<u8>, max_capacity: usize) {
+        let mut pool = self.buffers.borrow_mut();
+        if buf.capacity() != 0 && buf.capacity() <= max_capacity && pool.len() < POOLED_BUFFERS {
+            buf.clear();
+            pool.push(buf);
+        }
     }
 
     pub fn next_id(&self) -> u64 {

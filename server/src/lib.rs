@@ -28,25 +28,24 @@ pub mod backend;
 pub mod config;
 pub mod conn;
 pub mod core;
-pub mod date;
 pub mod distributed;
 pub mod embedded;
-pub mod error;
-pub mod http1;
 pub mod metrics;
-pub mod response;
 pub mod routes;
 pub mod runtime;
 pub mod shutdown;
 
+// HTTP/1.1 parsing, responses, errors and the Date cache are shared with
+// todo-lb (one parser for both binaries).
+pub use todo_lb::{date, error, http1, response};
+
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::thread;
 
 use crate::auth::{TokenRules, Verifier};
 use crate::backend::Backend;
-use crate::config::{Driver, ServeConfig};
+use crate::config::ServeConfig;
 use crate::metrics::CoreMetrics;
 use crate::shutdown::Shutdown;
 
@@ -94,7 +93,7 @@ pub fn run(
         return Err(StartError::NoListener);
     }
     let cores = listeners.len();
-    let driver = runtime::resolve_driver(config.driver).map_err(StartError::Driver)?;
+    let driver = todo_lb::runtime::resolve_driver(config.driver).map_err(StartError::Driver)?;
     let last_node = usize::from(config.instance) * cores + cores - 1;
     // The top node is reserved for seeded todos.
     let max = todo_model::ids::MAX_NODE - 1;
@@ -167,14 +166,8 @@ pub fn run(
     let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
     let config = Arc::new(config);
     let addr = listeners[0].local_addr().ok();
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-
     let mut threads = Vec::with_capacity(cores);
     for ((index, listener), refresh) in listeners.into_iter().enumerate().zip(refreshes) {
-        let pin = config
-            .pin
-            .then(|| core_ids.get(index % core_ids.len().max(1)).copied())
-            .flatten();
         let config = config.clone();
         let metrics = metrics.clone();
         let snapshot = first.clone();
@@ -183,39 +176,28 @@ pub fn run(
         let rules = rules.clone();
         let shutdown = shutdown.clone();
         let node = (usize::from(config.instance) * cores + index) as u16;
-        let thread = thread::Builder::new()
-            .name(format!("todo-core-{index}"))
-            .spawn(move || {
-                if let Some(id) = pin {
-                    core_affinity::set_for_current(id);
-                }
-                let verifier = Verifier::new(&secret, &rules).expect("secret checked at start-up");
-                let core = Rc::new(core::Core::new(
-                    index,
-                    &snapshot,
-                    config.clone(),
-                    metrics,
-                    backend,
-                    verifier,
-                    node,
-                ));
-                if let Err(e) = runtime::block_on(
-                    driver,
-                    runtime::core_main(core, listener, refresh, shutdown),
-                ) {
-                    eprintln!("todo-server: core {index}: runtime: {e}");
-                }
-            })
-            .map_err(StartError::Thread)?;
+        let pin = config.pin;
+        let thread = todo_lb::runtime::spawn_core("todo-core", index, pin, driver, move || {
+            let verifier = Verifier::new(&secret, &rules).expect("secret checked at start-up");
+            let core = Rc::new(core::Core::new(
+                index,
+                &snapshot,
+                config.clone(),
+                metrics,
+                backend,
+                verifier,
+                node,
+                shutdown.clone(),
+            ));
+            runtime::core_main(core, listener, refresh, shutdown)
+        })
+        .map_err(StartError::Thread)?;
         threads.push(thread);
     }
     eprintln!(
         "todo-server: listening on {} ({cores} cores, {} driver, {summary})",
         addr.map_or_else(|| "?".into(), |a| a.to_string()),
-        match driver {
-            Driver::Uring => "io_uring",
-            _ => "epoll",
-        },
+        driver.name(),
     );
     drop(backend);
     for t in threads {

@@ -16,13 +16,18 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let limits = todo_lb::limits::ConnectionLimits::raise_and_read()
+        .context("reading the open-files limit")?;
+    let listener_config = todo_lb::ListenerConfig::default();
+    eprintln!("todo-server: {}", limits.describe(listener_config.backlog));
     let cores = config.core_count();
-    let listeners =
-        todo_lb::bind_reuseport(config.listen, cores, &todo_lb::ListenerConfig::default())
-            .with_context(|| format!("binding {}", config.listen))?;
-    // The trigger lives as long as the process: SIGTERM/SIGINT end it at once,
-    // which loses nothing because every 202 was made durable first.
-    let (_trigger, shutdown) = shutdown::channel();
+    let listeners = todo_lb::bind_reuseport(config.listen, cores, &listener_config)
+        .with_context(|| format!("binding {}", config.listen))?;
+    // SIGTERM or SIGINT drains: no new connections, each open one closes
+    // after its next response (every 202 was made durable first). A second
+    // signal exits at once.
+    let (trigger, shutdown) = shutdown::channel();
+    shutdown::on_signals(trigger).context("installing signal handlers")?;
     todo_server::run(config, listeners, shutdown)?;
     Ok(())
 }

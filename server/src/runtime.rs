@@ -1,6 +1,6 @@
-//! Per-core start-up: one named, pinned thread per core, each running its own
-//! monoio runtime (io_uring where the kernel allows it, epoll otherwise) and
-//! accepting from its own SO_REUSEPORT listener.
+//! One core's life: accept from its own SO_REUSEPORT listener, serve each
+//! connection in its own task, keep the Date header and the snapshot current.
+//! Threads, pinning and the io driver come from [`todo_lb::runtime`].
 
 use std::net::TcpListener as StdListener;
 use std::panic::AssertUnwindSafe;
@@ -9,66 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
-use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use todo_model::Snapshot;
 
-use crate::config::Driver;
 use crate::core::Core;
 use crate::shutdown::Shutdown;
-
-/// io_uring submission queue entries per core.
-const URING_ENTRIES: u32 = 4096;
-
-/// The driver `wanted` resolves to on this machine.
-pub fn resolve_driver(wanted: Driver) -> Result<Driver, &'static str> {
-    let uring = monoio::utils::detect_uring();
-    match wanted {
-        Driver::Auto if uring => Ok(Driver::Uring),
-        Driver::Auto | Driver::Legacy => Ok(Driver::Legacy),
-        Driver::Uring if uring => Ok(Driver::Uring),
-        Driver::Uring => Err("io_uring was required (TODO_DRIVER=uring) but this kernel or its seccomp profile does not allow it"),
-    }
-}
-
-/// Ring set-up: COOP_TASKRUN (completions are not pushed with an interrupt to
-/// a thread that is busy anyway) and SINGLE_ISSUER (only the core's own thread
-/// submits). Measured here at depth 1 with 2000 connections: about a quarter
-/// less server CPU per request than a plain ring. Kernels before 6.0 lack
-/// them; [`block_on`] then falls back to a plain ring.
-fn tuned_ring() -> io_uring::Builder {
-    let mut b = io_uring::IoUring::builder();
-    b.setup_coop_taskrun().setup_single_issuer();
-    b
-}
-
-/// Run `core_main` on a runtime of `driver` on the current thread.
-pub fn block_on(
-    driver: Driver,
-    main: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    match driver {
-        Driver::Uring => {
-            let tuned = RuntimeBuilder::<IoUringDriver>::new()
-                .with_entries(URING_ENTRIES)
-                .uring_builder(tuned_ring())
-                .enable_timer()
-                .build();
-            let mut rt = match tuned {
-                Ok(rt) => rt,
-                Err(_) => RuntimeBuilder::<IoUringDriver>::new()
-                    .with_entries(URING_ENTRIES)
-                    .enable_timer()
-                    .build()?,
-            };
-            rt.block_on(main)
-        }
-        Driver::Auto | Driver::Legacy => RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()?
-            .block_on(main),
-    }
-    Ok(())
-}
 
 /// Where a core's snapshot updates come from.
 pub enum Refresh {
@@ -82,7 +26,7 @@ pub enum Refresh {
 }
 
 /// One core's life: accept until shutdown, serving each connection in its own
-/// task; keep the Date header and the snapshot current.
+/// task; keep the Date header and the snapshot current; then drain.
 pub async fn core_main(
     core: Rc<Core>,
     listener: StdListener,
@@ -130,6 +74,7 @@ pub async fn core_main(
             Ok((stream, _peer)) => {
                 let core = core.clone();
                 core.metrics().accepted();
+                core.open.set(core.open.get() + 1);
                 monoio::spawn(async move {
                     let served = AssertUnwindSafe(crate::conn::serve(core.clone(), stream))
                         .catch_unwind()
@@ -139,6 +84,7 @@ pub async fn core_main(
                         core.metrics().panicked();
                     }
                     core.metrics().closed();
+                    core.open.set(core.open.get() - 1);
                 });
             }
             Err(e) => {
@@ -152,5 +98,21 @@ pub async fn core_main(
             }
         }
     }
+    // Draining: /readyz says 503, every connection closes after its next
+    // response or at once when quiet (conn.rs). Closing the listener hands
+    // connections still in its accept queue to another process on the same
+    // port when net.ipv4.tcp_migrate_req is 1; otherwise the kernel resets them.
     core.draining.set(true);
+    drop(listener);
+    let deadline = std::time::Instant::now() + core.config.drain_timeout;
+    while core.open.get() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if core.open.get() > 0 {
+        eprintln!(
+            "todo-server: core {}: drain timeout, closing {} connections",
+            core.index,
+            core.open.get()
+        );
+    }
 }

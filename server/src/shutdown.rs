@@ -1,5 +1,6 @@
 //! Stopping the server: a [`Trigger`] held by whoever decides (main, a test),
-//! a [`Shutdown`] per core that resolves when it fires or is dropped.
+//! a [`Shutdown`] per core that resolves when it fires or is dropped, and
+//! [`on_signals`] for the binary.
 
 #[derive(Clone)]
 pub struct Shutdown {
@@ -27,4 +28,38 @@ impl Shutdown {
     pub async fn wait(&self) {
         while self.rx.recv_async().await.is_ok() {}
     }
+}
+
+/// Fire `trigger` on the first SIGTERM or SIGINT (drain), exit on the second.
+/// A small thread with its own current-thread tokio runtime waits for them.
+pub fn on_signals(mut trigger: Trigger) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut term, mut int) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("todo-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                eprintln!("todo-server: draining (a second signal exits at once)");
+                trigger.fire();
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                eprintln!("todo-server: exiting without draining");
+                std::process::exit(1);
+            })
+        })?;
+    Ok(())
 }
