@@ -43,6 +43,7 @@ pub struct Core {
 const POOLED_BUFFERS: usize = 256;
 
 impl Core {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         snapshot: &Snapshot,
