@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 use crate::backend::Submission;
 use crate::core::Core;
@@ -40,25 +41,46 @@ use crate::routes::{self, todos, Action, Pending, Reply};
 /// Read buffer growth step, bytes.
 const READ_CHUNK: usize = 16 * 1024;
 /// Read space kept free before each read, bytes.
-const MIN_READ_SPACE: usize = 4 * 1024;
+const MIN_READ_SPACE: usize = 1024;
+/// Input buffer of a connection that turns busy, bytes: enough for 80
+/// pipelined small requests; it grows by [`READ_CHUNK`] steps when needed.
+/// Small, because a burst of connections each sending one request holds
+/// this many bytes each until they are quiet again.
+const FIRST_READ: usize = 4 * 1024;
 /// After an error that closes the connection, unread input is drained for
 /// at most this long (and [`LINGER_BYTES`]) so the kernel does not answer it
 /// with a RST that could destroy the error response in flight.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Output buffers larger than this are freed rather than pooled, bytes.
-const MAX_POOLED: usize = 64 * 1024;
+const MAX_POOLED: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serve one connection until it closes.
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
-    match pipeline(&core, &mut stream).await {
-        Ok(Ending::Linger) => linger(&mut stream).await,
-        Ok(Ending::Close) | Err(_) => {}
+    // The idle timeout runs from the last answered batch.
+    let mut active = Instant::now();
+    loop {
+        // Quiet: no buffer and no timer, only a readiness wait; the core's
+        // sweeper closes the socket at `active + idle_timeout` or on drain.
+        let until = active + core.config.idle_timeout;
+        if !wait_quietly(&core, &stream, until).await {
+            return;
+        }
+        // Busy: buffers, timers and any backend wait live in this boxed
+        // future only until the connection is quiet again.
+        match Box::pin(pipeline(&core, &mut stream)).await {
+            Ok(Ending::Quiet(last)) => active = last,
+            Ok(Ending::Linger) => return Box::pin(linger(&mut stream)).await,
+            Ok(Ending::Close) | Err(_) => return,
+        }
     }
 }
 
 enum Ending {
+    /// Nothing arrived for `idle_release` after the batch answered at this
+    /// instant: give the buffers up and wait quietly.
+    Quiet(Instant),
     Close,
     /// We closed on a request with input possibly still unread.
     Linger,
@@ -69,10 +91,10 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     let limits = config.limits();
     // Chunked framing may take more bytes than the body it carries.
     let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
-    let mut input: Vec<u8> = core.take_buffer(READ_CHUNK);
-    let mut out: Vec<u8> = core.take_buffer(READ_CHUNK);
-    // When the last batch was answered: the idle timeout runs from here.
     let mut active = Instant::now();
+    let mut input: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    // Grows to fit the batch's responses; pooled buffers already have.
+    let mut out: Vec<u8> = core.take_buffer(0);
     // When the request still incomplete in `input` began arriving.
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;
@@ -119,17 +141,12 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     flush(stream, &mut out).await?;
                     return Ok(Ending::Close);
                 }
+                Err(_) if Instant::now() >= idle_until => return Ok(Ending::Close),
                 Err(_) => {
                     // Quiet: the cancelled read took the input buffer with it;
-                    // the output buffer goes back to the pool. Wait for
-                    // readiness holding neither.
-                    core.put_buffer(std::mem::take(&mut out), MAX_POOLED);
-                    if !wait_quietly(core, stream, idle_until).await {
-                        return Ok(Ending::Close);
-                    }
-                    input = core.take_buffer(READ_CHUNK);
-                    out = core.take_buffer(READ_CHUNK);
-                    continue;
+                    // the output buffer goes back to the pool.
+                    core.put_buffer(out, MAX_POOLED);
+                    return Ok(Ending::Quiet(active));
                 }
             };
         input = slice.into_inner();
@@ -182,7 +199,9 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                             settle(core, stream, &mut out, &mut queued).await?;
                             flush(stream, &mut out).await?;
                             let (route, status) =
-                                routes::complete(core, pending, &mut out, reply).await;
+                                // Boxed: a rare wait whose state need not
+                                // be in every connection's future.
+                                Box::pin(routes::complete(core, pending, &mut out, reply)).await;
                             core.metrics().request(route, status);
                         }
                     }
@@ -248,6 +267,9 @@ enum Queued {
 
 /// Answer every queued write, in order, with what follows each. Pipelined
 /// writes were all handed over before the first wait, so they share it.
+/// The wait is boxed, and only when there is one: its state (a backend
+/// delivery) then is not part of every connection's future, which is what
+/// an idle connection costs.
 async fn settle(
     core: &Core,
     stream: &mut TcpStream,
@@ -257,6 +279,15 @@ async fn settle(
     if queued.is_empty() {
         return Ok(());
     }
+    Box::pin(settle_queued(core, stream, out, queued)).await
+}
+
+async fn settle_queued(
+    core: &Core,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    queued: &mut VecDeque<Queued>,
+) -> io::Result<()> {
     // What is answered already leaves before the wait.
     flush(stream, out).await?;
     while let Some(slot) = queued.pop_front() {
@@ -272,17 +303,20 @@ async fn settle(
     Ok(())
 }
 
-/// Wait, holding no buffer, until the connection is readable (true), or the
-/// idle timeout passes or the server drains (false).
+/// Wait, holding no buffer, until the connection is readable (true), or it
+/// is closed for being idle too long or for the drain (false).
 async fn wait_quietly(core: &Core, stream: &TcpStream, until: Instant) -> bool {
     if core.draining.get() {
         return false;
     }
-    let wait = until.saturating_duration_since(Instant::now());
-    monoio::select! {
-        ready = monoio::time::timeout(wait, stream.readable(false)) => matches!(ready, Ok(Ok(()))),
-        _ = core.shutdown.wait() => false,
-    }
+    let fd = stream.as_raw_fd();
+    core.quiet.borrow_mut().insert(fd, until);
+    let ready = stream.readable(false).await;
+    core.quiet.borrow_mut().remove(&fd);
+    // When the sweeper shut the socket down, the read that follows sees the
+    // end of stream; input that arrived as the drain began is still answered
+    // (with `Connection: close`).
+    ready.is_ok() && Instant::now() < until
 }
 
 /// Write and clear `out`; keeps its allocation.
@@ -300,7 +334,7 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
 async fn linger(stream: &mut TcpStream) {
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + LINGER_TIME;
-    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut buf = Vec::with_capacity(FIRST_READ);
     let mut drained = 0;
     while drained < LINGER_BYTES {
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -312,5 +346,23 @@ async fn linger(stream: &mut TcpStream) {
             }
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an idle connection costs is mostly its task: this future's size.
+    /// Its busy part is boxed and its quiet part holds no timer (see
+    /// `wait_quietly`), so it stays small.
+    #[test]
+    fn a_connection_task_is_small() {
+        fn size<F, Fut>(_: F) -> usize
+        where
+            F: Fn(std::rc::Rc<super::Core>, super::TcpStream) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let bytes = size(super::serve);
+        assert!(bytes <= 512, "serve's future is {bytes} bytes");
     }
 }

@@ -3,8 +3,11 @@
 //! (read by `/metrics`, see [`crate::metrics`]).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use todo_model::{IdGenerator, Snapshot};
 
@@ -34,6 +37,9 @@ pub struct Core {
     pub shutdown: Shutdown,
     /// Connections open on this core (the drain waits for zero).
     pub open: Cell<usize>,
+    /// Quiet connections (see `conn.rs`): socket and when it is idle too
+    /// long. They hold no timer; [`Core::sweep_quiet`] closes the expired.
+    pub quiet: RefCell<HashMap<RawFd, Instant>>,
     /// Buffers of quiet connections, reused by the next busy one, so an idle
     /// connection holds no buffer (see `conn.rs`).
     buffers: RefCell<Vec<Vec<u8>>>,
@@ -68,6 +74,7 @@ impl Core {
             shutdown,
             open: Cell::new(0),
             buffers: RefCell::new(Vec::new()),
+            quiet: RefCell::new(HashMap::new()),
         };
         core.metrics()
             .snapshot(snapshot.version(), todo_model::now_ms(), false);
@@ -133,6 +140,26 @@ impl Core {
             buf.clear();
             pool.push(buf);
         }
+    }
+
+    /// Shut down the sockets of quiet connections idle past their deadline,
+    /// or all of them while draining. The shutdown wakes each one's
+    /// readiness wait and its next read sees the end of stream, so the
+    /// connection task closes it.
+    pub fn sweep_quiet(&self) {
+        let now = Instant::now();
+        let draining = self.draining.get();
+        self.quiet.borrow_mut().retain(|&fd, until| {
+            if draining || *until <= now {
+                // SAFETY: `fd` is the socket of a live connection task on
+                // this core: it removes its entry before the socket can be
+                // closed, and nothing else runs on this thread meanwhile.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                false
+            } else {
+                true
+            }
+        });
     }
 
     pub fn next_id(&self) -> u64 {

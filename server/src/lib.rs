@@ -199,12 +199,13 @@ pub fn run(
         addr.map_or_else(|| "?".into(), |a| a.to_string()),
         driver.name(),
     );
-    drop(backend);
     for t in threads {
         let _ = t.join();
     }
-    // Every core's handle is gone: the apply thread drains its queue and stops.
-    if let Some(t) = apply_thread {
+    // Every core has stopped: the apply thread makes what it holds durable
+    // and stops.
+    if let (Backend::Embedded(handle), Some(t)) = (&backend, apply_thread) {
+        handle.stop();
         let _ = t.join();
     }
     Ok(())

@@ -45,6 +45,7 @@ pub async fn core_main(
         loop {
             monoio::time::sleep(Duration::from_secs(1)).await;
             date_core.date.refresh();
+            date_core.sweep_quiet();
         }
     });
     match refresh {
@@ -103,6 +104,7 @@ pub async fn core_main(
     // connections still in its accept queue to another process on the same
     // port when net.ipv4.tcp_migrate_req is 1; otherwise the kernel resets them.
     core.draining.set(true);
+    core.sweep_quiet();
     drop(listener);
     let deadline = std::time::Instant::now() + core.config.drain_timeout;
     while core.open.get() > 0 && std::time::Instant::now() < deadline {

@@ -46,6 +46,8 @@ pub enum ApplyRequest {
     Get(u64, flume::Sender<Option<Vec<u8>>>),
     /// The recorded outcome of one command.
     Outcome(u64, flume::Sender<Option<Outcome>>),
+    /// Make what came before durable, then stop (the server is exiting).
+    Stop,
 }
 
 /// A core's handle on the apply thread.
@@ -61,6 +63,13 @@ pub struct Submission {
 }
 
 impl Handle {
+    /// Ask the apply thread to finish what it was given and stop. Needed
+    /// because a connection task still open when a core stops may keep a
+    /// handle alive.
+    pub fn stop(&self) {
+        let _ = self.tx.send(ApplyRequest::Stop);
+    }
+
     /// Hand `cmd` over now if the queue has room; [`Handle::finish`] waits.
     pub fn start(&self, cmd: TodoCommand) -> Submission {
         let (tx, rx) = flume::bounded(1);
@@ -147,7 +156,9 @@ fn apply_loop(
     cores: &[flume::Sender<Arc<Snapshot>>],
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
         // Reads are answered at once; writes are gathered for one fsync.
         let mut next = Some(first);
         while let Some(req) = next.take() {
@@ -164,8 +175,9 @@ fn apply_loop(
                 ApplyRequest::Outcome(id, reply) => {
                     let _ = reply.send(store.outcome(id));
                 }
+                ApplyRequest::Stop => stop = true,
             }
-            if batch.len() < MAX_BATCH {
+            if batch.len() < MAX_BATCH && !stop {
                 next = rx.try_recv().ok();
             }
         }
