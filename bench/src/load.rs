@@ -34,6 +34,8 @@ pub struct Plan {
     pub duration: Duration,
     pub requests: Option<u64>,
     pub rate: Option<f64>,
+    /// Reopen closed connections and resend unanswered idempotent requests.
+    pub reconnect: bool,
 }
 
 /// What one executor measured.
@@ -47,8 +49,11 @@ pub struct ShardResult {
     /// Responses that could not be framed (unparsable, no Content-Length).
     pub framing_errors: u64,
     pub connect_errors: u64,
-    /// Connections the server closed or reset while requests were in flight.
+    /// Connections the server closed or reset while requests were in flight
+    /// (with --reconnect: unanswered requests that could not be resent).
     pub io_errors: u64,
+    pub reconnects: u64,
+    pub resent: u64,
     /// The measured phase: from every connection of this executor being
     /// established to the last one finishing.
     pub elapsed: Duration,
@@ -64,6 +69,8 @@ impl ShardResult {
             framing_errors: 0,
             connect_errors: 0,
             io_errors: 0,
+            reconnects: 0,
+            resent: 0,
             elapsed: Duration::ZERO,
         }
     }
@@ -153,8 +160,11 @@ enum Failure {
 
 struct Conn {
     rng: u64,
-    /// Due time (send or schedule) and expected status of each request in flight.
-    inflight: VecDeque<(Instant, u16)>,
+    /// Due time (send or schedule), expected status and kind of each request
+    /// in flight.
+    inflight: VecDeque<(Instant, u16, usize)>,
+    /// The server said `Connection: close`: no response follows.
+    closing: bool,
     out: Vec<u8>,
     rbuf: Vec<u8>,
     filled: usize,
@@ -170,6 +180,7 @@ impl Conn {
             rbuf: vec![0; READ_BUF],
             filled: 0,
             sent: 0,
+            closing: false,
         }
     }
 
@@ -182,9 +193,10 @@ impl Conn {
 
     /// Queue one request due at `at`.
     fn push(&mut self, mix: &Mix, at: Instant) {
-        let kind = &mix.kinds[mix.pick(self.next_random())];
+        let index = mix.pick(self.next_random());
+        let kind = &mix.kinds[index];
         self.out.extend_from_slice(&kind.bytes);
-        self.inflight.push_back((at, kind.expect));
+        self.inflight.push_back((at, kind.expect, index));
         self.sent += 1;
     }
 
@@ -263,7 +275,11 @@ impl Conn {
                 break;
             }
             let status = resp.code.unwrap_or(0);
-            let Some((due, expect)) = self.inflight.pop_front() else {
+            let closes = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && h.value.trim_ascii().eq_ignore_ascii_case(b"close")
+            });
+            let Some((due, expect, _)) = self.inflight.pop_front() else {
                 // A response nobody asked for.
                 r.framing_errors += 1;
                 return Err(Failure::Io);
@@ -278,6 +294,10 @@ impl Conn {
                 *r.wrong_status.entry(status).or_default() += 1;
             }
             at += head + length;
+            if closes {
+                self.closing = true;
+                break;
+            }
         }
         self.rbuf.copy_within(at..self.filled, 0);
         self.filled -= at;
@@ -303,8 +323,17 @@ impl Conn {
         self.flush(&mut stream).await?;
         while !self.inflight.is_empty() {
             let before = self.inflight.len();
-            self.read_responses(&mut stream, result).await?;
+            let read = self.read_responses(&mut stream, result).await;
             let answered = before - self.inflight.len();
+            match read {
+                Ok(_) if !self.closing => {}
+                // Closed by the server, cleanly or not.
+                Ok(_) | Err(Failure::Io) if plan.reconnect => {
+                    stream = self.reopen(plan, result).await?;
+                }
+                Ok(_) => return Err(Failure::Io),
+                Err(e) => return Err(e),
+            }
             let now = Instant::now();
             if now >= deadline && quota.is_none() {
                 break;
@@ -318,6 +347,33 @@ impl Conn {
             self.flush(&mut stream).await?;
         }
         Ok(())
+    }
+
+    /// The server closed the connection: open a new one and queue again the
+    /// unanswered requests that are idempotent; the others count as errors.
+    async fn reopen(
+        &mut self,
+        plan: &Plan,
+        result: &RefCell<ShardResult>,
+    ) -> Result<TcpStream, Failure> {
+        let stream = Self::connect(plan.addr).await?;
+        self.closing = false;
+        self.filled = 0;
+        self.out.clear();
+        let unanswered = std::mem::take(&mut self.inflight);
+        let mut r = result.borrow_mut();
+        r.reconnects += 1;
+        for (due, expect, index) in unanswered {
+            let kind = &plan.mix.kinds[index];
+            if kind.idempotent {
+                self.out.extend_from_slice(&kind.bytes);
+                self.inflight.push_back((due, expect, index));
+                r.resent += 1;
+            } else {
+                r.io_errors += 1;
+            }
+        }
+        Ok(stream)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -59,6 +59,13 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// When the server closes a connection (`Connection: close`, or end of
+    /// stream), open a new one and send again the requests left unanswered
+    /// if they are idempotent (RFC 9112 §9.3.1). Counted as reconnects, not
+    /// errors; an unanswered POST is an error. Without it every close with
+    /// requests in flight is an error.
+    #[arg(long)]
+    reconnect: bool,
     /// Instead of HTTP: produce straight to this Kafka topic (URL is then
     /// kafka://BROKERS/TOPIC) for the broker's own rate, with messages of
     /// --size bytes and -c messages in flight.
@@ -125,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         duration: cli.duration,
         requests: cli.requests,
         rate: cli.rate,
+        reconnect: cli.reconnect,
     };
     let results = LocalExecutorPoolBuilder::new(placement)
         .name("todo-bench")

@@ -45,6 +45,9 @@ pub struct Kind {
     pub bytes: Vec<u8>,
     /// The status a correct response has (200 for reads, 202 for writes).
     pub expect: u16,
+    /// May be sent again when its connection closed before its response
+    /// (RFC 9110 §9.2.2): GET yes, POST no.
+    pub idempotent: bool,
     /// Cumulative weight bound, for sampling.
     upto: u32,
 }
@@ -61,6 +64,7 @@ impl Mix {
             kinds: vec![Kind {
                 bytes: get(&target.host, &target.path),
                 expect: 200,
+                idempotent: true,
                 upto: 1,
             }],
             total: 1,
@@ -95,6 +99,7 @@ impl Mix {
             kinds.push(Kind {
                 bytes,
                 expect,
+                idempotent: method == "GET",
                 upto: total,
             });
         }

@@ -35,6 +35,10 @@ pub struct Report {
     pub framing_errors: u64,
     pub connect_errors: u64,
     pub io_errors: u64,
+    /// Connections opened again after the server closed one (--reconnect).
+    pub reconnects: u64,
+    /// Requests sent again on the new connection.
+    pub resent: u64,
     #[serde(skip)]
     hist: Histogram<u64>,
 }
@@ -63,6 +67,8 @@ impl Report {
             framing_errors: 0,
             connect_errors: 0,
             io_errors: 0,
+            reconnects: 0,
+            resent: 0,
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         }
     }
@@ -78,6 +84,8 @@ impl Report {
         self.framing_errors += r.framing_errors;
         self.connect_errors += r.connect_errors;
         self.io_errors += r.io_errors;
+        self.reconnects += r.reconnects;
+        self.resent += r.resent;
     }
 
     /// Rates are over the longest executor's measured phase.
@@ -142,6 +150,13 @@ impl Report {
             self.connect_errors,
             self.io_errors
         );
+        if self.reconnects > 0 {
+            let _ = writeln!(
+                s,
+                "  reconnects: {} (requests sent again: {})",
+                self.reconnects, self.resent
+            );
+        }
         s
     }
 }
