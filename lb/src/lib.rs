@@ -19,4 +19,4 @@ pub mod listener;
 pub mod response;
 pub mod runtime;
 
-pub use listener::{bind_reuseport, ListenerConfig};
+pub use listener::{bind_reuseport, ListenerConfig, Steer};

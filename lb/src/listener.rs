@@ -20,6 +20,22 @@ pub struct ListenerConfig {
     /// Default true: responses are written once per batch, so Nagle only adds
     /// delay.
     pub nodelay: bool,
+    /// How the kernel picks a listener for a new connection. Default
+    /// [`Steer::Hash`].
+    pub steer: Steer,
+}
+
+/// Connection steering within the SO_REUSEPORT group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Steer {
+    /// The kernel's hash of the 4-tuple (spreads connections evenly).
+    #[default]
+    Hash,
+    /// The listener of the CPU that received the connection's SYN (classic
+    /// BPF, SO_ATTACH_REUSEPORT_CBPF): the connection's packets and its core
+    /// then share a CPU. Only as even as the NIC's receive queues spread
+    /// flows; on loopback the receiving CPU is the client's.
+    Cpu,
 }
 
 impl Default for ListenerConfig {
@@ -27,6 +43,7 @@ impl Default for ListenerConfig {
         ListenerConfig {
             backlog: 4096,
             nodelay: true,
+            steer: Steer::Hash,
         }
     }
 }
@@ -45,7 +62,51 @@ pub fn bind_reuseport(
         addr = listener.local_addr()?;
         listeners.push(listener);
     }
+    if config.steer == Steer::Cpu {
+        // The program belongs to the group: attaching it once steers all.
+        attach_cpu_steering(&listeners[0], listeners.len())?;
+    }
     Ok(listeners)
+}
+
+/// Attach `A = cpu % sockets; return A`: the kernel then hands each new
+/// connection to the listener whose index in the group is that number (this
+/// process's listeners were bound in core order, so index = core).
+fn attach_cpu_steering(listener: &TcpListener, sockets: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let code = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut program = [
+        code(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        ),
+        code(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, sockets as u32),
+        code(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, both alive for the call; the kernel
+    // copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn bind_one(addr: SocketAddr, config: &ListenerConfig) -> io::Result<TcpListener> {
@@ -80,5 +141,19 @@ mod tests {
         let more =
             bind_reuseport(ls[0].local_addr().unwrap(), 1, &ListenerConfig::default()).unwrap();
         assert_eq!(more[0].local_addr().unwrap().port(), port);
+    }
+
+    #[test]
+    fn cpu_steering_attaches_and_accepts() {
+        let config = ListenerConfig {
+            steer: Steer::Cpu,
+            ..ListenerConfig::default()
+        };
+        let ls = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2, &config).unwrap();
+        // A connection lands on one of the group's listeners.
+        let _c = std::net::TcpStream::connect(ls[0].local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let accepted = ls.iter().filter(|l| l.accept().is_ok()).count();
+        assert_eq!(accepted, 1);
     }
 }

@@ -47,6 +47,11 @@ pub struct ServeConfig {
     /// io driver.
     #[arg(long, env = "TODO_DRIVER", value_enum, default_value_t = Driver::Auto)]
     pub driver: Driver,
+    /// How new connections are spread over the cores' listeners: `hash`
+    /// (the kernel's 4-tuple hash) or `cpu` (the listener of the CPU that
+    /// received the connection, by classic BPF).
+    #[arg(long, env = "TODO_STEER", value_enum, default_value_t = todo_lb::Steer::Hash)]
+    pub steer: todo_lb::Steer,
     /// Pin each core's thread to one CPU.
     #[arg(long, env = "TODO_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,

@@ -18,7 +18,10 @@ fn main() -> anyhow::Result<()> {
     }
     let limits = todo_lb::limits::ConnectionLimits::raise_and_read()
         .context("reading the open-files limit")?;
-    let listener_config = todo_lb::ListenerConfig::default();
+    let listener_config = todo_lb::ListenerConfig {
+        steer: config.steer,
+        ..todo_lb::ListenerConfig::default()
+    };
     eprintln!("todo-server: {}", limits.describe(listener_config.backlog));
     let cores = config.core_count();
     let listeners = todo_lb::bind_reuseport(config.listen, cores, &listener_config)
