@@ -19,6 +19,11 @@ pub struct HttpError {
 }
 
 impl HttpError {
+    const fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     const fn new(status: u16, code: &'static str, message: &'static str, close: bool) -> Self {
         HttpError {
             status,
@@ -111,6 +116,41 @@ impl HttpError {
         HttpError::new(401, "unauthorized", "missing bearer token", false);
     pub const NOT_READY: HttpError =
         HttpError::new(503, "not_ready", "the service is not ready", false);
+
+    // The proxy's own answers (todo-lb).
+    pub const BAD_GATEWAY: HttpError = HttpError::new(
+        502,
+        "bad_gateway",
+        "the upstream failed before answering and the request cannot be sent again safely",
+        false,
+    );
+    pub const GATEWAY_TIMEOUT: HttpError = HttpError::new(
+        504,
+        "gateway_timeout",
+        "the upstream did not answer in time",
+        false,
+    );
+    pub const NO_UPSTREAM: HttpError = HttpError::new(
+        503,
+        "no_upstream",
+        "no healthy upstream is available",
+        false,
+    )
+    .with_retry_after(1);
+    pub const RATE_LIMITED: HttpError = HttpError::new(
+        429,
+        "rate_limited",
+        "too many requests from this client",
+        false,
+    )
+    .with_retry_after(1);
+    pub const TOO_MANY_CONNECTIONS: HttpError = HttpError::new(
+        429,
+        "too_many_connections",
+        "too many connections from this client",
+        true,
+    )
+    .with_retry_after(1);
 
     /// 400 for an RFC 9112 framing error; the connection closes.
     pub fn framing(message: &'static str) -> HttpError {

@@ -97,6 +97,10 @@ pub struct Request<'b> {
     pub http10: bool,
     pub authorization: Option<&'b [u8]>,
     pub content_type: Option<&'b [u8]>,
+    /// `X-Request-Id`, when the client sent one (todo-lb keeps it).
+    pub request_id: Option<&'b [u8]>,
+    /// Bytes of the head, request line to the blank line included.
+    pub head_len: usize,
     pub body: Body<'b>,
 }
 
@@ -153,6 +157,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
     let mut expect_continue = false;
     let mut authorization = None;
     let mut content_type = None;
+    let mut request_id = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -185,6 +190,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
             authorization = Some(value);
         } else if name.eq_ignore_ascii_case(b"content-type") {
             content_type = Some(value);
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            request_id = Some(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if trim(value).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = !http10;
@@ -236,6 +243,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
             http10,
             authorization,
             content_type,
+            request_id,
+            head_len,
             body,
         },
         head_len + body_len,
@@ -267,7 +276,19 @@ fn parse_content_length(value: &[u8]) -> Result<usize, HttpError> {
 /// included.
 fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
     let mut out = Vec::new();
+    Ok(walk_chunks(buf, max_body, Some(&mut out))?.map(|used| (out, used)))
+}
+
+/// Walk a chunked body at the start of `buf` (RFC 9112 §7.1), copying the
+/// data into `sink` when given. `Ok(None)`: more bytes needed; otherwise the
+/// bytes the body used, trailers included.
+fn walk_chunks(
+    buf: &[u8],
+    max_body: usize,
+    mut sink: Option<&mut Vec<u8>>,
+) -> Result<Option<usize>, HttpError> {
     let mut pos = 0;
+    let mut total = 0usize;
     loop {
         let (data_start, size) = match httparse::parse_chunk_size(&buf[pos..]) {
             Ok(httparse::Status::Complete((n, size))) => (pos + n, size),
@@ -285,15 +306,16 @@ fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, Http
             // last-chunk, then trailer fields, then CRLF (RFC 9112 §7.1.2).
             let mut slots = [httparse::EMPTY_HEADER; 16];
             return match httparse::parse_headers(&buf[data_start..], &mut slots) {
-                Ok(httparse::Status::Complete((n, _))) => Ok(Some((out, data_start + n))),
+                Ok(httparse::Status::Complete((n, _))) => Ok(Some(data_start + n)),
                 Ok(httparse::Status::Partial) => Ok(None),
                 Err(_) => Err(HttpError::framing("invalid chunked trailer")),
             };
         }
         let size = usize::try_from(size).unwrap_or(usize::MAX);
-        if size > max_body || out.len() + size > max_body {
+        if size > max_body || total + size > max_body {
             return Err(HttpError::PAYLOAD_TOO_LARGE);
         }
+        total += size;
         let data_end = data_start + size;
         if buf.len() < data_end + 2 {
             return Ok(None);
@@ -301,9 +323,97 @@ fn dechunk(buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, Http
         if &buf[data_end..data_end + 2] != b"\r\n" {
             return Err(HttpError::framing("chunk data not followed by CRLF"));
         }
-        out.extend_from_slice(&buf[data_start..data_end]);
+        if let Some(out) = sink.as_deref_mut() {
+            out.extend_from_slice(&buf[data_start..data_end]);
+        }
         pos = data_end + 2;
     }
+}
+
+/// One response at the front of an upstream connection's buffer (todo-lb).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParsedResponse {
+    /// A whole response: its status, its length in bytes, and whether the
+    /// upstream closes the connection after it.
+    Complete {
+        status: u16,
+        len: usize,
+        close: bool,
+    },
+    /// The buffer ends inside a response.
+    Partial,
+}
+
+/// Frame the response at the start of `buf` (RFC 9112 §6.3): no body after
+/// HEAD or for 1xx, 204 and 304; else a chunked body or Content-Length bytes.
+/// A response framed by the end of the connection is refused (it could not
+/// be pipelined), as are the framing errors refused in requests.
+pub fn parse_response(
+    buf: &[u8],
+    after_head_request: bool,
+    max_body: usize,
+) -> Result<ParsedResponse, HttpError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Partial),
+        Err(_) => return Err(HttpError::framing("unparsable upstream response")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut close = resp.version == Some(0);
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_content_length(h.value)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(HttpError::framing("conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = trim(h.value).eq_ignore_ascii_case(b"chunked");
+            if !chunked {
+                return Err(HttpError::framing("unsupported transfer coding"));
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close = false;
+                }
+            }
+        }
+    }
+    let bodiless =
+        after_head_request || (100..200).contains(&status) || status == 204 || status == 304;
+    let body_len = if bodiless {
+        0
+    } else if chunked {
+        match walk_chunks(&buf[head_len..], max_body, None)? {
+            Some(n) => n,
+            None => return Ok(ParsedResponse::Partial),
+        }
+    } else if let Some(n) = content_length {
+        if n > max_body {
+            return Err(HttpError::PAYLOAD_TOO_LARGE);
+        }
+        if buf.len() - head_len < n {
+            return Ok(ParsedResponse::Partial);
+        }
+        n
+    } else {
+        return Err(HttpError::framing("upstream response without a length"));
+    };
+    Ok(ParsedResponse::Complete {
+        status,
+        len: head_len + body_len,
+        close,
+    })
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -499,5 +609,97 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn framed(buf: &[u8], head: bool) -> ParsedResponse {
+        parse_response(buf, head, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn responses_are_framed_at_every_split() {
+        let one = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let two =
+            b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let mut both = one.to_vec();
+        both.extend_from_slice(two);
+        for cut in 0..one.len() {
+            assert_eq!(
+                framed(&both[..cut], false),
+                ParsedResponse::Partial,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            framed(&both, false),
+            ParsedResponse::Complete {
+                status: 200,
+                len: one.len(),
+                close: false
+            }
+        );
+        let rest = &both[one.len()..];
+        for cut in 0..rest.len() {
+            assert_eq!(
+                framed(&rest[..cut], false),
+                ParsedResponse::Partial,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            framed(rest, false),
+            ParsedResponse::Complete {
+                status: 202,
+                len: two.len(),
+                close: false
+            }
+        );
+    }
+
+    #[test]
+    fn bodiless_responses_and_close() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            framed(head, true),
+            ParsedResponse::Complete {
+                status: 200,
+                len: head.len(),
+                close: true
+            }
+        );
+        let no_content = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert!(matches!(
+            framed(no_content, false),
+            ParsedResponse::Complete { status: 204, .. }
+        ));
+        let old = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            framed(old, false),
+            ParsedResponse::Complete { close: true, .. }
+        ));
+    }
+
+    #[test]
+    fn unframable_responses_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\n\r\nuntil close"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad, false, 1 << 20).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn head_length_and_request_id_are_reported() {
+        let buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: r1\r\n\r\nnext";
+        let (req, used) = complete(buf);
+        assert_eq!(req.head_len, used);
+        assert_eq!(req.head_len, buf.len() - 4);
+        assert_eq!(req.request_id, Some(&b"r1"[..]));
     }
 }

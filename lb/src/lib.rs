@@ -1,22 +1,185 @@
 //! The front tier, and the HTTP/1.1 code both binaries are built on.
 //!
-//! - [`listener`]: SO_REUSEPORT sharding — one listening socket per core on the
-//!   same address, so the kernel spreads connections across cores with no
-//!   proxy hop and no shared accept queue. `todo-server` embeds it (the
-//!   "embedded balancer" of the one-box deployment).
-//! - [`limits`]: what caps the connections a process can hold (logged at
-//!   start-up).
+//! Shared with `todo-server`:
+//! - [`listener`]: SO_REUSEPORT sharding — one listening socket per core on
+//!   the same address, so the kernel spreads connections across cores with
+//!   no proxy hop and no shared accept queue (the "embedded balancer" of the
+//!   one-box deployment), with optional CPU steering.
 //! - [`runtime`]: one pinned monoio thread per core, io_uring or epoll.
 //! - [`http1`]: request parsing and validation (RFC 9112) on httparse, and
 //!   response framing for the proxy; [`response`], [`error`], [`date`]: the
 //!   bytes written back.
+//! - [`limits`]: what caps the connections a process can hold (logged at
+//!   start-up); [`shutdown`]: draining on SIGTERM.
+//!
+//! `todo-lb`, the L7 balancer for many hosts ([`run`]):
+//! - [`proxy`]: per client connection, parse every request, forward the
+//!   batch to one upstream, answer in order; retry and failover.
+//! - [`pool`]: per core, keep-alive upstream pools, least-connections,
+//!   passive ejection (circuit breaker).
+//! - [`upstream`]: the upstream set shared by the cores, its active health
+//!   checks and the upstreams file.
+//! - [`limit`]: per-client rate and connection limits (429).
+//! - [`config`]: `todo-lb`'s flags and environment variables.
 
+pub mod config;
 pub mod date;
 pub mod error;
 pub mod http1;
+pub mod limit;
 pub mod limits;
 pub mod listener;
+pub mod pool;
+pub mod proxy;
 pub mod response;
 pub mod runtime;
+pub mod shutdown;
+pub mod upstream;
 
 pub use listener::{bind_reuseport, ListenerConfig, Steer};
+
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::LbConfig;
+use crate::limit::{LimitConfig, Limits};
+use crate::proxy::LbCore;
+use crate::shutdown::Shutdown;
+use crate::upstream::{Checks, UpstreamError, UpstreamSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("{0}")]
+    Driver(&'static str),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("no listener given")]
+    NoListener,
+    #[error("thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The upstreams `config` names: the file when given, else the list.
+pub fn configured_upstreams(config: &LbConfig) -> Result<Vec<std::net::SocketAddr>, UpstreamError> {
+    let addrs = match &config.upstreams_file {
+        Some(path) => upstream::read_file(path)?,
+        None => upstream::resolve(&config.upstreams)?,
+    };
+    if addrs.is_empty() {
+        return Err(UpstreamError::None);
+    }
+    Ok(addrs)
+}
+
+/// Balance over the configured upstreams on `listeners` (one per core) until
+/// `shutdown` fires and the open connections are done.
+pub fn run(
+    config: LbConfig,
+    listeners: Vec<TcpListener>,
+    shutdown: Shutdown,
+) -> Result<(), LbError> {
+    if listeners.is_empty() {
+        return Err(LbError::NoListener);
+    }
+    let driver = runtime::resolve_driver(config.driver).map_err(LbError::Driver)?;
+    let addrs = configured_upstreams(&config)?;
+    let set = Arc::new(UpstreamSet::new(addrs.clone()));
+    upstream::spawn_checker(
+        set.clone(),
+        Checks {
+            path: config.health_path.clone(),
+            interval: config.health_interval,
+            unhealthy_after: config.unhealthy_after.max(1),
+            timeout: config.connect_timeout,
+            file: config.upstreams_file.clone(),
+        },
+    )
+    .map_err(LbError::Thread)?;
+    let limits = Arc::new(Limits::new(LimitConfig {
+        rate: config.rate,
+        burst: config.burst.unwrap_or(config.rate).max(1.0),
+        max_conns: config.max_conns_per_client,
+    }));
+    let id_prefix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+        ^ std::process::id().rotate_left(16);
+    let addr = listeners[0].local_addr().ok();
+    let cores = listeners.len();
+    let config = Arc::new(config);
+    let mut threads = Vec::with_capacity(cores);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (config, set, limits, shutdown) = (
+            config.clone(),
+            set.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        );
+        let pin = config.pin;
+        let thread = runtime::spawn_core("todo-lb", index, pin, driver, move || {
+            let core = Rc::new(LbCore::new(index, config, set, limits, id_prefix));
+            core_main(core, listener, shutdown)
+        })
+        .map_err(LbError::Thread)?;
+        threads.push(thread);
+    }
+    eprintln!(
+        "todo-lb: listening on {} ({cores} cores, {} driver), upstreams {addrs:?}",
+        addr.map_or_else(|| "?".into(), |a| a.to_string()),
+        driver.name(),
+    );
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("todo-lb: core {}: listener: {e}", core.index);
+            return;
+        }
+    };
+    let date_core = core.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(Duration::from_secs(1)).await;
+            date_core.date.refresh();
+        }
+    });
+    let mut last_error = None::<std::time::Instant>;
+    loop {
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let core = core.clone();
+                core.open.set(core.open.get() + 1);
+                monoio::spawn(async move {
+                    proxy::serve(core.clone(), stream, peer).await;
+                    core.open.set(core.open.get() - 1);
+                });
+            }
+            Err(e) => {
+                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    eprintln!("todo-lb: core {}: accept: {e}", core.index);
+                    last_error = Some(std::time::Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Drain: connections finish their batch in flight and close.
+    core.draining.set(true);
+    drop(listener);
+    let deadline = std::time::Instant::now() + core.config.drain_timeout;
+    while core.open.get() > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -36,7 +36,9 @@ pub fn status_line(status: u16) -> &'static [u8] {
         429 => b"HTTP/1.1 429 Too Many Requests",
         431 => b"HTTP/1.1 431 Request Header Fields Too Large",
         501 => b"HTTP/1.1 501 Not Implemented",
+        502 => b"HTTP/1.1 502 Bad Gateway",
         503 => b"HTTP/1.1 503 Service Unavailable",
+        504 => b"HTTP/1.1 504 Gateway Timeout",
         505 => b"HTTP/1.1 505 HTTP Version Not Supported",
         _ => b"HTTP/1.1 500 Internal Server Error",
     }

@@ -26,7 +26,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+};
 use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -92,6 +94,8 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     // Chunked framing may take more bytes than the body it carries.
     let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
     let mut active = Instant::now();
+    // Cancels a read that waited too long, without losing what it read.
+    let mut canceller = Canceller::new();
     let mut input: Vec<u8> = Vec::with_capacity(FIRST_READ);
     // Grows to fit the batch's responses; pooled buffers already have.
     let mut out: Vec<u8> = core.take_buffer(0);
@@ -125,12 +129,11 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             Some(t) => config.header_timeout.saturating_sub(t.elapsed()),
         };
         let len = input.len();
-        let (res, slice) =
-            match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
-                Ok(r) => r,
-                Err(_) if started.is_some() => {
-                    // The buffer went with the cancelled read; nothing in it is
-                    // answerable anyway.
+        let (res, slice) = read_within(stream, input.slice_mut(len..), wait, &mut canceller).await;
+        let res = match res {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                input = slice.into_inner();
+                if started.is_some() {
                     response::append_error(
                         &mut out,
                         &HttpError::HEADER_TIMEOUT,
@@ -141,14 +144,16 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     flush(stream, &mut out).await?;
                     return Ok(Ending::Close);
                 }
-                Err(_) if Instant::now() >= idle_until => return Ok(Ending::Close),
-                Err(_) => {
-                    // Quiet: the cancelled read took the input buffer with it;
-                    // the output buffer goes back to the pool.
-                    core.put_buffer(out, MAX_POOLED);
-                    return Ok(Ending::Quiet(active));
+                if Instant::now() >= idle_until {
+                    return Ok(Ending::Close);
                 }
-            };
+                // Quiet: both buffers go back to the pool.
+                core.put_buffer(input, MAX_POOLED);
+                core.put_buffer(out, MAX_POOLED);
+                return Ok(Ending::Quiet(active));
+            }
+            other => other,
+        };
         input = slice.into_inner();
         if res? == 0 {
             return Ok(Ending::Close);
@@ -301,6 +306,35 @@ async fn settle_queued(
         }
     }
     Ok(())
+}
+
+/// Read into `buf` for at most `wait`. On time-out the read is cancelled and
+/// awaited, so bytes that arrived as it was cancelled are kept (a dropped
+/// io_uring read would lose them with its buffer): `TimedOut` only when
+/// nothing was read.
+async fn read_within<T: monoio::buf::IoBufMut>(
+    stream: &mut TcpStream,
+    buf: T,
+    wait: Duration,
+    canceller: &mut Canceller,
+) -> (io::Result<usize>, T) {
+    let read = stream.cancelable_read(buf, canceller.handle());
+    let mut read = std::pin::pin!(read);
+    monoio::select! {
+        done = &mut read => return done,
+        _ = monoio::time::sleep(wait) => {}
+    }
+    *canceller = std::mem::take(canceller).cancel();
+    match read.await {
+        (Ok(n), buf) if n > 0 => (Ok(n), buf),
+        (Err(e), buf)
+            if e.kind() != io::ErrorKind::Interrupted
+                && e.raw_os_error() != Some(libc::ECANCELED) =>
+        {
+            (Err(e), buf)
+        }
+        (_, buf) => (Err(io::ErrorKind::TimedOut.into()), buf),
+    }
 }
 
 /// Wait, holding no buffer, until the connection is readable (true), or it

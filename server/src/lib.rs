@@ -33,11 +33,10 @@ pub mod embedded;
 pub mod metrics;
 pub mod routes;
 pub mod runtime;
-pub mod shutdown;
 
 // HTTP/1.1 parsing, responses, errors and the Date cache are shared with
 // todo-lb (one parser for both binaries).
-pub use todo_lb::{date, error, http1, response};
+pub use todo_lb::{date, error, http1, response, shutdown};
 
 use std::net::TcpListener;
 use std::rc::Rc;

@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     // after its next response (every 202 was made durable first). A second
     // signal exits at once.
     let (trigger, shutdown) = shutdown::channel();
-    shutdown::on_signals(trigger).context("installing signal handlers")?;
+    shutdown::on_signals("todo-server", trigger).context("installing signal handlers")?;
     todo_server::run(config, listeners, shutdown)?;
     Ok(())
 }

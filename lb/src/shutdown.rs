@@ -32,7 +32,7 @@ impl Shutdown {
 
 /// Fire `trigger` on the first SIGTERM or SIGINT (drain), exit on the second.
 /// A small thread with its own current-thread tokio runtime waits for them.
-pub fn on_signals(mut trigger: Trigger) -> std::io::Result<()> {
+pub fn on_signals(name: &'static str, mut trigger: Trigger) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -44,20 +44,20 @@ pub fn on_signals(mut trigger: Trigger) -> std::io::Result<()> {
         ))
     })?;
     std::thread::Builder::new()
-        .name("todo-signals".into())
+        .name(format!("{name}-signals"))
         .spawn(move || {
             rt.block_on(async {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                 }
-                eprintln!("todo-server: draining (a second signal exits at once)");
+                eprintln!("{name}: draining (a second signal exits at once)");
                 trigger.fire();
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                 }
-                eprintln!("todo-server: exiting without draining");
+                eprintln!("{name}: exiting without draining");
                 std::process::exit(1);
             })
         })?;

@@ -1,0 +1,117 @@
+//! Configuration of `todo-lb`: one struct, every field a flag and an
+//! environment variable, with its unit and default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::runtime::Driver;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "todo-lb",
+    version,
+    about = "Thread-per-core HTTP/1.1 load balancer for todo-server"
+)]
+pub struct LbConfig {
+    /// Address to listen on (one SO_REUSEPORT socket per core).
+    #[arg(long, env = "TODO_LB_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    /// Upstream server, HOST:PORT; repeat for more. Also TODO_LB_UPSTREAMS,
+    /// comma-separated.
+    #[arg(long = "upstream", env = "TODO_LB_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    /// File with one HOST:PORT per line (`#` comments), re-read when it
+    /// changes; replaces --upstream.
+    #[arg(long, env = "TODO_LB_UPSTREAMS_FILE")]
+    pub upstreams_file: Option<PathBuf>,
+    /// Cores to run; 0 means every available core.
+    #[arg(long, env = "TODO_LB_CORES", default_value_t = 0)]
+    pub cores: usize,
+    /// io driver.
+    #[arg(long, env = "TODO_DRIVER", value_enum, default_value_t = Driver::Auto)]
+    pub driver: Driver,
+    /// Pin each core's thread to one CPU.
+    #[arg(long, env = "TODO_PIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin: bool,
+    /// Path of the active health check; 200 means healthy.
+    #[arg(long, env = "TODO_LB_HEALTH_PATH", default_value = "/readyz")]
+    pub health_path: String,
+    /// Time between active health checks of each upstream (and between
+    /// looks at the upstreams file).
+    #[arg(long, env = "TODO_LB_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    /// Failed checks in a row before an upstream is taken out.
+    #[arg(long, env = "TODO_LB_UNHEALTHY_AFTER", default_value_t = 2)]
+    pub unhealthy_after: u32,
+    /// Passive ejection: failed exchanges in a row (connect, reset, timeout)
+    /// that open an upstream's circuit on a core.
+    #[arg(long, env = "TODO_LB_EJECT_AFTER", default_value_t = 3)]
+    pub eject_after: u32,
+    /// How long an open circuit keeps the upstream out; then one exchange is
+    /// let through (half open) and its result closes or reopens it.
+    #[arg(long, env = "TODO_LB_EJECT_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub eject_for: Duration,
+    /// Other upstreams tried when one fails before answering an idempotent
+    /// request (GET, HEAD, PUT, DELETE, OPTIONS; RFC 9110 §9.2.2).
+    #[arg(long, env = "TODO_LB_RETRIES", default_value_t = 2)]
+    pub retries: u32,
+    /// Connecting to an upstream gives up after this long.
+    #[arg(long, env = "TODO_LB_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// An upstream must answer a forwarded batch within this long (504
+    /// after). Above the servers' write confirmation timeout (5 s).
+    #[arg(long, env = "TODO_LB_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Idle upstream connections kept per upstream and core.
+    #[arg(long, env = "TODO_LB_POOL_IDLE", default_value_t = 1024)]
+    pub pool_idle: usize,
+    /// A pooled upstream connection idle longer than this is not reused
+    /// (below the servers' 60 s idle timeout, so the pool never hands out a
+    /// connection the server is closing).
+    #[arg(long, env = "TODO_LB_POOL_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub pool_idle_timeout: Duration,
+    /// Requests per second allowed per client address; 0 turns rate limiting
+    /// off. Over it: 429 with Retry-After.
+    #[arg(long, env = "TODO_LB_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+    /// Requests a client may send at once above its rate (bucket size).
+    /// Default: one second's worth.
+    #[arg(long, env = "TODO_LB_BURST")]
+    pub burst: Option<f64>,
+    /// Connections allowed per client address; 0 means no limit. Over it:
+    /// 429 and close.
+    #[arg(long, env = "TODO_LB_MAX_CONNS_PER_CLIENT", default_value_t = 0)]
+    pub max_conns_per_client: u32,
+    /// An idle client connection is closed after this long.
+    #[arg(long, env = "TODO_LB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time allowed to receive a whole request once it has begun (408 after).
+    #[arg(long, env = "TODO_LB_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Largest request or response body forwarded, bytes.
+    #[arg(long, env = "TODO_LB_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+    /// On SIGTERM, connections still open after this long are closed.
+    #[arg(long, env = "TODO_LB_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl LbConfig {
+    pub fn core_count(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Defaults with these upstreams, listening on `127.0.0.1:0` (tests).
+    pub fn for_tests(upstreams: &[SocketAddr]) -> Self {
+        let mut c = LbConfig::parse_from(["todo-lb", "--listen", "127.0.0.1:0"]);
+        c.upstreams = upstreams.iter().map(|a| a.to_string()).collect();
+        c
+    }
+}

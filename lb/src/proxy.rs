@@ -1,0 +1,504 @@
+//! todo-lb's connection loop: one task per client connection.
+//!
+//! ```text
+//! read from the client
+//!   -> parse EVERY complete request (the server's http1::parse)
+//!   -> admit them against the client's rate; rewrite each into one
+//!      forward buffer (+ X-Forwarded-For, + X-Request-Id unless sent)
+//!   -> pick an upstream (least connections), take a pooled connection,
+//!      ONE write of the whole batch, read back as many responses
+//!   -> ONE write of the responses to the client, in request order
+//! ```
+//!
+//! When an upstream fails before answering, the unanswered requests go to
+//! another upstream if they may be sent again: idempotent ones (RFC 9110
+//! §9.2.2), or any that were never written. A request that was written and
+//! cannot be sent again gets 502 (504 on timeout). An upstream that ends its
+//! connection with `Connection: close` did not read what followed, so that
+//! is sent elsewhere too: this is what makes an upstream's rolling restart
+//! invisible through the balancer.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::config::LbConfig;
+use crate::date::DateCache;
+use crate::error::HttpError;
+use crate::http1::{self, Method, Parsed, ParsedResponse};
+use crate::limit::{ClientConn, Limits};
+use crate::pool::{Member, Pool, PoolConfig};
+use crate::response::{self, Persist};
+use crate::upstream::UpstreamSet;
+
+/// Read buffer growth step, bytes.
+const READ_CHUNK: usize = 16 * 1024;
+/// Most requests forwarded as one batch.
+const MAX_BATCH: usize = 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// One core's state, `!Send`, in one place.
+pub struct LbCore {
+    pub index: usize,
+    pub config: Arc<LbConfig>,
+    pub pool_config: PoolConfig,
+    pub set: Arc<UpstreamSet>,
+    pub limits: Arc<Limits>,
+    pub pool: Pool,
+    pub date: DateCache,
+    pub draining: Cell<bool>,
+    pub open: Cell<usize>,
+    /// Request ids: a per-process prefix, the core, a counter.
+    id_prefix: u32,
+    ids: Cell<u64>,
+}
+
+impl LbCore {
+    pub fn new(
+        index: usize,
+        config: Arc<LbConfig>,
+        set: Arc<UpstreamSet>,
+        limits: Arc<Limits>,
+        id_prefix: u32,
+    ) -> Self {
+        let pool_config = PoolConfig {
+            max_idle: config.pool_idle,
+            idle_timeout: config.pool_idle_timeout,
+            connect_timeout: config.connect_timeout,
+            eject_after: config.eject_after.max(1),
+            eject_for: config.eject_for,
+        };
+        LbCore {
+            index,
+            pool: Pool::new(&set),
+            config,
+            pool_config,
+            set,
+            limits,
+            date: DateCache::default(),
+            draining: Cell::new(false),
+            open: Cell::new(0),
+            id_prefix,
+            ids: Cell::new(0),
+        }
+    }
+
+    /// Append `X-Request-Id: <prefix><core><counter>\r\n` (hex, 24 digits).
+    fn append_request_id(&self, out: &mut Vec<u8>) {
+        let n = self.ids.get();
+        self.ids.set(n + 1);
+        out.extend_from_slice(b"X-Request-Id: ");
+        hex(out, u64::from(self.id_prefix), 8);
+        hex(out, self.index as u64, 4);
+        hex(out, n, 12);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn hex(out: &mut Vec<u8>, v: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
+/// A request of the batch: where its forwarded bytes are, and how it may be
+/// treated when its upstream fails.
+struct Item {
+    start: usize,
+    end: usize,
+    idempotent: bool,
+    head: bool,
+    /// Written to an upstream that failed, and not idempotent: never sent again.
+    poisoned: bool,
+}
+
+/// Serve one client connection until it closes.
+pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
+    let Some(client) = core.limits.connect(peer.ip()) else {
+        let mut out = Vec::new();
+        response::append_error(
+            &mut out,
+            &HttpError::TOO_MANY_CONNECTIONS,
+            &core.date,
+            Persist::Close,
+        );
+        let _ = stream.write_all(out).await;
+        linger(&mut stream).await;
+        return;
+    };
+    if let Ok(true) = proxy(&core, &mut stream, peer, &client).await {
+        linger(&mut stream).await;
+    }
+}
+
+/// The loop; `Ok(true)` when the connection should linger before closing.
+async fn proxy(
+    core: &LbCore,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    client: &ClientConn,
+) -> io::Result<bool> {
+    let config = &core.config;
+    let limits = http1::Limits {
+        max_body: config.max_body,
+        ..http1::Limits::default()
+    };
+    let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
+    let xff = format!("X-Forwarded-For: {}\r\n", peer.ip()).into_bytes();
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut fwd: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut upbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut items: Vec<Item> = Vec::new();
+    let mut started: Option<Instant> = None;
+    let mut sent_continue = false;
+    loop {
+        if core.draining.get() && input.is_empty() {
+            return Ok(false);
+        }
+        if input.capacity() - input.len() < READ_CHUNK / 4 {
+            if input.len() >= read_max {
+                response::append_error(
+                    &mut out,
+                    &HttpError::PAYLOAD_TOO_LARGE,
+                    &core.date,
+                    Persist::Close,
+                );
+                flush(stream, &mut out).await?;
+                return Ok(true);
+            }
+            input.reserve(input.capacity().max(READ_CHUNK));
+        }
+        let wait = match started {
+            None => config.idle_timeout,
+            Some(t) => config.header_timeout.saturating_sub(t.elapsed()),
+        };
+        let len = input.len();
+        let (res, slice) =
+            match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
+                Ok(r) => r,
+                Err(_) if started.is_some() => {
+                    response::append_error(
+                        &mut out,
+                        &HttpError::HEADER_TIMEOUT,
+                        &core.date,
+                        Persist::Close,
+                    );
+                    flush(stream, &mut out).await?;
+                    return Ok(false);
+                }
+                Err(_) => return Ok(false),
+            };
+        input = slice.into_inner();
+        if res? == 0 {
+            return Ok(false);
+        }
+
+        // Parse every complete request; rewrite each into `fwd`.
+        fwd.clear();
+        items.clear();
+        let mut at = 0;
+        let mut ending = None::<HttpError>;
+        let mut last_closes = false;
+        while items.len() < MAX_BATCH {
+            match http1::parse(&input[at..], &limits) {
+                Ok(Parsed::Complete(req, used)) => {
+                    let start = fwd.len();
+                    let raw = &input[at..at + used];
+                    let head = &raw[..req.head_len];
+                    // The head without its blank line, our fields, the blank
+                    // line, the body as it came (chunked stays chunked).
+                    let cut = if head.ends_with(b"\r\n\r\n") { 2 } else { 1 };
+                    fwd.extend_from_slice(&head[..head.len() - cut]);
+                    fwd.extend_from_slice(&xff);
+                    if req.request_id.is_none() {
+                        core.append_request_id(&mut fwd);
+                    }
+                    fwd.extend_from_slice(b"\r\n");
+                    fwd.extend_from_slice(&raw[req.head_len..]);
+                    items.push(Item {
+                        start,
+                        end: fwd.len(),
+                        idempotent: matches!(
+                            req.method,
+                            Method::Get | Method::Head | Method::Put | Method::Delete
+                        ),
+                        head: req.method == Method::Head,
+                        poisoned: false,
+                    });
+                    at += used;
+                    sent_continue = false;
+                    if !req.keep_alive {
+                        last_closes = true;
+                        break;
+                    }
+                }
+                Ok(Parsed::Partial { expect_continue }) => {
+                    if expect_continue && !sent_continue {
+                        out.extend_from_slice(CONTINUE);
+                        sent_continue = true;
+                    }
+                    break;
+                }
+                Err(err) => {
+                    ending = Some(err);
+                    break;
+                }
+            }
+        }
+
+        let admitted = client.admit(items.len());
+        if admitted > 0 {
+            forward(core, &mut fwd, &mut items[..admitted], &mut upbuf, &mut out).await;
+        }
+        for _ in admitted..items.len() {
+            response::append_error(
+                &mut out,
+                &HttpError::RATE_LIMITED,
+                &core.date,
+                Persist::KeepAlive,
+            );
+        }
+        if let Some(err) = &ending {
+            response::append_error(&mut out, err, &core.date, Persist::Close);
+        }
+        flush(stream, &mut out).await?;
+        if ending.is_some() || last_closes {
+            return Ok(true);
+        }
+        input.drain(..at);
+        started = match (input.is_empty(), items.is_empty(), started) {
+            (true, _, _) => None,
+            (false, false, _) | (false, true, None) => Some(Instant::now()),
+            (false, true, Some(t)) => Some(t),
+        };
+        if core.draining.get() {
+            // Every answer of this batch is out; what the client sends next
+            // goes to a balancer that is staying.
+            return Ok(false);
+        }
+    }
+}
+
+/// How one exchange with an upstream ended.
+enum End {
+    /// Every request answered; the connection may be reused.
+    Done,
+    /// The upstream answered `answered` and said `Connection: close`: it did
+    /// not read the rest, which may go elsewhere.
+    Closed,
+    /// Failed: connect (nothing written), reset, end of stream, timeout, or
+    /// an unframable response.
+    Failed { written: bool, timed_out: bool },
+}
+
+/// Send `items` (their bytes in `fwd`) and append their answers to `out`, in
+/// order, retrying on other upstreams as the module doc says.
+async fn forward(
+    core: &LbCore,
+    fwd: &mut Vec<u8>,
+    items: &mut [Item],
+    upbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    let mut next = 0;
+    let mut failed: Vec<SocketAddr> = Vec::new();
+    while next < items.len() {
+        // Requests that must not be sent again are answered here, in turn.
+        if items[next].poisoned {
+            response::append_error(out, &HttpError::BAD_GATEWAY, &core.date, Persist::KeepAlive);
+            next += 1;
+            continue;
+        }
+        let upto = items[next..]
+            .iter()
+            .position(|i| i.poisoned)
+            .map_or(items.len(), |p| next + p);
+        let Some(member) = core.pool.pick(&core.set, &failed) else {
+            let err = if failed.is_empty() {
+                &HttpError::NO_UPSTREAM
+            } else {
+                &HttpError::BAD_GATEWAY
+            };
+            for _ in next..items.len() {
+                response::append_error(out, err, &core.date, Persist::KeepAlive);
+            }
+            return;
+        };
+        let (answered, end) = exchange(core, &member, fwd, &items[next..upto], upbuf, out).await;
+        next += answered;
+        match end {
+            End::Done | End::Closed => member.succeeded(),
+            End::Failed { written, timed_out } => {
+                member.failed(&core.pool_config);
+                failed.push(member.addr());
+                if written {
+                    for item in &mut items[next..upto] {
+                        item.poisoned |= !item.idempotent;
+                    }
+                }
+                if failed.len() > core.config.retries as usize {
+                    let err = if timed_out {
+                        &HttpError::GATEWAY_TIMEOUT
+                    } else {
+                        &HttpError::BAD_GATEWAY
+                    };
+                    for _ in next..items.len() {
+                        response::append_error(out, err, &core.date, Persist::KeepAlive);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One batch to one upstream: write it, read its answers into `out`.
+/// Returns how many were answered and how it ended.
+async fn exchange(
+    core: &LbCore,
+    member: &Member,
+    fwd: &mut Vec<u8>,
+    items: &[Item],
+    upbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> (usize, End) {
+    let pool = &core.pool_config;
+    let mut conn = match member.checkout(pool).await {
+        Ok(c) => c,
+        Err(_) => {
+            member.release(None, pool);
+            let failed = End::Failed {
+                written: false,
+                timed_out: false,
+            };
+            return (0, failed);
+        }
+    };
+    let (start, end) = (items[0].start, items[items.len() - 1].end);
+    let (res, slice) = conn.write_all(std::mem::take(fwd).slice(start..end)).await;
+    *fwd = slice.into_inner();
+    if res.is_err() {
+        member.release(None, pool);
+        let failed = End::Failed {
+            written: true,
+            timed_out: false,
+        };
+        return (0, failed);
+    }
+    upbuf.clear();
+    let deadline = Instant::now() + core.config.upstream_timeout;
+    let mut answered = 0;
+    let mut at = 0;
+    let max_body = core.config.max_body;
+    loop {
+        // Frame every complete response in the buffer.
+        while answered < items.len() {
+            match http1::parse_response(&upbuf[at..], items[answered].head, max_body) {
+                Ok(ParsedResponse::Complete { status, len, close }) => {
+                    if !(100..200).contains(&status) {
+                        // Interim responses are not forwarded: a 100 was
+                        // already sent to the client by us.
+                        out.extend_from_slice(&upbuf[at..at + len]);
+                        answered += 1;
+                    }
+                    at += len;
+                    if close {
+                        member.release(None, pool);
+                        let end = if answered == items.len() {
+                            End::Done
+                        } else {
+                            End::Closed
+                        };
+                        return (answered, end);
+                    }
+                }
+                Ok(ParsedResponse::Partial) => break,
+                Err(_) => {
+                    member.release(None, pool);
+                    let failed = End::Failed {
+                        written: true,
+                        timed_out: false,
+                    };
+                    return (answered, failed);
+                }
+            }
+        }
+        if answered == items.len() {
+            // Anything more is a response nobody asked for: do not reuse.
+            let keep = at == upbuf.len();
+            member.release(keep.then_some(conn), pool);
+            return (answered, End::Done);
+        }
+        upbuf.drain(..at);
+        at = 0;
+        if upbuf.capacity() - upbuf.len() < READ_CHUNK / 4 {
+            upbuf.reserve(upbuf.capacity().max(READ_CHUNK));
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let len = upbuf.len();
+        let read =
+            monoio::time::timeout(wait, conn.read(std::mem::take(upbuf).slice_mut(len..))).await;
+        let (res, slice) = match read {
+            Ok(r) => r,
+            Err(_) => {
+                // The cancelled read took the buffer; start a new one.
+                *upbuf = Vec::with_capacity(READ_CHUNK);
+                member.release(None, pool);
+                let failed = End::Failed {
+                    written: true,
+                    timed_out: true,
+                };
+                return (answered, failed);
+            }
+        };
+        *upbuf = slice.into_inner();
+        match res {
+            Ok(n) if n > 0 => {}
+            _ => {
+                member.release(None, pool);
+                let failed = End::Failed {
+                    written: true,
+                    timed_out: false,
+                };
+                return (answered, failed);
+            }
+        }
+    }
+}
+
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, mut buf) = stream.write_all(std::mem::take(out)).await;
+    buf.clear();
+    *out = buf;
+    res.map(|_| ())
+}
+
+/// Half-close, then drain what the client still sends for a short while, so
+/// the last response is not destroyed by a reset.
+async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                buf = b;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! todo-lb over real sockets, in front of small upstream peers whose
+//! behaviour the test chooses (answer, echo the head, hang up without
+//! answering). The failover test against real todo-server processes is in
+//! bench/tests/lb_failover.rs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use todo_lb::config::LbConfig;
+use todo_lb::shutdown::{self, Trigger};
+
+/// What a peer does with each request it reads.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// 200 with the peer's name, the request line and the head in the body.
+    Echo(&'static str),
+    /// Read one request, then close without answering.
+    HangUp,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+}
+
+fn peer(behaviour: Behaviour) -> Peer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut out = Vec::new();
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        // Active health checks are not counted.
+                        if !head.starts_with("GET /health ") {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        match behaviour {
+                            Behaviour::Echo(name) => {
+                                let body = format!("{name}\n{head}");
+                                out.extend_from_slice(
+                                    format!(
+                                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    )
+                                    .as_bytes(),
+                                );
+                            }
+                            Behaviour::HangUp => return,
+                        }
+                    }
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Peer { addr, requests }
+}
+
+struct Lb {
+    addr: SocketAddr,
+    _trigger: Trigger,
+}
+
+fn lb(upstreams: &[SocketAddr], tune: impl FnOnce(&mut LbConfig)) -> Lb {
+    let mut config = LbConfig::for_tests(upstreams);
+    config.cores = 2;
+    config.pin = false;
+    config.health_path = "/health".into();
+    config.health_interval = Duration::from_millis(200);
+    tune(&mut config);
+    let listeners =
+        todo_lb::bind_reuseport(config.listen, 2, &todo_lb::ListenerConfig::default()).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let (trigger, shutdown) = shutdown::channel();
+    std::thread::spawn(move || todo_lb::run(config, listeners, shutdown).unwrap());
+    Lb {
+        addr,
+        _trigger: trigger,
+    }
+}
+
+/// Responses read from `s` until `n` are complete: (status, body) each.
+fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while out.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .unwrap();
+            if buf.len() >= head + len {
+                let status = resp.code.unwrap();
+                out.push((
+                    status,
+                    String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
+                ));
+                buf.drain(..head + len);
+                continue;
+            }
+        }
+        let got = s.read(&mut chunk).expect("response in time");
+        assert!(got > 0, "closed after {} responses", out.len());
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    out
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+#[test]
+fn pipelined_requests_keep_their_order_and_carry_forwarding_headers() {
+    let a = peer(Behaviour::Echo("a"));
+    let b = peer(Behaviour::Echo("b"));
+    let lb = lb(&[a.addr, b.addr], |_| {});
+    let mut batch = String::new();
+    for i in 0..200 {
+        batch.push_str(&get(&format!("/item/{i}")));
+    }
+    // One client-chosen request id is kept.
+    batch.push_str("GET /mine HTTP/1.1\r\nHost: t\r\nX-Request-Id: client-7\r\n\r\n");
+    let mut s = TcpStream::connect(lb.addr).unwrap();
+    // Split mid-request, as a client's writes may be.
+    let (first, second) = batch.as_bytes().split_at(1001);
+    s.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.write_all(second).unwrap();
+    let answers = read_responses(&mut s, 201);
+    let mut ids = std::collections::HashSet::new();
+    for (i, (status, body)) in answers.iter().take(200).enumerate() {
+        assert_eq!(*status, 200);
+        assert!(
+            body.contains(&format!("GET /item/{i} HTTP/1.1")),
+            "{i}: {body}"
+        );
+        assert!(body.contains("X-Forwarded-For: 127.0.0.1"), "{body}");
+        let id = body
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Request-Id: "))
+            .expect("a request id");
+        assert_eq!(id.len(), 24);
+        assert!(ids.insert(id.to_string()), "request ids are unique");
+    }
+    let mine = &answers[200].1;
+    assert!(mine.contains("X-Request-Id: client-7"), "{mine}");
+    assert_eq!(mine.matches("X-Request-Id").count(), 1, "{mine}");
+}
+
+#[test]
+fn connections_are_spread_over_upstreams() {
+    let a = peer(Behaviour::Echo("a"));
+    let b = peer(Behaviour::Echo("b"));
+    let lb = lb(&[a.addr, b.addr], |_| {});
+    // Many clients at once: least-connections with rotating ties uses both.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = lb.addr;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                for _ in 0..20 {
+                    s.write_all(get("/").as_bytes()).unwrap();
+                    read_responses(&mut s, 1);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (na, nb) = (
+        a.requests.load(Ordering::SeqCst),
+        b.requests.load(Ordering::SeqCst),
+    );
+    assert_eq!(na + nb, 320);
+    assert!(na > 0 && nb > 0, "a {na}, b {nb}");
+}
+
+#[test]
+fn a_failed_upstream_is_retried_for_gets_and_502_for_a_written_post() {
+    let bad = peer(Behaviour::HangUp);
+    let good = peer(Behaviour::Echo("good"));
+    let lb = lb(&[bad.addr, good.addr], |c| c.eject_after = 100);
+    // GETs: whichever upstream is picked, every one is answered by `good`.
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(lb.addr).unwrap();
+        s.write_all(format!("{}{}", get("/1"), get("/2")).as_bytes())
+            .unwrap();
+        let answers = read_responses(&mut s, 2);
+        assert!(answers
+            .iter()
+            .all(|(st, body)| *st == 200 && body.starts_with("good")));
+    }
+    // A POST written to the upstream that hung up is not sent again: 502.
+    let post = "POST /todos HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}";
+    let mut saw_502 = false;
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(lb.addr).unwrap();
+        s.write_all(post.as_bytes()).unwrap();
+        let (status, body) = read_responses(&mut s, 1).remove(0);
+        match status {
+            200 => assert!(body.starts_with("good")),
+            502 => {
+                assert!(body.contains("bad_gateway"), "{body}");
+                saw_502 = true;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(saw_502, "some POST went to the failing upstream");
+}
+
+#[test]
+fn a_failing_upstream_is_ejected_and_no_upstream_is_503() {
+    let bad = peer(Behaviour::HangUp);
+    let good = peer(Behaviour::Echo("good"));
+    let lb = lb(&[bad.addr, good.addr], |c| {
+        c.eject_after = 1;
+        c.eject_for = Duration::from_secs(60);
+    });
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(lb.addr).unwrap();
+        s.write_all(get("/").as_bytes()).unwrap();
+        assert_eq!(read_responses(&mut s, 1)[0].0, 200);
+    }
+    // Once ejected on both cores, the bad upstream sees no more requests.
+    let before = bad.requests.load(Ordering::SeqCst);
+    assert!(before <= 2, "ejected after one failure per core: {before}");
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(lb.addr).unwrap();
+        s.write_all(get("/").as_bytes()).unwrap();
+        assert_eq!(read_responses(&mut s, 1)[0].0, 200);
+    }
+    assert_eq!(bad.requests.load(Ordering::SeqCst), before);
+
+    // Nothing listening at all: 503 with Retry-After.
+    let gone = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let lb = lb_with_gone(gone);
+    let mut s = TcpStream::connect(lb.addr).unwrap();
+    s.write_all(get("/").as_bytes()).unwrap();
+    let (status, body) = read_responses(&mut s, 1).remove(0);
+    assert!(status == 503 || status == 502, "{status} {body}");
+}
+
+fn lb_with_gone(gone: SocketAddr) -> Lb {
+    lb(&[gone], |_| {})
+}
+
+#[test]
+fn rate_and_connection_limits_answer_429() {
+    let a = peer(Behaviour::Echo("a"));
+    let lb = lb(&[a.addr], |c| {
+        c.rate = 1.0;
+        c.burst = Some(5.0);
+        c.max_conns_per_client = 2;
+    });
+    let mut s = TcpStream::connect(lb.addr).unwrap();
+    let batch: String = (0..8).map(|i| get(&format!("/{i}"))).collect();
+    s.write_all(batch.as_bytes()).unwrap();
+    let answers = read_responses(&mut s, 8);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+    assert!(answers[5].1.contains("rate_limited"));
+
+    let _second = TcpStream::connect(lb.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = TcpStream::connect(lb.addr).unwrap();
+    third.write_all(get("/").as_bytes()).unwrap();
+    let (status, body) = read_responses(&mut third, 1).remove(0);
+    assert_eq!(status, 429);
+    assert!(body.contains("too_many_connections"), "{body}");
+}
+
+#[test]
+fn the_upstreams_file_is_read_again_when_it_changes() {
+    let a = peer(Behaviour::Echo("a"));
+    let b = peer(Behaviour::Echo("b"));
+    let file = std::env::temp_dir().join(format!("todo-lb-file-{}", std::process::id()));
+    std::fs::write(&file, format!("# one upstream\n{}\n", a.addr)).unwrap();
+    let path = file.clone();
+    let lb = lb(&[], move |c| c.upstreams_file = Some(path));
+    let ask = || {
+        let mut s = TcpStream::connect(lb.addr).unwrap();
+        s.write_all(get("/").as_bytes()).unwrap();
+        read_responses(&mut s, 1).remove(0).1
+    };
+    assert!(ask().starts_with('a'));
+    std::fs::write(&file, format!("{}\n", b.addr)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ask().starts_with('b') {
+        assert!(Instant::now() < deadline, "the new file was not picked up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn bad_requests_are_refused_at_the_balancer() {
+    let a = peer(Behaviour::Echo("a"));
+    let lb = lb(&[a.addr], |_| {});
+    let mut s = TcpStream::connect(lb.addr).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    let (status, _) = read_responses(&mut s, 1).remove(0);
+    assert_eq!(status, 400);
+    assert_eq!(
+        a.requests.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
+}
