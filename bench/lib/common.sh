@@ -7,7 +7,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 build_release() {
   log "building release binaries"
-  (cd "$ROOT" && cargo build --release -q -p todo-server -p todo-bench)
+  (cd "$ROOT" && cargo build --release -q -p todo-server -p todo-bench -p todo-lb)
 }
 
 # free_port: a TCP port nothing listens on.
