@@ -99,7 +99,10 @@ fn check_says_what_is_short_and_apply_fixes_it_once() {
         "net.core.rmem_max",
         "net.ipv4.tcp_migrate_req",
     ] {
-        assert!(short.contains(&name.to_string()), "{name} not reported: {report}");
+        assert!(
+            short.contains(&name.to_string()),
+            "{name} not reported: {report}"
+        );
     }
     // Each row says why.
     assert!(report.contains("accept queue"), "{report}");
@@ -122,7 +125,11 @@ fn check_says_what_is_short_and_apply_fixes_it_once() {
     assert!(conf.contains("net.core.somaxconn = 4096"), "{conf}");
 
     let again = s.run("apply.sh", &[]);
-    assert!(text(&again).contains("nothing to change"), "{}", text(&again));
+    assert!(
+        text(&again).contains("nothing to change"),
+        "{}",
+        text(&again)
+    );
 
     let after = s.run("check.sh", &[]);
     let report = text(&after);
@@ -142,7 +149,10 @@ fn a_low_open_files_limit_is_reported() {
     let s = Scratch::new("nofile");
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!("ulimit -n 512 && exec bash {}", script("check.sh").display()))
+        .arg(format!(
+            "ulimit -n 512 && exec bash {}",
+            script("check.sh").display()
+        ))
         .env("TUNING_ROOT", &s.root)
         .env("TODO_CONNECTIONS", "1000")
         .output()

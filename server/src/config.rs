@@ -83,8 +83,15 @@ pub struct ServeConfig {
     /// A connection quiet for this long gives its buffers back to the core's
     /// pool and waits for readiness holding none (what lets many idle
     /// connections cost little memory).
-    #[arg(long, env = "TODO_IDLE_RELEASE", default_value = "100ms", value_parser = parse_duration)]
+    /// At 100 ms, connections of a saturated benchmark (round trips near
+    /// 100 ms) went quiet between batches and lost a fifth of the throughput.
+    #[arg(long, env = "TODO_IDLE_RELEASE", default_value = "1s", value_parser = parse_duration)]
     pub idle_release: Duration,
+    /// Allocations of at least this many bytes get pages of their own (glibc
+    /// M_MMAP_THRESHOLD), so buffers given back by quiet connections return
+    /// to the system; 0 keeps the allocator's default. Default 4096.
+    #[arg(long, env = "TODO_MMAP_THRESHOLD", default_value_t = 4096)]
+    pub mmap_threshold: usize,
     /// On SIGTERM: stop accepting, answer each connection's next request with
     /// `Connection: close`, close quiet ones, and exit once all are closed or
     /// after this long.
