@@ -30,7 +30,7 @@ fn the_balancer_hides_a_killed_server_and_takes_it_back() {
     let b: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let lb_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let server_a = || server(a, &dir.join("a"), &["--cores", "1", "--instance", "1"]);
-    let mut first_a = server_a();
+    let first_a = server_a();
     let _b = server(b, &dir.join("b"), &["--cores", "1", "--instance", "2"]);
     wait_ready(a, "/readyz", Duration::from_secs(20));
     wait_ready(b, "/readyz", Duration::from_secs(20));
