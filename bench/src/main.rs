@@ -9,6 +9,7 @@
 //! report.rs  merge per-executor results; text or `--json`
 //! ```
 
+mod hold;
 mod kafka;
 mod load;
 mod mix;
@@ -59,6 +60,15 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of load: open this many keep-alive connections, one request
+    /// each, keep them quiet for -d, then ask once more on each; prints
+    /// {"held","failed","answered_after","connect_seconds"}.
+    #[arg(long)]
+    hold: Option<usize>,
+    /// Source address for --hold connections (e.g. 127.0.0.2), so several
+    /// processes use different ephemeral port ranges.
+    #[arg(long)]
+    source: Option<std::net::IpAddr>,
     /// When the server closes a connection (`Connection: close`, or end of
     /// stream), open a new one and send again the requests left unanswered
     /// if they are idempotent (RFC 9112 §9.3.1). Counted as reconnects, not
@@ -100,6 +110,14 @@ fn main() -> anyhow::Result<()> {
         Some(spec) => mix::Mix::parse(spec, &target, cli.token.as_deref())?,
         None => mix::Mix::single_get(&target),
     };
+    if let Some(count) = cli.hold {
+        let h = hold::hold(target.addr, &mix.kinds[0].bytes, count, cli.source, cli.duration);
+        println!(
+            r#"{{"held":{},"failed":{},"answered_after":{},"connect_seconds":{}}}"#,
+            h.held, h.failed, h.answered_after, h.connect_seconds
+        );
+        return Ok(());
+    }
     if cli.connections == 0 || cli.pipelining == 0 {
         bail!("-c and -p must be at least 1");
     }
