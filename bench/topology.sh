@@ -126,8 +126,13 @@ PIDS+=("$LB_PID")
 wait_http "http://127.0.0.1:$LB_PORT/todos?limit=1" || { cat "$WORK/lb.log" >&2; exit 1; }
 pin "$SERVER_CPU" "$LB_PID"
 
-# Same bytes through both (the servers' Date aside).
-same() { curl -fs "$1" | cmp -s - <(curl -fs "http://127.0.0.1:$PA/todos?limit=1"); }
+# The balancers pass the servers' bytes through (each server seeded its own
+# data, so the body is one of the two).
+same() {
+  local got
+  got=$(curl -fs "$1")
+  [ "$got" = "$(curl -fs "http://127.0.0.1:$PA/todos?limit=1")" ] || [ "$got" = "$(curl -fs "http://127.0.0.1:$PB/todos?limit=1")" ]
+}
 same "http://127.0.0.1:$NGINX_PORT/todos?limit=1" || { echo "nginx serves other bytes" >&2; exit 1; }
 same "http://127.0.0.1:$LB_PORT/todos?limit=1" || { echo "todo-lb serves other bytes" >&2; exit 1; }
 

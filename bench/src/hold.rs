@@ -42,7 +42,13 @@ fn answered(stream: &mut TcpStream) -> bool {
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                });
             if let Some(len) = len {
                 if buf.len() >= head + len {
                     return resp.code == Some(200);

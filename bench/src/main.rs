@@ -111,7 +111,13 @@ fn main() -> anyhow::Result<()> {
         None => mix::Mix::single_get(&target),
     };
     if let Some(count) = cli.hold {
-        let h = hold::hold(target.addr, &mix.kinds[0].bytes, count, cli.source, cli.duration);
+        let h = hold::hold(
+            target.addr,
+            &mix.kinds[0].bytes,
+            count,
+            cli.source,
+            cli.duration,
+        );
         println!(
             r#"{{"held":{},"failed":{},"answered_after":{},"connect_seconds":{}}}"#,
             h.held, h.failed, h.answered_after, h.connect_seconds

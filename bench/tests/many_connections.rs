@@ -39,7 +39,11 @@ fn idle_connections_cost_little_and_do_not_slow_the_pipelined_client() {
     let budget = nofile_hard().saturating_sub(1000).min(60_000) as usize;
     let holders = 4;
     let per = budget / holders;
-    assert!(per >= 500, "open-files limit too low for this test: {}", nofile_hard());
+    assert!(
+        per >= 500,
+        "open-files limit too low for this test: {}",
+        nofile_hard()
+    );
     let pipelined = ["-c", "50", "-p", "32", "-d", "3s", "-t", "1"];
 
     // Warm up, then the baseline: memory and throughput without idle
@@ -67,7 +71,11 @@ fn idle_connections_cost_little_and_do_not_slow_the_pipelined_client() {
     for h in holds {
         let r = finish_bench(h);
         assert_eq!(num(&r, "failed"), 0, "{r:?}");
-        assert_eq!(num(&r, "answered_after"), num(&r, "held"), "a held connection was dropped: {r:?}");
+        assert_eq!(
+            num(&r, "answered_after"),
+            num(&r, "held"),
+            "a held connection was dropped: {r:?}"
+        );
         held += num(&r, "held");
     }
     assert_eq!(held as usize, per * holders);
@@ -85,6 +93,9 @@ fn idle_connections_cost_little_and_do_not_slow_the_pipelined_client() {
         float(&alone, "requests_per_sec"),
         float(&with_idle, "requests_per_sec"),
     );
-    assert!(per_conn <= 4096.0, "{per_conn:.0} bytes per idle connection");
+    assert!(
+        per_conn <= 4096.0,
+        "{per_conn:.0} bytes per idle connection"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -156,7 +156,8 @@ async fn proxy(
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut fwd: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut upbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Large enough for a depth-80 batch of responses in one read.
+    let mut upbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut items: Vec<Item> = Vec::new();
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;

@@ -49,7 +49,7 @@ const MIN_READ_SPACE: usize = 1024;
 /// until they are quiet; a read that fills it doubles it, so a pipelining
 /// client's batch soon arrives in one read (a fixed 4 KiB, less than 80
 /// pipelined requests, measured a fifth less throughput at depth 80).
-const FIRST_READ: usize = 4 * 1024;
+const FIRST_READ: usize = 16 * 1024;
 /// After an error that closes the connection, unread input is drained for
 /// at most this long (and [`LINGER_BYTES`]) so the kernel does not answer it
 /// with a RST that could destroy the error response in flight.
