@@ -2,7 +2,9 @@
 # One run, one machine: todo-server against nginx returning the same bytes,
 # with the same client, plus wrk as a second client and callgrind
 # instruction counts. Prints a markdown table (also saved to
-# bench/results/compare-latest.md).
+# bench/results/compare-latest.md), then the reference topology
+# (bench/topology.sh: nginx least_conn vs todo-lb vs SO_REUSEPORT, TOPOLOGY=0
+# skips it) and the write row (bench/writes.sh, WRITES=0 skips it).
 #
 #   ./bench/compare.sh [--duration 10s] [--connections 2000]
 #
@@ -22,7 +24,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --duration|-d) DURATION=$2; shift 2 ;;
     --connections|-c) CONNECTIONS=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -205,10 +207,17 @@ print(f"\nInstructions per request (callgrind, epoll driver, depth 80): todo-ser
 PY
 [ -n "$WRK_ERRORS" ] && echo "wrk reported: $WRK_ERRORS" >&2
 
+cleanup_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup_servers
+
+# --- the reference topology: nginx vs todo-lb vs direct (bench/topology.sh) -----
+if [ "${TOPOLOGY:-1}" = 1 ]; then
+  echo
+  DURATION=$DURATION CONNECTIONS=$CONNECTIONS "$ROOT/bench/topology.sh"
+fi
+
 # --- the write row: accepted writes vs the broker alone (bench/writes.sh) -------
 if [ "${WRITES:-1}" = 1 ] && command -v tansu >/dev/null; then
-  cleanup_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-  cleanup_servers
   echo
   DURATION=$DURATION "$ROOT/bench/writes.sh"
 else
