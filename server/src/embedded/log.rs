@@ -39,6 +39,28 @@ pub enum LogError {
     Io { path: PathBuf, source: io::Error },
     #[error("state file {path} is not valid: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("data directory {0} is in use by another todo-server (one process per data directory; a rolling restart needs the distributed path)")]
+    InUse(PathBuf),
+}
+
+/// Hold an exclusive lock on `data_dir/lock` for as long as the returned
+/// file is open: two processes appending to one command log would corrupt
+/// it.
+pub fn lock(data_dir: &Path) -> Result<std::fs::File, LogError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(data_dir).map_err(io_at(data_dir))?;
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(LogError::InUse(data_dir.to_path_buf()));
+    }
+    Ok(file)
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -191,6 +213,17 @@ impl CommandLog {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_data_directory_has_one_owner_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("todo-lock-{}", std::process::id()));
+        let first = lock(&dir).unwrap();
+        assert!(matches!(lock(&dir), Err(LogError::InUse(_))));
+        drop(first);
+        lock(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
     use todo_model::{Fields, Op};
 

@@ -127,6 +127,7 @@ pub struct Started {
 /// Open `data_dir` (seeding `seed_count` todos into a new one) and start the
 /// apply thread. It stops when every [`Handle`] is dropped.
 pub fn start(data_dir: &Path, cores: usize, seed_count: usize) -> Result<Started, log::LogError> {
+    let lock = log::lock(data_dir)?;
     let (mut store, mut log, replayed) = log::open(data_dir, || StoreImage {
         version: 1,
         todos: todo_model::seed::seed(seed_count, todo_model::now_ms()),
@@ -137,7 +138,11 @@ pub fn start(data_dir: &Path, cores: usize, seed_count: usize) -> Result<Started
     let (senders, updates): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
     let thread = thread::Builder::new()
         .name("todo-apply".into())
-        .spawn(move || apply_loop(&rx, &mut store, &mut log, &senders))
+        .spawn(move || {
+            apply_loop(&rx, &mut store, &mut log, &senders);
+            // Released once the last command is durable.
+            drop(lock);
+        })
         .expect("spawning the apply thread");
     Ok(Started {
         handle: Handle { tx },
