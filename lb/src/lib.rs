@@ -10,7 +10,8 @@
 //!   response framing for the proxy; [`response`], [`error`], [`date`]: the
 //!   bytes written back.
 //! - [`limits`]: what caps the connections a process can hold (logged at
-//!   start-up); [`shutdown`]: draining on SIGTERM.
+//!   start-up); [`shutdown`]: draining on SIGTERM; [`lifecycle`]: the accept
+//!   loop, the wait for a drain, the lingering close.
 //!
 //! `todo-lb`, the L7 balancer for many hosts ([`run`]):
 //! - [`proxy`]: per client connection, parse every request, forward the
@@ -26,6 +27,7 @@ pub mod config;
 pub mod date;
 pub mod error;
 pub mod http1;
+pub mod lifecycle;
 pub mod limit;
 pub mod limits;
 pub mod listener;
@@ -151,35 +153,17 @@ async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) 
             date_core.date.refresh();
         }
     });
-    let mut last_error = None::<std::time::Instant>;
-    loop {
-        let accepted = monoio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let core = core.clone();
-                core.open.set(core.open.get() + 1);
-                monoio::spawn(async move {
-                    proxy::serve(core.clone(), stream, peer).await;
-                    core.open.set(core.open.get() - 1);
-                });
-            }
-            Err(e) => {
-                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    eprintln!("todo-lb: core {}: accept: {e}", core.index);
-                    last_error = Some(std::time::Instant::now());
-                }
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let label = format!("todo-lb: core {}", core.index);
+    lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
+        let core = core.clone();
+        core.open.set(core.open.get() + 1);
+        monoio::spawn(async move {
+            proxy::serve(core.clone(), stream, peer).await;
+            core.open.set(core.open.get() - 1);
+        });
+    })
+    .await;
     // Drain: connections finish their batch in flight and close.
     core.draining.set(true);
-    drop(listener);
-    let deadline = std::time::Instant::now() + core.config.drain_timeout;
-    while core.open.get() > 0 && std::time::Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
+    lifecycle::drained(&core.open, core.config.drain_timeout).await;
 }

@@ -23,16 +23,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::LbConfig;
 use crate::date::DateCache;
 use crate::error::HttpError;
 use crate::http1::{self, Method, Parsed, ParsedResponse};
+use crate::lifecycle;
 use crate::limit::{ClientConn, Limits};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::response::{self, Persist};
@@ -43,7 +44,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Most requests forwarded as one batch.
 const MAX_BATCH: usize = 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-const LINGER_TIME: Duration = Duration::from_secs(1);
 
 /// One core's state, `!Send`, in one place.
 pub struct LbCore {
@@ -131,11 +131,11 @@ pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
             Persist::Close,
         );
         let _ = stream.write_all(out).await;
-        linger(&mut stream).await;
+        lifecycle::linger(&mut stream).await;
         return;
     };
     if let Ok(true) = proxy(&core, &mut stream, peer, &client).await {
-        linger(&mut stream).await;
+        lifecycle::linger(&mut stream).await;
     }
 }
 
@@ -290,6 +290,7 @@ async fn proxy(
 }
 
 /// How one exchange with an upstream ended.
+#[derive(Clone, Copy)]
 enum End {
     /// Every request answered; the connection may be reused.
     Done,
@@ -300,6 +301,12 @@ enum End {
     /// an unframable response.
     Failed { written: bool, timed_out: bool },
 }
+
+/// Failed after the batch was written (reset, end of stream, bad framing).
+const BROKEN: End = End::Failed {
+    written: true,
+    timed_out: false,
+};
 
 /// Send `items` (their bytes in `fwd`) and append their answers to `out`, in
 /// order, retrying on other upstreams as the module doc says.
@@ -389,11 +396,7 @@ async fn exchange(
     *fwd = slice.into_inner();
     if res.is_err() {
         member.release(None, pool);
-        let failed = End::Failed {
-            written: true,
-            timed_out: false,
-        };
-        return (0, failed);
+        return (0, BROKEN);
     }
     upbuf.clear();
     let deadline = Instant::now() + core.config.upstream_timeout;
@@ -425,11 +428,7 @@ async fn exchange(
                 Ok(ParsedResponse::Partial) => break,
                 Err(_) => {
                     member.release(None, pool);
-                    let failed = End::Failed {
-                        written: true,
-                        timed_out: false,
-                    };
-                    return (answered, failed);
+                    return (answered, BROKEN);
                 }
             }
         }
@@ -466,11 +465,7 @@ async fn exchange(
             Ok(n) if n > 0 => {}
             _ => {
                 member.release(None, pool);
-                let failed = End::Failed {
-                    written: true,
-                    timed_out: false,
-                };
-                return (answered, failed);
+                return (answered, BROKEN);
             }
         }
     }
@@ -484,22 +479,4 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     *out = buf;
     res.map(|_| ())
-}
-
-/// Half-close, then drain what the client still sends for a short while, so
-/// the last response is not destroyed by a reset.
-async fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown().await;
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(wait, stream.read(buf)).await {
-            Ok((Ok(n), b)) if n > 0 => {
-                buf = b;
-                buf.clear();
-            }
-            _ => return,
-        }
-    }
 }

@@ -26,9 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
-};
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -50,11 +48,6 @@ const MIN_READ_SPACE: usize = 1024;
 /// client's batch soon arrives in one read (a fixed 4 KiB, less than 80
 /// pipelined requests, measured a fifth less throughput at depth 80).
 const FIRST_READ: usize = 16 * 1024;
-/// After an error that closes the connection, unread input is drained for
-/// at most this long (and [`LINGER_BYTES`]) so the kernel does not answer it
-/// with a RST that could destroy the error response in flight.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 * 1024;
 /// Output buffers larger than this are freed rather than pooled, bytes.
 const MAX_POOLED: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -74,7 +67,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         // future only until the connection is quiet again.
         match Box::pin(pipeline(&core, &mut stream)).await {
             Ok(Ending::Quiet(last)) => active = last,
-            Ok(Ending::Linger) => return Box::pin(linger(&mut stream)).await,
+            Ok(Ending::Linger) => return Box::pin(todo_lb::lifecycle::linger(&mut stream)).await,
             Ok(Ending::Close) | Err(_) => return,
         }
     }
@@ -370,25 +363,6 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     *out = buf;
     res.map(|_| ())
-}
-
-/// Half-close, then drain what the client still sends for a short while.
-async fn linger(stream: &mut TcpStream) {
-    let _ = stream.shutdown().await;
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut buf = Vec::with_capacity(FIRST_READ);
-    let mut drained = 0;
-    while drained < LINGER_BYTES {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(wait, stream.read(buf)).await {
-            Ok((Ok(n), b)) if n > 0 => {
-                drained += n;
-                buf = b;
-                buf.clear();
-            }
-            _ => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -65,52 +65,29 @@ pub async fn core_main(
         }
     }
 
-    let mut last_accept_error = None::<std::time::Instant>;
-    loop {
-        let accepted = monoio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait() => break,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let core = core.clone();
-                core.metrics().accepted();
-                core.open.set(core.open.get() + 1);
-                monoio::spawn(async move {
-                    let served = AssertUnwindSafe(crate::conn::serve(core.clone(), stream))
-                        .catch_unwind()
-                        .await;
-                    if served.is_err() {
-                        // A bug, not an input: count it and keep the core up.
-                        core.metrics().panicked();
-                    }
-                    core.metrics().closed();
-                    core.open.set(core.open.get() - 1);
-                });
+    let label = format!("todo-server: core {}", core.index);
+    todo_lb::lifecycle::accept_until(listener, &shutdown, &label, |stream, _peer| {
+        let core = core.clone();
+        core.metrics().accepted();
+        core.open.set(core.open.get() + 1);
+        monoio::spawn(async move {
+            let served = AssertUnwindSafe(crate::conn::serve(core.clone(), stream))
+                .catch_unwind()
+                .await;
+            if served.is_err() {
+                // A bug, not an input: count it and keep the core up.
+                core.metrics().panicked();
             }
-            Err(e) => {
-                // EMFILE/ENFILE and friends: say so once a second, back off
-                // briefly, keep serving the connections we have.
-                if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    eprintln!("todo-server: core {}: accept: {e}", core.index);
-                    last_accept_error = Some(std::time::Instant::now());
-                }
-                monoio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+            core.metrics().closed();
+            core.open.set(core.open.get() - 1);
+        });
+    })
+    .await;
     // Draining: /readyz says 503, every connection closes after its next
-    // response or at once when quiet (conn.rs). Closing the listener hands
-    // connections still in its accept queue to another process on the same
-    // port when net.ipv4.tcp_migrate_req is 1; otherwise the kernel resets them.
+    // response or at once when quiet (conn.rs).
     core.draining.set(true);
     core.sweep_quiet();
-    drop(listener);
-    let deadline = std::time::Instant::now() + core.config.drain_timeout;
-    while core.open.get() > 0 && std::time::Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if core.open.get() > 0 {
+    if !todo_lb::lifecycle::drained(&core.open, core.config.drain_timeout).await {
         eprintln!(
             "todo-server: core {}: drain timeout, closing {} connections",
             core.index,

@@ -1,0 +1,81 @@
+//! A connection's life at both ends, shared by todo-server and todo-lb:
+//! the accept loop of one core, the wait for open connections to finish
+//! when draining, and the lingering close that keeps a last response from
+//! being destroyed by a reset.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::shutdown::Shutdown;
+
+/// After an error that closes the connection, unread input is drained for
+/// at most this long (and [`LINGER_BYTES`]).
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Accept on `listener` until `shutdown` fires, handing each connection to
+/// `on_conn`; then close the listener. Accept errors (EMFILE and friends)
+/// are said once a second as `{label}: accept: ...` and retried after a
+/// short pause, so the connections already open keep being served.
+pub async fn accept_until(
+    listener: TcpListener,
+    shutdown: &Shutdown,
+    label: &str,
+    mut on_conn: impl FnMut(TcpStream, SocketAddr),
+) {
+    let mut last_error = None::<Instant>;
+    loop {
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => on_conn(stream, peer),
+            Err(e) => {
+                if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    eprintln!("{label}: accept: {e}");
+                    last_error = Some(Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Closing the listener hands connections still in its accept queue to
+    // another process on the same port when net.ipv4.tcp_migrate_req is 1;
+    // otherwise the kernel resets them.
+    drop(listener);
+}
+
+/// Wait until `open` is zero or `timeout` has passed; false on time-out.
+pub async fn drained(open: &Cell<usize>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while open.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    open.get() == 0
+}
+
+/// Half-close, then drain what the client still sends for a short while, so
+/// the kernel does not answer unread input with a reset that could destroy
+/// the last response in flight.
+pub async fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut buf = Vec::with_capacity(4096);
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                drained += n;
+                buf = b;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
+}
