@@ -139,13 +139,6 @@ pub fn run(
 }
 
 async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) {
-    let listener = match monoio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("todo-lb: core {}: listener: {e}", core.index);
-            return;
-        }
-    };
     let date_core = core.clone();
     monoio::spawn(async move {
         loop {

@@ -1,13 +1,13 @@
 //! A connection's life at both ends, shared by todo-server and todo-lb:
-//! the accept loop of one core, the wait for open connections to finish
-//! when draining, and the lingering close that keeps a last response from
+//! the accept loop of one core, the one write per batch, the wait for open
+//! connections to finish when draining, and the lingering close that keeps a last response from
 //! being destroyed by a reset.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::shutdown::Shutdown;
@@ -22,11 +22,18 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// are said once a second as `{label}: accept: ...` and retried after a
 /// short pause, so the connections already open keep being served.
 pub async fn accept_until(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     shutdown: &Shutdown,
     label: &str,
     mut on_conn: impl FnMut(TcpStream, SocketAddr),
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{label}: listener: {e}");
+            return;
+        }
+    };
     let mut last_error = None::<Instant>;
     loop {
         let accepted = monoio::select! {
@@ -57,6 +64,17 @@ pub async fn drained(open: &Cell<usize>, timeout: Duration) -> bool {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     open.get() == 0
+}
+
+/// Write and clear `out`, keeping its allocation for the next batch.
+pub async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, mut buf) = stream.write_all(std::mem::take(out)).await;
+    buf.clear();
+    *out = buf;
+    res.map(|_| ())
 }
 
 /// Half-close, then drain what the client still sends for a short while, so

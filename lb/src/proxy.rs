@@ -173,7 +173,7 @@ async fn proxy(
                     &core.date,
                     Persist::Close,
                 );
-                flush(stream, &mut out).await?;
+                lifecycle::flush(stream, &mut out).await?;
                 return Ok(true);
             }
             input.reserve(input.capacity().max(READ_CHUNK));
@@ -193,7 +193,7 @@ async fn proxy(
                         &core.date,
                         Persist::Close,
                     );
-                    flush(stream, &mut out).await?;
+                    lifecycle::flush(stream, &mut out).await?;
                     return Ok(false);
                 }
                 Err(_) => return Ok(false),
@@ -271,7 +271,7 @@ async fn proxy(
         if let Some(err) = &ending {
             response::append_error(&mut out, err, &core.date, Persist::Close);
         }
-        flush(stream, &mut out).await?;
+        lifecycle::flush(stream, &mut out).await?;
         if ending.is_some() || last_closes {
             return Ok(true);
         }
@@ -469,14 +469,4 @@ async fn exchange(
             }
         }
     }
-}
-
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let (res, mut buf) = stream.write_all(std::mem::take(out)).await;
-    buf.clear();
-    *out = buf;
-    res.map(|_| ())
 }

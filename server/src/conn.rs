@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -110,7 +110,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     persist,
                 );
                 core.metrics().request(Route::Other, 413);
-                flush(stream, &mut out).await?;
+                todo_lb::lifecycle::flush(stream, &mut out).await?;
                 return Ok(Ending::Linger);
             }
             input.reserve(input.capacity().max(READ_CHUNK));
@@ -135,7 +135,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         Persist::Close,
                     );
                     core.metrics().request(Route::Other, 408);
-                    flush(stream, &mut out).await?;
+                    todo_lb::lifecycle::flush(stream, &mut out).await?;
                     return Ok(Ending::Close);
                 }
                 if Instant::now() >= idle_until {
@@ -168,7 +168,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         loop {
             if batch >= config.max_pipeline {
                 settle(core, stream, &mut out, &mut queued).await?;
-                flush(stream, &mut out).await?;
+                todo_lb::lifecycle::flush(stream, &mut out).await?;
                 batch = 0;
             }
             match http1::parse(&input[at..], &limits) {
@@ -203,7 +203,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         }
                         Action::Await(pending) => {
                             settle(core, stream, &mut out, &mut queued).await?;
-                            flush(stream, &mut out).await?;
+                            todo_lb::lifecycle::flush(stream, &mut out).await?;
                             let (route, status) =
                                 // Boxed: a rare wait whose state need not
                                 // be in every connection's future.
@@ -220,7 +220,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         break;
                     }
                     if out.len() >= config.write_buffer {
-                        flush(stream, &mut out).await?;
+                        todo_lb::lifecycle::flush(stream, &mut out).await?;
                     }
                 }
                 Ok(Parsed::Partial { expect_continue }) => {
@@ -241,7 +241,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             }
         }
         settle(core, stream, &mut out, &mut queued).await?;
-        flush(stream, &mut out).await?;
+        todo_lb::lifecycle::flush(stream, &mut out).await?;
         if served > 0 {
             core.metrics()
                 .batch(served, t0.elapsed().as_micros() as u64);
@@ -295,7 +295,7 @@ async fn settle_queued(
     queued: &mut VecDeque<Queued>,
 ) -> io::Result<()> {
     // What is answered already leaves before the wait.
-    flush(stream, out).await?;
+    todo_lb::lifecycle::flush(stream, out).await?;
     while let Some(slot) = queued.pop_front() {
         match slot {
             Queued::Write { sub, ids, reply } => {
@@ -352,17 +352,6 @@ async fn wait_quietly(core: &Core, stream: &TcpStream, until: Instant) -> bool {
     // end of stream; input that arrived as the drain began is still answered
     // (with `Connection: close`).
     ready.is_ok() && Instant::now() < until
-}
-
-/// Write and clear `out`; keeps its allocation.
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let (res, mut buf) = stream.write_all(std::mem::take(out)).await;
-    buf.clear();
-    *out = buf;
-    res.map(|_| ())
 }
 
 #[cfg(test)]

@@ -33,13 +33,6 @@ pub async fn core_main(
     refresh: Refresh,
     shutdown: Shutdown,
 ) {
-    let listener = match monoio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("todo-server: core {}: listener: {e}", core.index);
-            return;
-        }
-    };
     let date_core = core.clone();
     monoio::spawn(async move {
         loop {
