@@ -157,6 +157,6 @@ async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) 
     })
     .await;
     // Drain: connections finish their batch in flight and close.
-    core.draining.set(true);
+    core.drain();
     lifecycle::drained(&core.open, core.config.drain_timeout).await;
 }

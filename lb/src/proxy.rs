@@ -18,9 +18,11 @@
 //! is sent elsewhere too: this is what makes an upstream's rolling restart
 //! invisible through the balancer.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,6 +58,9 @@ pub struct LbCore {
     pub date: DateCache,
     pub draining: Cell<bool>,
     pub open: Cell<usize>,
+    /// Client sockets open on this core, so a drain can wake the ones
+    /// waiting for a request (see [`LbCore::drain`]).
+    clients: RefCell<HashSet<RawFd>>,
     /// Request ids: a per-process prefix, the core, a counter.
     id_prefix: u32,
     ids: Cell<u64>,
@@ -86,8 +91,22 @@ impl LbCore {
             date: DateCache::default(),
             draining: Cell::new(false),
             open: Cell::new(0),
+            clients: RefCell::new(HashSet::new()),
             id_prefix,
             ids: Cell::new(0),
+        }
+    }
+
+    /// Start draining: every client connection closes after the batch it is
+    /// in; those waiting for a request are shut for reading, so their read
+    /// ends at once (what the client sent and we did not read gets no
+    /// answer, and a client sends it again on a new connection).
+    pub fn drain(&self) {
+        self.draining.set(true);
+        for &fd in self.clients.borrow().iter() {
+            // SAFETY: `fd` belongs to a live client connection on this core:
+            // it is removed before the connection's socket is closed.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
         }
     }
 
@@ -134,7 +153,11 @@ pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
         lifecycle::linger(&mut stream).await;
         return;
     };
-    if let Ok(true) = proxy(&core, &mut stream, peer, &client).await {
+    let fd = stream.as_raw_fd();
+    core.clients.borrow_mut().insert(fd);
+    let linger = matches!(proxy(&core, &mut stream, peer, &client).await, Ok(true));
+    core.clients.borrow_mut().remove(&fd);
+    if linger {
         lifecycle::linger(&mut stream).await;
     }
 }

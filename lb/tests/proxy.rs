@@ -78,7 +78,8 @@ fn peer(behaviour: Behaviour) -> Peer {
 
 struct Lb {
     addr: SocketAddr,
-    _trigger: Trigger,
+    trigger: Trigger,
+    thread: std::thread::JoinHandle<()>,
 }
 
 fn lb(upstreams: &[SocketAddr], tune: impl FnOnce(&mut LbConfig)) -> Lb {
@@ -92,10 +93,11 @@ fn lb(upstreams: &[SocketAddr], tune: impl FnOnce(&mut LbConfig)) -> Lb {
         todo_lb::bind_reuseport(config.listen, 2, &todo_lb::ListenerConfig::default()).unwrap();
     let addr = listeners[0].local_addr().unwrap();
     let (trigger, shutdown) = shutdown::channel();
-    std::thread::spawn(move || todo_lb::run(config, listeners, shutdown).unwrap());
+    let thread = std::thread::spawn(move || todo_lb::run(config, listeners, shutdown).unwrap());
     Lb {
         addr,
-        _trigger: trigger,
+        trigger,
+        thread,
     }
 }
 
@@ -340,4 +342,25 @@ fn bad_requests_are_refused_at_the_balancer() {
         0,
         "nothing was forwarded"
     );
+}
+
+#[test]
+fn a_drain_closes_waiting_clients_and_ends_the_balancer() {
+    let a = peer(Behaviour::Echo("a"));
+    let Lb {
+        addr,
+        mut trigger,
+        thread,
+    } = lb(&[a.addr], |_| {});
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(get("/").as_bytes()).unwrap();
+    assert_eq!(read_responses(&mut s, 1)[0].0, 200);
+    // The client now waits quietly; the drain must not wait for it.
+    let started = Instant::now();
+    trigger.fire();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(s.read(&mut byte).unwrap(), 0, "closed by the drain");
+    thread.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
