@@ -330,6 +330,30 @@ fn walk_chunks(
     }
 }
 
+/// Append `response` to `out` without its `Connection` header fields: they
+/// are hop-by-hop (RFC 9110 §7.6.1), so an upstream closing its connection
+/// to the balancer says nothing about the client's connection.
+pub fn append_without_connection(out: &mut Vec<u8>, response: &[u8]) {
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |i| i + 2);
+    let mut line_start = 0;
+    while line_start < head_end {
+        let line_end = response[line_start..head_end]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head_end, |i| line_start + i + 1);
+        let line = &response[line_start..line_end];
+        let is_connection = line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"connection:");
+        if !is_connection {
+            out.extend_from_slice(line);
+        }
+        line_start = line_end;
+    }
+    out.extend_from_slice(&response[head_end..]);
+}
+
 /// One response at the front of an upstream connection's buffer (todo-lb).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParsedResponse {
@@ -675,6 +699,21 @@ mod tests {
         assert!(matches!(
             framed(old, false),
             ParsedResponse::Complete { close: true, .. }
+        ));
+    }
+
+    #[test]
+    fn connection_fields_are_not_passed_on() {
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nconnection: close\r\nX: y\r\n\r\n[]";
+        let mut out = Vec::new();
+        append_without_connection(&mut out, resp);
+        assert_eq!(
+            &out[..],
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\n[]"[..]
+        );
+        assert!(matches!(
+            parse_response(&out, false, 100).unwrap(),
+            ParsedResponse::Complete { close: false, len, .. } if len == out.len()
         ));
     }
 

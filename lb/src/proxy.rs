@@ -137,6 +137,8 @@ struct Item {
     head: bool,
     /// Written to an upstream that failed, and not idempotent: never sent again.
     poisoned: bool,
+    /// The client asked to close after this one (`Connection: close`).
+    closes: bool,
 }
 
 /// Serve one client connection until it closes.
@@ -257,6 +259,7 @@ async fn proxy(
                         ),
                         head: req.method == Method::Head,
                         poisoned: false,
+                        closes: !req.keep_alive,
                     });
                     at += used;
                     sent_continue = false;
@@ -434,7 +437,14 @@ async fn exchange(
                     if !(100..200).contains(&status) {
                         // Interim responses are not forwarded: a 100 was
                         // already sent to the client by us.
-                        out.extend_from_slice(&upbuf[at..at + len]);
+                        let response = &upbuf[at..at + len];
+                        if close && !items[answered].closes {
+                            // The upstream closes its connection, not the
+                            // client's (a draining server, an HTTP/1.0 one).
+                            http1::append_without_connection(out, response);
+                        } else {
+                            out.extend_from_slice(response);
+                        }
                         answered += 1;
                     }
                     at += len;

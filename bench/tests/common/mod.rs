@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 pub const BENCH: &str = env!("CARGO_BIN_EXE_todo-bench");
 
 /// A binary of another workspace package, built beside todo-bench by
-/// `cargo test --workspace`.
+/// `cargo test --workspace` (`cargo test -p todo-bench` alone does not
+/// rebuild it: a stale one would be tested).
 pub fn sibling(name: &str) -> PathBuf {
     let path = PathBuf::from(BENCH).with_file_name(name);
     assert!(
