@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
+use todo_lb::http1::ParsedResponse;
 
 pub struct Held {
     pub held: usize,
@@ -30,30 +31,16 @@ fn open(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> 
     Ok(stream)
 }
 
-/// Read one response with a Content-Length body; true when it is a 200.
+/// Read one response (framed by the servers' own HTTP/1.1 code); true when
+/// it is a 200.
 fn answered(stream: &mut TcpStream) -> bool {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| {
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                });
-            if let Some(len) = len {
-                if buf.len() >= head + len {
-                    return resp.code == Some(200);
-                }
-            }
+        match todo_lb::http1::parse_response(&buf, false, 1 << 20) {
+            Ok(ParsedResponse::Complete { status, .. }) => return status == 200,
+            Ok(ParsedResponse::Partial) => {}
+            Err(_) => return false,
         }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return false,
