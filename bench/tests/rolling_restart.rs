@@ -10,18 +10,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use sonic_rs::{JsonContainerTrait, JsonValueTrait};
-
-fn assert_clean(report: &sonic_rs::Value) {
-    for key in ["framing_errors", "connect_errors", "io_errors"] {
-        assert_eq!(num(report, key), 0, "{key} in {report:?}");
-    }
-    let wrong = report.get("wrong_status").unwrap();
-    assert!(
-        wrong.as_object().is_none_or(|o| o.is_empty()),
-        "wrong statuses: {report:?}"
-    );
-}
 
 #[test]
 fn a_rolling_restart_under_pipelined_load_loses_nothing() {

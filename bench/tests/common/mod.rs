@@ -210,3 +210,17 @@ pub fn ensure_migrate_req() {
         });
     }
 }
+
+/// The load saw no error at all: no connect, io or framing error and no
+/// unexpected status.
+pub fn assert_clean(report: &sonic_rs::Value) {
+    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    for key in ["framing_errors", "connect_errors", "io_errors"] {
+        assert_eq!(num(report, key), 0, "{key} in {report:?}");
+    }
+    let wrong = report.get("wrong_status").unwrap();
+    assert!(
+        wrong.as_object().is_none_or(|o| o.is_empty()),
+        "wrong statuses: {report:?}"
+    );
+}
