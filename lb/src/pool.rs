@@ -207,13 +207,4 @@ impl Pool {
         }
         best.cloned()
     }
-
-    /// Exchanges in flight per upstream, for tests and logs.
-    pub fn loads(&self) -> Vec<(SocketAddr, u32)> {
-        self.members
-            .borrow()
-            .iter()
-            .map(|m| (m.addr(), m.active.get()))
-            .collect()
-    }
 }

@@ -16,7 +16,6 @@ use crate::backend::Backend;
 use crate::config::ServeConfig;
 use crate::date::DateCache;
 use crate::metrics::CoreMetrics;
-use crate::shutdown::Shutdown;
 
 pub struct Core {
     pub index: usize,
@@ -33,28 +32,20 @@ pub struct Core {
     pub draining: Cell<bool>,
     /// The snapshot cannot be confirmed current (its source is unreachable).
     stale: Cell<bool>,
-    /// Resolves when the server starts draining; quiet connections wait on it.
-    pub shutdown: Shutdown,
     /// Connections open on this core (the drain waits for zero).
     pub open: Cell<usize>,
     /// Quiet connections (see `conn.rs`): socket and when it is idle too
     /// long. They hold no timer; [`Core::sweep_quiet`] closes the expired.
     pub quiet: RefCell<HashMap<RawFd, Instant>>,
-    /// Buffers given back since the heap was last trimmed.
-    released: Cell<usize>,
     /// Buffers of quiet connections, reused by the next busy one, so an idle
     /// connection holds no buffer (see `conn.rs`).
     buffers: RefCell<Vec<Vec<u8>>>,
 }
 
-/// Buffers given back within one sweep (a second) that make it trim the heap.
-const TRIM_AFTER: usize = 1024;
-
 /// Buffers kept in a core's pool at most; more are freed.
 const POOLED_BUFFERS: usize = 256;
 
 impl Core {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         snapshot: &Snapshot,
@@ -63,7 +54,6 @@ impl Core {
         backend: Backend,
         verifier: Verifier,
         id_node: u16,
-        shutdown: Shutdown,
     ) -> Self {
         let core = Core {
             index,
@@ -76,10 +66,8 @@ impl Core {
             ids: RefCell::new(IdGenerator::new(id_node)),
             draining: Cell::new(false),
             stale: Cell::new(false),
-            shutdown,
             open: Cell::new(0),
             buffers: RefCell::new(Vec::new()),
-            released: Cell::new(0),
             quiet: RefCell::new(HashMap::new()),
         };
         core.metrics()
@@ -141,7 +129,6 @@ impl Core {
     /// Give a buffer back to the pool (emptied; large ones are freed so one
     /// big request does not pin memory).
     pub fn put_buffer(&self, mut buf: Vec<u8>, max_capacity: usize) {
-        self.released.set(self.released.get() + 1);
         let mut pool = self.buffers.borrow_mut();
         if buf.capacity() != 0 && buf.capacity() <= max_capacity && pool.len() < POOLED_BUFFERS {
             buf.clear();
@@ -154,16 +141,6 @@ impl Core {
     /// readiness wait and its next read sees the end of stream, so the
     /// connection task closes it.
     pub fn sweep_quiet(&self) {
-        if self.released.replace(0) >= TRIM_AFTER {
-            // Many connections went quiet since the last sweep: hand the
-            // memory their buffers used back to the system, so a burst of
-            // busy connections does not leave its high-water mark behind.
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only releases free memory of the allocator.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
         let now = Instant::now();
         let draining = self.draining.get();
         self.quiet.borrow_mut().retain(|&fd, until| {

@@ -186,7 +186,6 @@ pub fn run(
                 backend,
                 verifier,
                 node,
-                shutdown.clone(),
             ));
             runtime::core_main(core, listener, refresh, shutdown)
         })
