@@ -20,15 +20,15 @@
 //!   passive ejection (circuit breaker).
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
-//! - [`limit`]: per-client rate and connection limits (429).
+//! - [`client_limits`]: per-client rate and connection limits (429).
 //! - [`config`]: `todo-lb`'s flags and environment variables.
 
+pub mod client_limits;
 pub mod config;
 pub mod date;
 pub mod error;
 pub mod http1;
 pub mod lifecycle;
-pub mod limit;
 pub mod limits;
 pub mod listener;
 pub mod pool;
@@ -45,8 +45,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client_limits::{LimitConfig, Limits};
 use crate::config::LbConfig;
-use crate::limit::{LimitConfig, Limits};
 use crate::proxy::LbCore;
 use crate::shutdown::Shutdown;
 use crate::upstream::{Checks, UpstreamError, UpstreamSet};

@@ -31,12 +31,12 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::client_limits::{ClientConn, Limits};
 use crate::config::LbConfig;
 use crate::date::DateCache;
 use crate::error::HttpError;
 use crate::http1::{self, Method, Parsed, ParsedResponse};
 use crate::lifecycle;
-use crate::limit::{ClientConn, Limits};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::response::{self, Persist};
 use crate::upstream::UpstreamSet;
@@ -286,14 +286,12 @@ async fn proxy(
         if admitted > 0 {
             forward(core, &mut fwd, &mut items[..admitted], &mut upbuf, &mut out).await;
         }
-        for _ in admitted..items.len() {
-            response::append_error(
-                &mut out,
-                &HttpError::RATE_LIMITED,
-                &core.date,
-                Persist::KeepAlive,
-            );
-        }
+        answer_all(
+            core,
+            &mut out,
+            &HttpError::RATE_LIMITED,
+            items.len() - admitted,
+        );
         if let Some(err) = &ending {
             response::append_error(&mut out, err, &core.date, Persist::Close);
         }
@@ -362,9 +360,7 @@ async fn forward(
             } else {
                 &HttpError::BAD_GATEWAY
             };
-            for _ in next..items.len() {
-                response::append_error(out, err, &core.date, Persist::KeepAlive);
-            }
+            answer_all(core, out, err, items.len() - next);
             return;
         };
         let (answered, end) = exchange(core, &member, fwd, &items[next..upto], upbuf, out).await;
@@ -385,13 +381,18 @@ async fn forward(
                     } else {
                         &HttpError::BAD_GATEWAY
                     };
-                    for _ in next..items.len() {
-                        response::append_error(out, err, &core.date, Persist::KeepAlive);
-                    }
+                    answer_all(core, out, err, items.len() - next);
                     return;
                 }
             }
         }
+    }
+}
+
+/// Answer `count` requests with `err` (the connection stays open).
+fn answer_all(core: &LbCore, out: &mut Vec<u8>, err: &HttpError, count: usize) {
+    for _ in 0..count {
+        response::append_error(out, err, &core.date, Persist::KeepAlive);
     }
 }
 
