@@ -86,6 +86,7 @@ pub fn run(
         return Err(LbError::NoListener);
     }
     let driver = runtime::resolve_driver(config.driver).map_err(LbError::Driver)?;
+    let file_read_at = config.upstreams_file.as_deref().and_then(upstream::stamp);
     let addrs = configured_upstreams(&config)?;
     let set = Arc::new(UpstreamSet::new(addrs.clone()));
     upstream::spawn_checker(
@@ -96,6 +97,7 @@ pub fn run(
             unhealthy_after: config.unhealthy_after.max(1),
             timeout: config.connect_timeout,
             file: config.upstreams_file.clone(),
+            file_read_at,
         },
     )
     .map_err(LbError::Thread)?;

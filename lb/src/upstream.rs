@@ -136,7 +136,13 @@ pub struct Checks {
     pub unhealthy_after: u32,
     pub timeout: Duration,
     pub file: Option<PathBuf>,
+    /// The file's stamp taken before the set was read from it, so a change
+    /// made while the balancer starts is not missed.
+    pub file_read_at: Option<FileStamp>,
 }
+
+/// What tells that the upstreams file changed: modification time and length.
+pub type FileStamp = (SystemTime, u64);
 
 /// The checker thread: every interval, look at the upstreams file (re-read
 /// it when its modification time or length changed) and send each upstream
@@ -148,7 +154,7 @@ pub fn spawn_checker(
     std::thread::Builder::new()
         .name("todo-lb-health".into())
         .spawn(move || {
-            let mut seen = checks.file.as_deref().and_then(stamp);
+            let mut seen = checks.file_read_at;
             let mut failures: Vec<(SocketAddr, u32)> = Vec::new();
             loop {
                 if let Some(path) = &checks.file {
@@ -198,7 +204,7 @@ pub fn spawn_checker(
         })
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+pub fn stamp(path: &Path) -> Option<FileStamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
