@@ -20,14 +20,7 @@ CONNECTIONS=${CONNECTIONS:-2000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-200000}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration|-d) DURATION=$2; shift 2 ;;
-    --connections|-c) CONNECTIONS=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "unknown flag $1" >&2; exit 2 ;;
-  esac
-done
+parse_flags "$@"
 
 ensure_apt nginx-light wrk valgrind curl
 build_release

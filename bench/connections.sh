@@ -15,13 +15,7 @@ DURATION=${DURATION:-5s}
 HOLDERS=${HOLDERS:-4}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration|-d) DURATION=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "unknown flag $1" >&2; exit 2 ;;
-  esac
-done
+parse_flags "$@"
 build_release
 WORK=$(mktemp -d /tmp/todo-conns.XXXXXX)
 HOLD_PIDS=()

@@ -15,18 +15,7 @@ PIPELINING=${PIPELINING:-80}
 TARGET=${TARGET:-}
 CORES=${TODO_CORES:-0}
 BENCH_CPUS=${BENCH_CPUS:-}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration|-d) DURATION=$2; shift 2 ;;
-    --connections|-c) CONNECTIONS=$2; shift 2 ;;
-    --pipelining|-p) PIPELINING=$2; shift 2 ;;
-    --target) TARGET=$2; shift 2 ;;
-    --cores) CORES=$2; shift 2 ;;
-    --bench-cpus) BENCH_CPUS=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "unknown flag $1" >&2; exit 2 ;;
-  esac
-done
+parse_flags "$@"
 
 build_release
 if [ -z "$TARGET" ]; then

@@ -8,7 +8,7 @@
 # Then the effect of CPU steering (TODO_STEER=cpu) on one two-core server.
 # Prints a markdown table (saved to bench/results/topology-latest.md).
 #
-#   ./bench/topology.sh [--duration 10s] [--connections 2000] [--depth 80]
+#   ./bench/topology.sh [--duration 10s] [--connections 2000] [--pipelining 80]
 #
 # CPUs: servers and balancer on SERVER_CPU (0), client on CLIENT_CPU (1).
 # Balancer CPU per request = its utime+stime over the run / responses.
@@ -17,18 +17,10 @@ set -euo pipefail
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-2000}
-DEPTH=${DEPTH:-80}
+PIPELINING=${PIPELINING:-80}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration|-d) DURATION=$2; shift 2 ;;
-    --connections|-c) CONNECTIONS=$2; shift 2 ;;
-    --depth|-p) DEPTH=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "unknown flag $1" >&2; exit 2 ;;
-  esac
-done
+parse_flags "$@"
 
 ensure_apt nginx-light curl
 build_release
@@ -63,7 +55,7 @@ measure() {
   local name=$1 url=$2; shift 2
   local before=0 after=0 out responses errors
   [ $# -gt 0 ] && before=$(cpu_ticks "$@")
-  out=$("$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$DEPTH" -d "$DURATION" --cpus "$CLIENT_CPU" --json)
+  out=$("$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$PIPELINING" -d "$DURATION" --cpus "$CLIENT_CPU" --json)
   [ $# -gt 0 ] && after=$(cpu_ticks "$@")
   responses=$(json_field "$out" responses)
   errors=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"])' "$out")
@@ -152,7 +144,7 @@ steer_row() { # steer_row MODE
   start_server "$PS" "$WORK/steer-$1" --cores 2 --steer "$1"
   PIDS+=("$SERVER_PID")
   local out
-  out=$("$BIN/todo-bench" "http://127.0.0.1:$PS/todos?limit=1" -c "$CONNECTIONS" -p "$DEPTH" -d "$DURATION" -t 2 --json)
+  out=$("$BIN/todo-bench" "http://127.0.0.1:$PS/todos?limit=1" -c "$CONNECTIONS" -p "$PIPELINING" -d "$DURATION" -t 2 --json)
   RPS[steer-$1]=$(json_field "$out" requests_per_sec)
   P99[steer-$1]=$(json_field "$out" latency.p99_us)
   log "steer $1: $(printf '%.0f' "${RPS[steer-$1]}") req/s"
@@ -162,7 +154,7 @@ steer_row hash; steer_row cpu
 
 RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
-python3 - "$CONNECTIONS" "$DEPTH" "$DURATION" \
+python3 - "$CONNECTIONS" "$PIPELINING" "$DURATION" \
   "${RPS[nginx]}" "${P99[nginx]}" "${NS[nginx]}" \
   "${RPS[todo-lb]}" "${P99[todo-lb]}" "${NS[todo-lb]}" \
   "${RPS[direct]}" "${P99[direct]}" \
@@ -175,11 +167,11 @@ n_rps, n_p99, n_ns, l_rps, l_p99, l_ns, d_rps, d_p99, h_rps, h_p99, c_rps, c_p99
 cpu = next((l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
 print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}.")
 print(f"Two todo-server processes (one core each) and the balancer (one worker / one core) share CPU 0; the client (todo-bench, one executor) runs on CPU 1; -c {conns} -p {depth}, {duration} per row, GET /todos?limit=1.\n")
-print("| topology | req/s | p99 | balancer CPU/req | req/s vs nginx-fronted |")
-print("|---|---:|---:|---:|---:|")
-print(f"| nginx least_conn -> 2 servers | {n_rps:,.0f} | {n_p99/1000:.1f} ms | {n_ns:,.0f} ns | 1.00x |")
-print(f"| todo-lb -> 2 servers | {l_rps:,.0f} | {l_p99/1000:.1f} ms | {l_ns:,.0f} ns ({l_ns/n_ns:.3f} of nginx) | {l_rps/n_rps:.2f}x |")
-print(f"| 2 servers on one port (SO_REUSEPORT), no balancer | {d_rps:,.0f} | {d_p99/1000:.1f} ms | - | {d_rps/n_rps:.2f}x |")
+print("| topology | req/s | p99 | balancer CPU/req | req/s vs nginx-fronted | p99 vs nginx-fronted | balancer CPU/req vs nginx |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+print(f"| nginx least_conn -> 2 servers | {n_rps:,.0f} | {n_p99/1000:.1f} ms | {n_ns:,.0f} ns | 1.00x | 1.000 | 1.000 |")
+print(f"| todo-lb -> 2 servers | {l_rps:,.0f} | {l_p99/1000:.1f} ms | {l_ns:,.0f} ns | {l_rps/n_rps:.2f}x | {l_p99/n_p99:.3f} | {l_ns/n_ns:.3f} |")
+print(f"| 2 servers on one port (SO_REUSEPORT), no balancer | {d_rps:,.0f} | {d_p99/1000:.1f} ms | - | {d_rps/n_rps:.2f}x | {d_p99/n_p99:.3f} | - |")
 print(f"\nTargets: todo-lb >= 5x nginx as a balancer: {'met' if l_rps/n_rps >= 5 else 'NOT met'} ({l_rps/n_rps:.2f}x); direct >= 10x the nginx-fronted path: {'met' if d_rps/n_rps >= 10 else 'NOT met'} ({d_rps/n_rps:.2f}x).")
 print(f"\nCPU steering, one two-core todo-server, client on both CPUs (-t 2): hash {h_rps:,.0f} req/s (p99 {h_p99/1000:.1f} ms), cpu {c_rps:,.0f} req/s (p99 {c_p99/1000:.1f} ms): {c_rps/h_rps:.2f}x. On loopback the CPU that receives a connection is its client's, so steering keeps each connection on its client's CPU.")
 PY

@@ -11,15 +11,7 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 PIPELINING=${PIPELINING:-8}
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration|-d) DURATION=$2; shift 2 ;;
-    --connections|-c) CONNECTIONS=$2; shift 2 ;;
-    --pipelining|-p) PIPELINING=$2; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    *) echo "unknown flag $1" >&2; exit 2 ;;
-  esac
-done
+parse_flags "$@"
 
 build_release
 DIR=$("$ROOT/scripts/services.sh" up "" 1)

@@ -60,3 +60,27 @@ json_field() {
 for k in sys.argv[2].split("."): v=v[k] if v is not None else None
 print(v)' "$1" "$2"
 }
+
+# parse_flags "$@": each `--some-flag VALUE` sets SOME_FLAG, for the variables
+# the calling script gave a default before calling (any other flag is
+# refused); -d, -c and -p stand for --duration, --connections and
+# --pipelining; -h prints the script's header comment.
+parse_flags() {
+  local flag var
+  while [ $# -gt 0 ]; do
+    flag=$1
+    case "$flag" in
+      -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
+      -d) flag=--duration ;;
+      -c) flag=--connections ;;
+      -p) flag=--pipelining ;;
+    esac
+    var=$(printf '%s' "${flag#--}" | tr 'a-z-' 'A-Z_')
+    if [[ $flag != --* || ! $var =~ ^[A-Z_]+$ ]] || [ -z "${!var+set}" ] || [ $# -lt 2 ]; then
+      echo "unknown flag or missing value: $1 (see --help)" >&2
+      exit 2
+    fi
+    printf -v "$var" '%s' "$2"
+    shift 2
+  done
+}
