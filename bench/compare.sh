@@ -6,21 +6,31 @@
 # (bench/topology.sh: nginx least_conn vs todo-lb vs SO_REUSEPORT, TOPOLOGY=0
 # skips it) and the write row (bench/writes.sh, WRITES=0 skips it).
 #
-#   ./bench/compare.sh [--duration 10s] [--connections 2000]
+#   ./bench/compare.sh [--duration 10s] [--connections 2000] [--baseline-bin PATH]
+#
+# --baseline-bin PATH: also run the todo-server rows (depth 1 and 80) with the
+# todo-server binary at PATH (another build, e.g. of an earlier commit), in
+# the same run with the same settings; the table gets "todo-server
+# (baseline)" rows and, under it, depth-80 server CPU/request new/baseline.
 #
 # Layout on a 2-CPU machine: each server gets one core on CPU 0, the client
 # runs on CPU 1 (SERVER_CPU / CLIENT_CPU to change). Server CPU per request is
 # (utime+stime of the server processes over the run) / responses counted, so
 # kernel time spent on its sockets is included.
 set -euo pipefail
-. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-2000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-200000}
+BASELINE_BIN=${BASELINE_BIN:-}
 parse_flags "$@"
+if [ -n "$BASELINE_BIN" ] && [ ! -x "$BASELINE_BIN" ]; then
+  echo "--baseline-bin $BASELINE_BIN: not an executable file" >&2
+  exit 2
+fi
 
 ensure_apt nginx-light wrk valgrind curl
 build_release
@@ -40,37 +50,28 @@ TODO_PORT=$(free_port)
 mkdir -p "$WORK/data"
 taskset -c "$SERVER_CPU" true # fail early if the CPU does not exist
 start_server "$TODO_PORT" "$WORK/data" --cores 1 --pin false
-taskset -pc "$SERVER_CPU" "$SERVER_PID" >/dev/null
-for t in /proc/"$SERVER_PID"/task/*; do taskset -pc "$SERVER_CPU" "${t##*/}" >/dev/null; done
+pin "$SERVER_CPU" "$SERVER_PID"
 PIDS+=("$SERVER_PID")
+TODO_PID=$SERVER_PID
 TODO_URL="http://127.0.0.1:$TODO_PORT/todos?limit=1"
+
+# --- the baseline build (--baseline-bin), the same settings ---------------------
+if [ -n "$BASELINE_BIN" ]; then
+  BASE_PORT=$(free_port)
+  mkdir -p "$WORK/base-data"
+  start_server --bin "$BASELINE_BIN" "$BASE_PORT" "$WORK/base-data" --cores 1 --pin false
+  pin "$SERVER_CPU" "$SERVER_PID"
+  PIDS+=("$SERVER_PID")
+  BASE_PID=$SERVER_PID
+  BASE_URL="http://127.0.0.1:$BASE_PORT/todos?limit=1"
+fi
 
 # --- nginx, one worker, the same body -------------------------------------------
 curl -fs "$TODO_URL" > "$WORK/body.json"
 NGINX_PORT=$(free_port)
 BODY=$(cat "$WORK/body.json")
 mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity $(python3 -c "print(format(1 << $SERVER_CPU, 'b'))");
-worker_rlimit_nofile 16384;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-  access_log off;
-  server_tokens off;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  server {
-    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
-    location = /todos {
-      default_type application/json;
-      return 200 '$BODY';
-    }
-  }
-}
-CONF
+nginx_conf "$WORK/nginx" nginx "$NGINX_PORT" "$SERVER_CPU" static "$BODY"
 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
 NGINX_MASTER=$!
 PIDS+=("$NGINX_MASTER")
@@ -100,7 +101,7 @@ run_bench() {
   local responses errors
   responses=$(json_field "$out" responses)
   echo "$responses" > "$WORK/responses.$name.$depth"
-  errors=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"])' "$out")
+  errors=$(bench_errors "$out")
   RPS[$name/$depth]=$(json_field "$out" requests_per_sec)
   P99[$name/$depth]=$(json_field "$out" latency.p99_us)
   NS[$name/$depth]=$(python3 -c "print(($after-$before)*1e9/$TICK/max(1,$responses))")
@@ -108,7 +109,8 @@ run_bench() {
 }
 
 for depth in 1 80; do
-  run_bench todo "$TODO_URL" "$depth" "$SERVER_PID"
+  run_bench todo "$TODO_URL" "$depth" "$TODO_PID"
+  if [ -n "$BASELINE_BIN" ]; then run_bench baseline "$BASE_URL" "$depth" "$BASE_PID"; fi
   run_bench nginx "$NGINX_URL" "$depth" "${NGINX_PIDS[@]}"
 done
 
@@ -147,14 +149,13 @@ callgrind_run() { # callgrind_run NAME REQUESTS -> total Ir
       pid=$!
       ;;
     nginx)
-      sed -e "s/127.0.0.1:$NGINX_PORT/127.0.0.1:$port/" -e "s#$WORK/nginx/nginx.pid#$WORK/nginx/cg.pid#" \
-        -e '/worker_cpu_affinity/d' "$WORK/nginx/nginx.conf" > "$WORK/nginx/cg.conf"
+      nginx_conf "$WORK/nginx" cg "$port" - static "$BODY"
       valgrind --tool=callgrind --callgrind-out-file="$out" --trace-children=no \
         "$NGINX" -c "$WORK/nginx/cg.conf" -p "$WORK/nginx" -g 'daemon off; master_process off;' 2>"$WORK/cg.log" &
       pid=$!
       ;;
   esac
-  for _ in $(seq 600); do curl -fs -o /dev/null "http://127.0.0.1:$port/todos?limit=1" && break; sleep 0.1; done
+  wait_http "http://127.0.0.1:$port/todos?limit=1" 60 || cat "$WORK/cg.log" >&2
   "$BIN/todo-bench" "http://127.0.0.1:$port/todos?limit=1" -c 10 -p 80 -n "$n" -d 600s --cpus "$CLIENT_CPU" --json > /dev/null
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
@@ -169,16 +170,26 @@ NGINX_IR=$(( (N2 - N1) / CALLGRIND_REQUESTS ))
 # --- the table -----------------------------------------------------------------
 RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
+BASELINE_ARGS=()
+if [ -n "$BASELINE_BIN" ]; then
+  BASELINE_ARGS=("$BASELINE_BIN" "${RPS[baseline/1]}" "${P99[baseline/1]}" "${NS[baseline/1]}" \
+    "${RPS[baseline/80]}" "${P99[baseline/80]}" "${NS[baseline/80]}")
+fi
 python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" "$WRK_REQUESTS" "$WRK_CPU" "$BENCH_CPU" "$BENCH_RESPONSES" \
   "${RPS[todo/1]}" "${P99[todo/1]}" "${NS[todo/1]}" "${RPS[nginx/1]}" "${P99[nginx/1]}" "${NS[nginx/1]}" \
   "${RPS[todo/80]}" "${P99[todo/80]}" "${NS[todo/80]}" "${RPS[nginx/80]}" "${P99[nginx/80]}" "${NS[nginx/80]}" \
+  "${BASELINE_ARGS[@]}" \
   <<'PY' | tee "$RESULTS/compare-latest.md"
 import sys, datetime, platform, os
 a = sys.argv[1:]
 conns, duration, wrk_rps, todo_ir, nginx_ir = a[0], a[1], float(a[2]), int(a[3]), int(a[4])
 wrk_requests, wrk_cpu, bench_cpu, bench_responses = float(a[5]), float(a[6]), float(a[7]), float(a[8])
-v = list(map(float, a[9:]))
+v = list(map(float, a[9:21]))
 rows = {(n, d): v[i*3:(i+1)*3] for i, (d, n) in enumerate([(1,'todo'),(1,'nginx'),(80,'todo'),(80,'nginx')])}
+baseline = a[21] if len(a) > 21 else None  # --baseline-bin PATH, then its rows at depth 1 and 80
+if baseline:
+    b = list(map(float, a[22:28]))
+    rows[('baseline', 1)], rows[('baseline', 80)] = b[0:3], b[3:6]
 cpu = next((l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
 print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}.")
 print(f"Server on one core, client (todo-bench, one executor) on another; -c {conns}, {duration} per row, GET /todos?limit=1.\n")
@@ -186,8 +197,14 @@ print("| server | depth | req/s | p99 | server CPU/req | req/s vs nginx | CPU/re
 print("|---|---:|---:|---:|---:|---:|---:|")
 for d in (1, 80):
     t, n = rows[('todo', d)], rows[('nginx', d)]
-    for name, r in (('todo-server', t), ('nginx (same bytes)', n)):
+    servers = [('todo-server', t)]
+    if baseline:
+        servers.append(('todo-server (baseline)', rows[('baseline', d)]))
+    servers.append(('nginx (same bytes)', n))
+    for name, r in servers:
         print(f"| {name} | {d} | {r[0]:,.0f} | {r[1]/1000:.1f} ms | {r[2]:,.0f} ns | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.3f} |")
+if baseline:
+    print(f"\nDepth 80, server CPU/request, this build / baseline ({baseline}): {rows[('todo', 80)][2]:,.0f} / {rows[('baseline', 80)][2]:,.0f} ns = {rows[('todo', 80)][2]/rows[('baseline', 80)][2]:.3f}.")
 bench80 = rows[('todo', 80)][0]
 bench_ns = bench_cpu * 1e9 / bench_responses
 wrk_ns = wrk_cpu * 1e9 / wrk_requests

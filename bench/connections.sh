@@ -9,7 +9,7 @@
 #
 #   ./bench/connections.sh [--duration 5s]
 set -euo pipefail
-. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-5s}
 HOLDERS=${HOLDERS:-4}
@@ -23,13 +23,14 @@ trap 'kill "${HOLD_PIDS[@]}" "${SERVER_PID:-}" 2>/dev/null; wait 2>/dev/null; rm
 
 PORT=$(free_port)
 start_server "$PORT" "$WORK/data" --cores 1 --pin false
-for t in /proc/"$SERVER_PID"/task/*; do taskset -pc "$SERVER_CPU" "${t##*/}" >/dev/null; done
+pin "$SERVER_CPU" "$SERVER_PID"
 URL="http://127.0.0.1:$PORT/todos?limit=1"
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status"; }
 run() { # run -> req/s
   local out
   out=$("$BIN/todo-bench" "$URL" -c 200 -p 80 -d "$DURATION" --cpus "$CLIENT_CPU" --json)
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); e=sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"]; assert e==0, r; print(r["requests_per_sec"])' "$out"
+  [ "$(bench_errors "$out")" = 0 ] || { echo "todo-bench counted errors: $out" >&2; return 1; }
+  json_field "$out" requests_per_sec
 }
 
 log "warm-up"; run >/dev/null

@@ -7,7 +7,7 @@
 #
 # Environment: DURATION, CONNECTIONS, PIPELINING, TARGET, TODO_CORES, BENCH_CPUS.
 set -euo pipefail
-. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-2000}

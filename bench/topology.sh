@@ -13,7 +13,7 @@
 # CPUs: servers and balancer on SERVER_CPU (0), client on CLIENT_CPU (1).
 # Balancer CPU per request = its utime+stime over the run / responses.
 set -euo pipefail
-. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-2000}
@@ -35,10 +35,6 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
-pin() { # pin CPU PID: every thread of PID
-  for t in /proc/"$2"/task/*; do taskset -pc "$1" "${t##*/}" >/dev/null; done
-}
-
 # two_servers PORT_A PORT_B: one-core servers; sets A_PID B_PID.
 two_servers() {
   start_server "$1" "$WORK/a$1" --cores 1 --pin false --instance 1; A_PID=$SERVER_PID
@@ -58,7 +54,7 @@ measure() {
   out=$("$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$PIPELINING" -d "$DURATION" --cpus "$CLIENT_CPU" --json)
   [ $# -gt 0 ] && after=$(cpu_ticks "$@")
   responses=$(json_field "$out" responses)
-  errors=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"])' "$out")
+  errors=$(bench_errors "$out")
   RPS[$name]=$(json_field "$out" requests_per_sec)
   P99[$name]=$(json_field "$out" latency.p99_us)
   NS[$name]=$(python3 -c "print(($after-$before)*1e9/$TICK/max(1,$responses))")
@@ -72,37 +68,7 @@ two_servers "$PA" "$PB"
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-worker_rlimit_nofile 16384;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-  access_log off;
-  server_tokens off;
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  upstream todo {
-    least_conn;
-    server 127.0.0.1:$PA;
-    server 127.0.0.1:$PB;
-    keepalive 1024;
-    keepalive_requests 100000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
-    location / {
-      proxy_pass http://todo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Request-Id \$request_id;
-      proxy_next_upstream error timeout;
-    }
-  }
-}
-CONF
+nginx_conf "$WORK/nginx" nginx "$NGINX_PORT" - proxy "127.0.0.1:$PA" "127.0.0.1:$PB"
 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
 NGINX_MASTER=$!
 PIDS+=("$NGINX_MASTER")

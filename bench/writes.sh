@@ -6,7 +6,7 @@
 #
 #   ./bench/writes.sh [--duration 10s] [--connections 64] [--pipelining 8]
 set -euo pipefail
-. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}

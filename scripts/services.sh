@@ -17,36 +17,17 @@
 # DIR/env) and adds TODO_SERVERS=http://127.0.0.1:P,... to DIR/env; mint a
 # token with `JWT_SECRET=... target/release/todo-server token --sub NAME`.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 TANSU_VERSION=0.6.0
-
-log() { printf '==> %s\n' "$*" >&2; }
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# wait_tcp PORT NAME: until something accepts on 127.0.0.1:PORT (30 s at most).
-wait_tcp() {
-  for _ in $(seq 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$2 did not start listening on port $1" >&2
-  return 1
-}
 
 install() {
   local missing=()
   [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v curl >/dev/null || missing+=(curl)
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  ensure_apt "${missing[@]}"
   # Debian starts its own cluster and redis on install; we run our own.
   if [ -n "${KAFKA_BROKERS:-}" ]; then
     return 0
@@ -104,22 +85,21 @@ ENV
 }
 
 up() {
-  local dir n root
+  local dir n
   dir=$(start "${1:-}")
   n=${2:-2}
-  root=$(cd "$(dirname "$0")/.." && pwd)
-  (cd "$root" && cargo build --release -q -p todo-server -p todo-worker)
+  build_release todo-server todo-worker
   # shellcheck source=/dev/null
   . "$dir/env"
   local secret; secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "export JWT_SECRET=$secret" >> "$dir/env"
   export JWT_SECRET=$secret
-  "$root/target/release/todo-worker" >"$dir/worker.log" 2>&1 &
+  "$BIN/todo-worker" >"$dir/worker.log" 2>&1 &
   echo $! > "$dir/worker.pid"
   local urls=() i port
   for i in $(seq "$n"); do
     port=$(free_port)
-    TODO_INSTANCE=$i "$root/target/release/todo-server" --listen "127.0.0.1:$port" \
+    TODO_INSTANCE=$i "$BIN/todo-server" --listen "127.0.0.1:$port" \
       --data-dir "$dir/server-$i" >"$dir/server-$i.log" 2>&1 &
     echo $! > "$dir/server-$i.pid"
     wait_tcp "$port" "todo-server $i"
@@ -154,5 +134,5 @@ case "${1:-}" in
   up) up "${2:-}" "${3:-}" ;;
   stop) stop "${2:-}" ;;
   install) install ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) awk 'NR == 1 { next } /^#/ { print; next } { exit }' "$0"; exit 2 ;;
 esac

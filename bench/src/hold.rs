@@ -10,7 +10,6 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
-use todo_lb::http1::ParsedResponse;
 
 pub struct Held {
     pub held: usize,
@@ -31,15 +30,15 @@ fn open(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> 
     Ok(stream)
 }
 
-/// Read one response (framed by the servers' own HTTP/1.1 code); true when
-/// it is a 200.
+/// Read one response (framed by todo-testkit's reader, apart from the
+/// servers' parser); true when it is a 200.
 fn answered(stream: &mut TcpStream) -> bool {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        match todo_lb::http1::parse_response(&buf, false, 1 << 20) {
-            Ok(ParsedResponse::Complete { status, .. }) => return status == 200,
-            Ok(ParsedResponse::Partial) => {}
+        match todo_testkit::http::frame(&buf, false) {
+            Ok(Some(framed)) => return framed.status == 200,
+            Ok(None) => {}
             Err(_) => return false,
         }
         match stream.read(&mut chunk) {

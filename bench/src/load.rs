@@ -7,13 +7,13 @@
 //! a request was due, so a stalled server shows as latency, not as fewer
 //! samples (no coordinated omission).
 //!
-//! Every response is parsed (httparse): its status must be the one its request
-//! expects and its body must be complete per Content-Length, or it counts as an
+//! Every response is framed by todo-testkit's reader (apart from the servers'
+//! parser): its status must be the one its request expects and its body must
+//! be complete per Content-Length or chunked framing, or it counts as an
 //! error, not as a response.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -241,44 +241,15 @@ impl Conn {
         let mut counted = 0;
         let mut r = result.borrow_mut();
         while at < self.filled {
-            let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 16];
-            let mut resp = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut resp,
-                &self.rbuf[at..self.filled],
-                &mut headers,
-            );
-            let head = match parsed {
-                Ok(httparse::Status::Complete(head)) => head,
-                Ok(httparse::Status::Partial) => break,
+            let framed = match todo_testkit::http::frame(&self.rbuf[at..self.filled], false) {
+                Ok(Some(framed)) => framed,
+                Ok(None) => break,
                 Err(_) => {
                     r.framing_errors += 1;
                     return Err(Failure::Io);
                 }
             };
-            let length = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| {
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                });
-            let Some(length) = length else {
-                r.framing_errors += 1;
-                return Err(Failure::Io);
-            };
-            if self.filled - at < head + length {
-                break;
-            }
-            let status = resp.code.unwrap_or(0);
-            let closes = resp.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("connection")
-                    && h.value.trim_ascii().eq_ignore_ascii_case(b"close")
-            });
+            let (status, length, closes) = (framed.status, framed.len, framed.close);
             let Some((due, expect, _)) = self.inflight.pop_front() else {
                 // A response nobody asked for.
                 r.framing_errors += 1;
@@ -286,14 +257,14 @@ impl Conn {
             };
             if status == expect {
                 r.responses += 1;
-                r.bytes += (head + length) as u64;
+                r.bytes += length as u64;
                 let us = now.saturating_duration_since(due).as_micros() as u64;
                 let _ = r.latency.record(us.clamp(1, 60_000_000));
                 counted += 1;
             } else {
                 *r.wrong_status.entry(status).or_default() += 1;
             }
-            at += head + length;
+            at += length;
             if closes {
                 self.closing = true;
                 break;

@@ -27,12 +27,10 @@ fn nofile_hard() -> u64 {
 
 #[test]
 fn idle_connections_cost_little_and_do_not_slow_the_pipelined_client() {
-    let dir = std::env::temp_dir().join(format!("todo-many-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = temp_dir("many");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let url = format!("http://{addr}/todos?limit=1");
     let server = server(addr, &dir, &["--cores", "2"]);
-    wait_ready(addr, "/readyz", Duration::from_secs(20));
 
     // The server's budget: its open-files limit less what it keeps for
     // itself and for the pipelined client.
@@ -50,7 +48,13 @@ fn idle_connections_cost_little_and_do_not_slow_the_pipelined_client() {
     // connections.
     bench(&url, &pipelined);
     let alone = bench(&url, &pipelined);
-    std::thread::sleep(Duration::from_millis(2500));
+    // The pipelined client's connections are closed: nothing open but the
+    // one asking.
+    wait_until(
+        "the pipelined client's connections closed",
+        Duration::from_secs(10),
+        || (gauge(addr, "todo_connections_open") <= 1).then_some(()),
+    );
     let rss_before = server.rss();
 
     let hold_for = "14s";
@@ -61,9 +65,13 @@ fn idle_connections_cost_little_and_do_not_slow_the_pipelined_client() {
             start_bench(&url, &["--hold", &per, "--source", &source, "-d", hold_for])
         })
         .collect();
-    // Connected, answered once, and quiet for longer than the idle release
-    // (1 s) plus a sweep (1 s).
-    std::thread::sleep(Duration::from_secs(8));
+    // Connected, answered once, and quiet: every one has given its buffers
+    // back (the server counts them).
+    wait_until(
+        "every held connection quiet",
+        Duration::from_secs(12),
+        || (gauge(addr, "todo_connections_quiet") >= (per * holders) as u64).then_some(()),
+    );
     let rss_held = server.rss();
     let with_idle = bench(&url, &pipelined);
 

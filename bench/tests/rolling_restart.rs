@@ -14,13 +14,11 @@ use common::*;
 #[test]
 fn a_rolling_restart_under_pipelined_load_loses_nothing() {
     ensure_migrate_req();
-    let dir = std::env::temp_dir().join(format!("todo-rolling-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = temp_dir("rolling");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let url = format!("http://{addr}/todos?limit=1");
 
     let mut old = server(addr, &dir.join("a"), &["--cores", "2", "--instance", "1"]);
-    wait_ready(addr, "/readyz", Duration::from_secs(20));
 
     let load = start_bench(
         &url,
@@ -36,19 +34,19 @@ fn a_rolling_restart_under_pipelined_load_loses_nothing() {
             "--reconnect",
         ],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_served(addr, 0, 1_000);
 
-    // Step 1: a new process joins the port, the old one drains.
+    // Step 1: a new process joins the port (it is in the group once it says
+    // it listens), the old one drains.
     let mut new = server(addr, &dir.join("b"), &["--cores", "2", "--instance", "2"]);
-    std::thread::sleep(Duration::from_millis(1000));
     old.terminate();
     let code = old.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(0), "the old server drained and exited cleanly");
 
-    // Step 2: and back, so both directions are exercised under load.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Step 2: and back, once the load runs on the new process, so both
+    // directions are exercised under load.
+    wait_served(addr, 0, 1_000);
     let mut third = server(addr, &dir.join("c"), &["--cores", "2", "--instance", "3"]);
-    std::thread::sleep(Duration::from_millis(1000));
     new.terminate();
     assert_eq!(new.wait_exit(Duration::from_secs(20)), Some(0));
 
@@ -61,7 +59,7 @@ fn a_rolling_restart_under_pipelined_load_loses_nothing() {
         "the drained connections were reopened: {report:?}"
     );
     // The survivor serves new connections.
-    assert_eq!(get(addr, "/todos?limit=1").unwrap().0, 200);
+    assert_eq!(get(addr, "/todos?limit=1").unwrap().status, 200);
     third.terminate();
     assert_eq!(third.wait_exit(Duration::from_secs(20)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
-pub struct LimitConfig {
+pub struct ClientLimitConfig {
     /// Requests per second per client; 0 means unlimited.
     pub rate: f64,
     /// Bucket size, requests.
@@ -21,8 +21,8 @@ pub struct LimitConfig {
     pub max_conns: u32,
 }
 
-pub struct Limits {
-    config: LimitConfig,
+pub struct ClientLimits {
+    config: ClientLimitConfig,
     clients: Mutex<HashMap<IpAddr, Arc<Client>>>,
 }
 
@@ -35,12 +35,12 @@ pub struct Client {
 /// A client's connection, counted until dropped.
 pub struct ClientConn {
     client: Option<Arc<Client>>,
-    config: LimitConfig,
+    config: ClientLimitConfig,
 }
 
-impl Limits {
-    pub fn new(config: LimitConfig) -> Self {
-        Limits {
+impl ClientLimits {
+    pub fn new(config: ClientLimitConfig) -> Self {
+        ClientLimits {
             config,
             clients: Mutex::new(HashMap::new()),
         }
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn connections_over_the_limit_are_refused_until_one_closes() {
-        let limits = Limits::new(LimitConfig {
+        let limits = ClientLimits::new(ClientLimitConfig {
             rate: 0.0,
             burst: 0.0,
             max_conns: 2,
@@ -144,7 +144,7 @@ mod tests {
     fn the_bucket_grants_its_burst_then_its_rate() {
         // 10 requests a second: a stall of the test thread below 100 ms
         // cannot add a token between the first two calls.
-        let limits = Limits::new(LimitConfig {
+        let limits = ClientLimits::new(ClientLimitConfig {
             rate: 10.0,
             burst: 10.0,
             max_conns: 0,

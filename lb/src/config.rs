@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::runtime::Driver;
+use todo_runtime::Driver;
 
 #[derive(Debug, Clone, Parser)]
 #[command(

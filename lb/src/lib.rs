@@ -1,19 +1,14 @@
-//! The front tier, and the HTTP/1.1 code both binaries are built on.
+//! todo-lb: the L7 balancer for many hosts ([`run`]), thread-per-core on
+//! the same runtime (`todo-runtime`) and HTTP/1.1 code (`todo-http`) as
+//! todo-server.
 //!
-//! Shared with `todo-server`:
-//! - [`listener`]: SO_REUSEPORT sharding — one listening socket per core on
-//!   the same address, so the kernel spreads connections across cores with
-//!   no proxy hop and no shared accept queue (the "embedded balancer" of the
-//!   one-box deployment), with optional CPU steering.
-//! - [`runtime`]: one pinned monoio thread per core, io_uring or epoll.
-//! - [`http1`]: request parsing and validation (RFC 9112) on httparse, and
-//!   response framing for the proxy; [`response`], [`error`], [`date`]: the
-//!   bytes written back.
-//! - [`limits`]: what caps the connections a process can hold (logged at
-//!   start-up); [`shutdown`]: draining on SIGTERM; [`lifecycle`]: the accept
-//!   loop, the wait for a drain, the lingering close.
+//! ```text
+//! client -> core k (SO_REUSEPORT) -> proxy.rs: parse every request, admit
+//!           (client_limits.rs), pick an upstream (pool.rs), ONE write of the
+//!           batch, read the answers, ONE write back in request order
+//! upstream.rs: the upstream set, active health checks, the upstreams file
+//! ```
 //!
-//! `todo-lb`, the L7 balancer for many hosts ([`run`]):
 //! - [`proxy`]: per client connection, parse every request, forward the
 //!   batch to one upstream, answer in order; retry and failover.
 //! - [`pool`]: per core, keep-alive upstream pools, least-connections,
@@ -25,30 +20,20 @@
 
 pub mod client_limits;
 pub mod config;
-pub mod date;
-pub mod error;
-pub mod http1;
-pub mod lifecycle;
-pub mod limits;
-pub mod listener;
 pub mod pool;
 pub mod proxy;
-pub mod response;
-pub mod runtime;
-pub mod shutdown;
 pub mod upstream;
-
-pub use listener::{bind_reuseport, ListenerConfig, Steer};
 
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client_limits::{LimitConfig, Limits};
+use todo_runtime::{lifecycle, Shutdown};
+
+use crate::client_limits::{ClientLimitConfig, ClientLimits};
 use crate::config::LbConfig;
 use crate::proxy::LbCore;
-use crate::shutdown::Shutdown;
 use crate::upstream::{Checks, UpstreamError, UpstreamSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +70,7 @@ pub fn run(
     if listeners.is_empty() {
         return Err(LbError::NoListener);
     }
-    let driver = runtime::resolve_driver(config.driver).map_err(LbError::Driver)?;
+    let driver = todo_runtime::resolve_driver(config.driver).map_err(LbError::Driver)?;
     let file_read_at = config.upstreams_file.as_deref().and_then(upstream::stamp);
     let addrs = configured_upstreams(&config)?;
     let set = Arc::new(UpstreamSet::new(addrs.clone()));
@@ -101,7 +86,7 @@ pub fn run(
         },
     )
     .map_err(LbError::Thread)?;
-    let limits = Arc::new(Limits::new(LimitConfig {
+    let limits = Arc::new(ClientLimits::new(ClientLimitConfig {
         rate: config.rate,
         burst: config.burst.unwrap_or(config.rate).max(1.0),
         max_conns: config.max_conns_per_client,
@@ -122,7 +107,7 @@ pub fn run(
             shutdown.clone(),
         );
         let pin = config.pin;
-        let thread = runtime::spawn_core("todo-lb", index, pin, driver, move || {
+        let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
             let core = Rc::new(LbCore::new(index, config, set, limits, id_prefix));
             core_main(core, listener, shutdown)
         })

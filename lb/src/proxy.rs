@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! read from the client
-//!   -> parse EVERY complete request (the server's http1::parse)
+//!   -> parse EVERY complete request (todo_http::http1::parse, the server's parser)
 //!   -> admit them against the client's rate; rewrite each into one
 //!      forward buffer (+ X-Forwarded-For, + X-Request-Id unless sent)
 //!   -> pick an upstream (least connections), take a pooled connection,
@@ -31,14 +31,14 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::client_limits::{ClientConn, Limits};
+use todo_http::http1::{self, Method, Parsed, ParsedResponse};
+use todo_http::response::{self, Persist};
+use todo_http::{DateCache, HttpError};
+use todo_runtime::lifecycle;
+
+use crate::client_limits::{ClientConn, ClientLimits};
 use crate::config::LbConfig;
-use crate::date::DateCache;
-use crate::error::HttpError;
-use crate::http1::{self, Method, Parsed, ParsedResponse};
-use crate::lifecycle;
 use crate::pool::{Member, Pool, PoolConfig};
-use crate::response::{self, Persist};
 use crate::upstream::UpstreamSet;
 
 /// Read buffer growth step, bytes.
@@ -47,13 +47,48 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_BATCH: usize = 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+// The balancer's own answers.
+static BAD_GATEWAY: HttpError = HttpError::new(
+    502,
+    "bad_gateway",
+    "the upstream failed before answering and the request cannot be sent again safely",
+    false,
+);
+static GATEWAY_TIMEOUT: HttpError = HttpError::new(
+    504,
+    "gateway_timeout",
+    "the upstream did not answer in time",
+    false,
+);
+static NO_UPSTREAM: HttpError = HttpError::new(
+    503,
+    "no_upstream",
+    "no healthy upstream is available",
+    false,
+)
+.with_retry_after(1);
+static RATE_LIMITED: HttpError = HttpError::new(
+    429,
+    "rate_limited",
+    "too many requests from this client",
+    false,
+)
+.with_retry_after(1);
+static TOO_MANY_CONNECTIONS: HttpError = HttpError::new(
+    429,
+    "too_many_connections",
+    "too many connections from this client",
+    true,
+)
+.with_retry_after(1);
+
 /// One core's state, `!Send`, in one place.
 pub struct LbCore {
     pub index: usize,
     pub config: Arc<LbConfig>,
     pub pool_config: PoolConfig,
     pub set: Arc<UpstreamSet>,
-    pub limits: Arc<Limits>,
+    pub limits: Arc<ClientLimits>,
     pub pool: Pool,
     pub date: DateCache,
     pub draining: Cell<bool>,
@@ -71,7 +106,7 @@ impl LbCore {
         index: usize,
         config: Arc<LbConfig>,
         set: Arc<UpstreamSet>,
-        limits: Arc<Limits>,
+        limits: Arc<ClientLimits>,
         id_prefix: u32,
     ) -> Self {
         let pool_config = PoolConfig {
@@ -145,12 +180,7 @@ struct Item {
 pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
     let Some(client) = core.limits.connect(peer.ip()) else {
         let mut out = Vec::new();
-        response::append_error(
-            &mut out,
-            &HttpError::TOO_MANY_CONNECTIONS,
-            &core.date,
-            Persist::Close,
-        );
+        response::append_error(&mut out, &TOO_MANY_CONNECTIONS, &core.date, Persist::Close);
         let _ = stream.write_all(out).await;
         lifecycle::linger(&mut stream).await;
         return;
@@ -172,9 +202,9 @@ async fn proxy(
     client: &ClientConn,
 ) -> io::Result<bool> {
     let config = &core.config;
-    let limits = http1::Limits {
+    let limits = http1::RequestLimits {
         max_body: config.max_body,
-        ..http1::Limits::default()
+        ..http1::RequestLimits::default()
     };
     let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
     let xff = format!("X-Forwarded-For: {}\r\n", peer.ip()).into_bytes();
@@ -286,12 +316,7 @@ async fn proxy(
         if admitted > 0 {
             forward(core, &mut fwd, &mut items[..admitted], &mut upbuf, &mut out).await;
         }
-        answer_all(
-            core,
-            &mut out,
-            &HttpError::RATE_LIMITED,
-            items.len() - admitted,
-        );
+        answer_all(core, &mut out, &RATE_LIMITED, items.len() - admitted);
         if let Some(err) = &ending {
             response::append_error(&mut out, err, &core.date, Persist::Close);
         }
@@ -321,16 +346,42 @@ enum End {
     /// The upstream answered `answered` and said `Connection: close`: it did
     /// not read the rest, which may go elsewhere.
     Closed,
-    /// Failed: connect (nothing written), reset, end of stream, timeout, or
-    /// an unframable response.
-    Failed { written: bool, timed_out: bool },
+    /// The upstream failed; the unanswered requests go by [`Failure::may_resend`].
+    Failed(Failure),
 }
 
-/// Failed after the batch was written (reset, end of stream, bad framing).
-const BROKEN: End = End::Failed {
-    written: true,
-    timed_out: false,
-};
+/// Why an upstream failed a batch: where the failure came from decides what
+/// may be sent again and what the client is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// No connection: nothing was written.
+    Connect,
+    /// The batch was written, then a reset, an end of stream or a response
+    /// that cannot be framed.
+    Broken,
+    /// The batch was written and not answered within `--upstream-timeout`.
+    TimedOut,
+}
+
+impl Failure {
+    /// THE retry rule: a request that never reached the upstream may go to
+    /// another one; one that did may only if it is idempotent (RFC 9110
+    /// §9.2.2), since the upstream may have acted on it.
+    fn may_resend(self, idempotent: bool) -> bool {
+        self == Failure::Connect || idempotent
+    }
+
+    /// The answer when the retries are spent: 503 when no upstream could
+    /// even be reached (nothing was sent; the client may retry), 504 after a
+    /// time-out, 502 otherwise.
+    fn answer(self) -> &'static HttpError {
+        match self {
+            Failure::Connect => &NO_UPSTREAM,
+            Failure::TimedOut => &GATEWAY_TIMEOUT,
+            Failure::Broken => &BAD_GATEWAY,
+        }
+    }
+}
 
 /// Send `items` (their bytes in `fwd`) and append their answers to `out`, in
 /// order, retrying on other upstreams as the module doc says.
@@ -343,10 +394,12 @@ async fn forward(
 ) {
     let mut next = 0;
     let mut failed: Vec<SocketAddr> = Vec::new();
+    // Whether any upstream was sent part of this batch and failed.
+    let mut written = false;
     while next < items.len() {
         // Requests that must not be sent again are answered here, in turn.
         if items[next].poisoned {
-            response::append_error(out, &HttpError::BAD_GATEWAY, &core.date, Persist::KeepAlive);
+            response::append_error(out, &BAD_GATEWAY, &core.date, Persist::KeepAlive);
             next += 1;
             continue;
         }
@@ -355,11 +408,7 @@ async fn forward(
             .position(|i| i.poisoned)
             .map_or(items.len(), |p| next + p);
         let Some(member) = core.pool.pick(&core.set, &failed) else {
-            let err = if failed.is_empty() {
-                &HttpError::NO_UPSTREAM
-            } else {
-                &HttpError::BAD_GATEWAY
-            };
+            let err = if written { &BAD_GATEWAY } else { &NO_UPSTREAM };
             answer_all(core, out, err, items.len() - next);
             return;
         };
@@ -367,19 +416,18 @@ async fn forward(
         next += answered;
         match end {
             End::Done | End::Closed => member.succeeded(),
-            End::Failed { written, timed_out } => {
+            End::Failed(failure) => {
+                written |= failure != Failure::Connect;
                 member.failed(&core.pool_config);
                 failed.push(member.addr());
-                if written {
-                    for item in &mut items[next..upto] {
-                        item.poisoned |= !item.idempotent;
-                    }
+                for item in &mut items[next..upto] {
+                    item.poisoned |= !failure.may_resend(item.idempotent);
                 }
                 if failed.len() > core.config.retries as usize {
-                    let err = if timed_out {
-                        &HttpError::GATEWAY_TIMEOUT
+                    let err = if written {
+                        failure.answer()
                     } else {
-                        &HttpError::BAD_GATEWAY
+                        &NO_UPSTREAM
                     };
                     answer_all(core, out, err, items.len() - next);
                     return;
@@ -411,11 +459,7 @@ async fn exchange(
         Ok(c) => c,
         Err(_) => {
             member.release(None, pool);
-            let failed = End::Failed {
-                written: false,
-                timed_out: false,
-            };
-            return (0, failed);
+            return (0, End::Failed(Failure::Connect));
         }
     };
     let (start, end) = (items[0].start, items[items.len() - 1].end);
@@ -423,7 +467,7 @@ async fn exchange(
     *fwd = slice.into_inner();
     if res.is_err() {
         member.release(None, pool);
-        return (0, BROKEN);
+        return (0, End::Failed(Failure::Broken));
     }
     upbuf.clear();
     let deadline = Instant::now() + core.config.upstream_timeout;
@@ -462,7 +506,7 @@ async fn exchange(
                 Ok(ParsedResponse::Partial) => break,
                 Err(_) => {
                     member.release(None, pool);
-                    return (answered, BROKEN);
+                    return (answered, End::Failed(Failure::Broken));
                 }
             }
         }
@@ -487,11 +531,7 @@ async fn exchange(
                 // The cancelled read took the buffer; start a new one.
                 *upbuf = Vec::with_capacity(READ_CHUNK);
                 member.release(None, pool);
-                let failed = End::Failed {
-                    written: true,
-                    timed_out: true,
-                };
-                return (answered, failed);
+                return (answered, End::Failed(Failure::TimedOut));
             }
         };
         *upbuf = slice.into_inner();
@@ -499,7 +539,7 @@ async fn exchange(
             Ok(n) if n > 0 => {}
             _ => {
                 member.release(None, pool);
-                return (answered, BROKEN);
+                return (answered, End::Failed(Failure::Broken));
             }
         }
     }

@@ -10,15 +10,13 @@
 //!   newest [`SNAPSHOT_MAX`] todos rendered once, sliced per `limit=N`.
 //! - [`ids`]: [`IdGenerator`], time-ordered ids made without coordination.
 //! - [`seed`]: the 10,000 todos an empty store starts with.
-//! - [`resp`]: Redis URLs and RESP2 commands (redis-protocol), for every
-//!   process that talks to Redis whatever its I/O runtime.
 //!
-//! Names other processes agree on (Redis keys, the pub/sub channel, the Kafka
-//! topic) live here too, so there is exactly one spelling of each.
+//! Pure types and rules: no I/O and no wire code beyond the command's JSON
+//! (how snapshots are stored in Redis and rows in PostgreSQL is
+//! `todo-store`'s).
 
 pub mod command;
 pub mod ids;
-pub mod resp;
 pub mod seed;
 pub mod snapshot;
 pub mod todo;
@@ -30,10 +28,6 @@ pub use todo::{FieldError, Todo};
 
 /// Kafka topic carrying [`TodoCommand`]s, keyed by todo id (per-todo order).
 pub const COMMANDS_TOPIC: &str = "todo-commands";
-/// Redis key holding the current rendered snapshot.
-pub const SNAPSHOT_KEY: &str = "todos:snapshot";
-/// Redis pub/sub channel announcing a new snapshot version.
-pub const CHANGED_CHANNEL: &str = "todos:changed";
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp here.
 pub fn now_ms() -> u64 {

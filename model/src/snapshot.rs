@@ -118,54 +118,36 @@ impl Snapshot {
         }
     }
 
-    /// The stored form (Redis `todos:snapshot`): version, row count, row end
-    /// offsets, row ids, then the JSON body; integers big-endian.
-    pub fn encode(&self) -> Vec<u8> {
-        let n = self.ends.len();
-        let mut out = Vec::with_capacity(12 + n * 12 + self.body.len());
-        out.extend_from_slice(&self.version.to_be_bytes());
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-        for e in &self.ends {
-            out.extend_from_slice(&e.to_be_bytes());
-        }
-        for id in &self.ids {
-            out.extend_from_slice(&id.to_be_bytes());
-        }
-        out.extend_from_slice(&self.body);
-        out
+    /// Offsets just past each row (before its `,` or the final `]`).
+    pub fn row_ends(&self) -> &[u32] {
+        &self.ends
     }
 
-    /// The version of an encoded snapshot, without decoding the rest.
-    pub fn encoded_version(bytes: &[u8]) -> Option<u64> {
-        Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+    /// The id of each row, newest first.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
     }
 
-    /// Decode [`Snapshot::encode`]'s output, checking that every offset lies
-    /// inside the body, so a corrupt value is refused, never served.
-    pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
-        let version = Self::encoded_version(bytes)?;
-        let n = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
-        if n > SNAPSHOT_MAX {
-            return None;
+    /// A snapshot from its parts (a stored form read back), or `None` unless
+    /// they agree: `body` is `[` rows `]`, one id and one end per row, each
+    /// row at least `{}` long and ends strictly increasing inside the body, so
+    /// every slice [`Snapshot::prefix`] and [`Snapshot::row_by_id`] take is in
+    /// bounds. A corrupt value is refused, never served.
+    pub fn from_parts(version: u64, body: Vec<u8>, ends: Vec<u32>, ids: Vec<u64>) -> Option<Self> {
+        let mut start = 1; // just past `[`
+        for &end in &ends {
+            let end = end as usize;
+            if end < start + 2 {
+                return None;
+            }
+            start = end + 1; // past the `,`
         }
-        let ends_at = 12;
-        let ids_at = ends_at + n * 4;
-        let body_at = ids_at + n * 8;
-        let body = bytes.get(body_at..)?.to_vec();
-        let ends: Vec<u32> = bytes
-            .get(ends_at..ids_at)?
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        let ids: Vec<u64> = bytes
-            .get(ids_at..body_at)?
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        let well_formed = body.first() == Some(&b'[')
+        let well_formed = ends.len() <= SNAPSHOT_MAX
+            && ids.len() == ends.len()
+            && body.first() == Some(&b'[')
             && body.last() == Some(&b']')
-            && ends.windows(2).all(|w| w[0] < w[1])
-            && ends.last().is_none_or(|&e| (e as usize) < body.len());
+            && ends.last().is_none_or(|&e| (e as usize) < body.len())
+            && (!ends.is_empty() || body.len() == 2);
         well_formed.then_some(Snapshot {
             version,
             body,
@@ -228,20 +210,40 @@ mod tests {
     }
 
     #[test]
-    fn encoding_round_trips_and_refuses_corruption() {
-        let mut todos = seed(50, 1_800_000_000_000);
+    fn parts_that_disagree_are_refused() {
+        let mut todos = seed(3, 1_800_000_000_000);
         todos.reverse();
-        let s = Snapshot::render(42, &todos);
-        let bytes = s.encode();
-        assert_eq!(Snapshot::encoded_version(&bytes), Some(42));
-        assert_eq!(Snapshot::decode(&bytes), Some(s.clone()));
+        let s = Snapshot::render(7, &todos);
+        let parts =
+            |ends: Vec<u32>| Snapshot::from_parts(7, s.body().to_vec(), ends, s.ids().to_vec());
+        assert_eq!(parts(s.row_ends().to_vec()), Some(s.clone()));
+        // A first row ending at 0 once reached `body[1..0]`.
+        assert_eq!(parts(vec![0, s.row_ends()[1], s.row_ends()[2]]), None);
         assert_eq!(
-            Snapshot::decode(&Snapshot::render(1, &[]).encode()),
+            parts(vec![s.row_ends()[1], s.row_ends()[0], s.row_ends()[2]]),
+            None
+        );
+        assert_eq!(
+            parts(vec![
+                s.row_ends()[0],
+                s.row_ends()[1],
+                s.body().len() as u32
+            ]),
+            None
+        );
+        assert_eq!(
+            parts(s.row_ends()[..2].to_vec()),
+            None,
+            "ids and ends differ in count"
+        );
+        assert_eq!(
+            Snapshot::from_parts(1, b"[]".to_vec(), vec![], vec![]),
             Some(Snapshot::render(1, &[]))
         );
-        for cut in [0, 7, 11, 100, bytes.len() - 1] {
-            assert_eq!(Snapshot::decode(&bytes[..cut]), None, "cut at {cut}");
-        }
+        assert_eq!(
+            Snapshot::from_parts(1, b"[x]".to_vec(), vec![], vec![]),
+            None
+        );
     }
 
     #[test]

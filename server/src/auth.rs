@@ -32,6 +32,21 @@ pub enum AuthError {
     Sign(jsonwebtoken::errors::Error),
 }
 
+/// Why a request's token was refused (answered 401 with this message).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed Authorization header")]
+    NotUtf8,
+    #[error("Authorization must be 'Bearer <token>'")]
+    NotBearer,
+    #[error("invalid token: {0}")]
+    Invalid(jsonwebtoken::errors::Error),
+    #[error("token sub must be 1 to {OWNER_MAX_BYTES} bytes")]
+    BadSubject,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -84,19 +99,19 @@ impl Verifier {
     }
 
     /// The token's subject, from an `Authorization` header value.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, String> {
-        let value = authorization.ok_or_else(|| "missing bearer token".to_string())?;
-        let value = std::str::from_utf8(value).map_err(|_| "malformed Authorization header")?;
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, TokenError> {
+        let value = authorization.ok_or(TokenError::Missing)?;
+        let value = std::str::from_utf8(value).map_err(|_| TokenError::NotUtf8)?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or("Authorization must be 'Bearer <token>'")?
+            .ok_or(TokenError::NotBearer)?
             .trim();
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| format!("invalid token: {e}"))?;
+            .map_err(TokenError::Invalid)?;
         let sub = data.claims.sub;
         if sub.is_empty() || sub.len() > OWNER_MAX_BYTES {
-            return Err(format!("token sub must be 1 to {OWNER_MAX_BYTES} bytes"));
+            return Err(TokenError::BadSubject);
         }
         Ok(sub)
     }

@@ -6,7 +6,7 @@ use todo_model::{Outcome, TodoCommand};
 
 use crate::distributed::{lookup::Lookups, producer::Producer};
 use crate::embedded;
-use crate::error::HttpError;
+use todo_http::HttpError;
 
 #[derive(Clone)]
 pub enum Backend {

@@ -6,9 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-pub use todo_lb::runtime::Driver;
+use todo_http::http1::RequestLimits;
+pub use todo_runtime::{Driver, Steer};
 
-use todo_lb::http1::Limits;
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("set all of KAFKA_BROKERS, REDIS_URL and DATABASE_URL for the distributed path, or none for the embedded default")]
+    PartialDistributed,
+    #[error("the distributed path needs JWT_SECRET, shared by every server")]
+    SharedSecretRequired,
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "todo-server", version, about = "Thread-per-core Todo API")]
@@ -50,8 +58,8 @@ pub struct ServeConfig {
     /// How new connections are spread over the cores' listeners: `hash`
     /// (the kernel's 4-tuple hash) or `cpu` (the listener of the CPU that
     /// received the connection, by classic BPF).
-    #[arg(long, env = "TODO_STEER", value_enum, default_value_t = todo_lb::Steer::Hash)]
-    pub steer: todo_lb::Steer,
+    #[arg(long, env = "TODO_STEER", value_enum, default_value_t = Steer::Hash)]
+    pub steer: Steer,
     /// Pin each core's thread to one CPU.
     #[arg(long, env = "TODO_PIN", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin: bool,
@@ -129,17 +137,17 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub fn limits(&self) -> Limits {
-        Limits {
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
             max_head: self.max_head,
             max_body: self.max_body,
-            ..Limits::default()
+            ..RequestLimits::default()
         }
     }
 
     /// The distributed settings when all three of KAFKA_BROKERS, REDIS_URL
     /// and DATABASE_URL are set, `None` when none is; an error otherwise.
-    pub fn distributed(&self) -> Result<Option<crate::distributed::Settings>, String> {
+    pub fn distributed(&self) -> Result<Option<crate::distributed::Settings>, ConfigError> {
         match (&self.kafka_brokers, &self.redis_url, &self.database_url) {
             (Some(k), Some(r), Some(d)) => Ok(Some(crate::distributed::Settings {
                 kafka_brokers: k.clone(),
@@ -149,7 +157,7 @@ impl ServeConfig {
                 kafka_timeout: self.kafka_timeout,
             })),
             (None, None, None) => Ok(None),
-            _ => Err("set all of KAFKA_BROKERS, REDIS_URL and DATABASE_URL for the distributed path, or none for the embedded default".into()),
+            _ => Err(ConfigError::PartialDistributed),
         }
     }
 

@@ -31,12 +31,13 @@ use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
 use crate::backend::Submission;
-use crate::core::Core;
-use crate::error::HttpError;
-use crate::http1::{self, Method, Parsed};
 use crate::metrics::Route;
-use crate::response::{self, Persist};
+use crate::per_core::Core;
 use crate::routes::{self, todos, Action, Pending, Reply};
+use todo_http::http1::{self, Method, Parsed};
+use todo_http::response::{self, Persist};
+use todo_http::HttpError;
+use todo_runtime::lifecycle;
 
 /// Read buffer growth step, bytes.
 const READ_CHUNK: usize = 16 * 1024;
@@ -68,7 +69,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         // future only until the connection is quiet again.
         match Box::pin(pipeline(&core, &mut stream)).await {
             Ok(Ending::Quiet(last)) => active = last,
-            Ok(Ending::Linger) => return Box::pin(todo_lb::lifecycle::linger(&mut stream)).await,
+            Ok(Ending::Linger) => return Box::pin(lifecycle::linger(&mut stream)).await,
             Ok(Ending::Close) | Err(_) => return,
         }
     }
@@ -85,7 +86,7 @@ enum Ending {
 
 async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     let config = &core.config;
-    let limits = config.limits();
+    let limits = config.request_limits();
     // Chunked framing may take more bytes than the body it carries.
     let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
     let mut active = Instant::now();
@@ -111,7 +112,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     persist,
                 );
                 core.metrics().request(Route::Other, 413);
-                todo_lb::lifecycle::flush(stream, &mut out).await?;
+                lifecycle::flush(stream, &mut out).await?;
                 return Ok(Ending::Linger);
             }
             input.reserve(input.capacity().max(READ_CHUNK));
@@ -136,7 +137,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         Persist::Close,
                     );
                     core.metrics().request(Route::Other, 408);
-                    todo_lb::lifecycle::flush(stream, &mut out).await?;
+                    lifecycle::flush(stream, &mut out).await?;
                     return Ok(Ending::Close);
                 }
                 if Instant::now() >= idle_until {
@@ -169,7 +170,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         loop {
             if batch >= config.max_pipeline {
                 settle(core, stream, &mut out, &mut queued).await?;
-                todo_lb::lifecycle::flush(stream, &mut out).await?;
+                lifecycle::flush(stream, &mut out).await?;
                 batch = 0;
             }
             match http1::parse(&input[at..], &limits) {
@@ -204,7 +205,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         }
                         Action::Await(pending) => {
                             settle(core, stream, &mut out, &mut queued).await?;
-                            todo_lb::lifecycle::flush(stream, &mut out).await?;
+                            lifecycle::flush(stream, &mut out).await?;
                             let (route, status) =
                                 // Boxed: a rare wait whose state need not
                                 // be in every connection's future.
@@ -221,7 +222,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         break;
                     }
                     if out.len() >= config.write_buffer {
-                        todo_lb::lifecycle::flush(stream, &mut out).await?;
+                        lifecycle::flush(stream, &mut out).await?;
                     }
                 }
                 Ok(Parsed::Partial { expect_continue }) => {
@@ -242,7 +243,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             }
         }
         settle(core, stream, &mut out, &mut queued).await?;
-        todo_lb::lifecycle::flush(stream, &mut out).await?;
+        lifecycle::flush(stream, &mut out).await?;
         if served > 0 {
             core.metrics()
                 .batch(served, t0.elapsed().as_micros() as u64);
@@ -296,7 +297,7 @@ async fn settle_queued(
     queued: &mut VecDeque<Queued>,
 ) -> io::Result<()> {
     // What is answered already leaves before the wait.
-    todo_lb::lifecycle::flush(stream, out).await?;
+    lifecycle::flush(stream, out).await?;
     while let Some(slot) = queued.pop_front() {
         match slot {
             Queued::Write { sub, ids, reply } => {
@@ -347,8 +348,10 @@ async fn wait_quietly(core: &Core, stream: &TcpStream, until: Instant) -> bool {
     }
     let fd = stream.as_raw_fd();
     core.quiet.borrow_mut().insert(fd, until);
+    core.metrics().quiet(core.quiet.borrow().len());
     let ready = stream.readable(false).await;
     core.quiet.borrow_mut().remove(&fd);
+    core.metrics().quiet(core.quiet.borrow().len());
     // When the sweeper shut the socket down, the read that follows sees the
     // end of stream; input that arrived as the drain began is still answered
     // (with `Connection: close`).

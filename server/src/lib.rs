@@ -3,20 +3,19 @@
 //! The flow, file by file:
 //!
 //! ```text
-//! runtime.rs   one pinned thread + monoio runtime per core, one SO_REUSEPORT
-//!              listener each (todo_lb::listener)
-//! conn.rs      per connection: read -> parse every request -> append every
-//!              response -> one write
-//! http1.rs     parse and validate one request (httparse, RFC 9112 framing)
+//! runtime.rs   what each core runs: its accept loop, snapshot updates and
+//!              the Date timer (threads, listeners and draining: todo-runtime)
+//! conn.rs      per connection: read -> parse every request (todo_http::http1)
+//!              -> append every response -> one write
 //! routes/      GET /todos?limit=N from the core's snapshot (the hot path),
 //!              /todos/{id}, writes, /commands/{id}, /livez /readyz /metrics
-//! core.rs      per-core state: snapshot (Rc), Date cache, id generator, metrics
+//! errors.rs    the server's own error answers (todo_http::HttpError)
+//! per_core.rs  per-core state: snapshot (Rc), Date cache, id generator, metrics
 //! auth.rs      HS256 bearer tokens (write path)
 //! backend.rs   where writes go: the embedded apply thread (embedded/) or
 //!              Kafka (distributed/)
 //! embedded/    the embedded default: command log + in-memory store + renderer
 //! distributed/ Kafka producer, per-core Redis refresh, PostgreSQL lookups
-//! response.rs  response heads and error bodies; date.rs the cached Date
 //! metrics.rs   per-core counters summed at scrape time
 //! ```
 //!
@@ -27,16 +26,13 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod conn;
-pub mod core;
 pub mod distributed;
 pub mod embedded;
+pub mod errors;
 pub mod metrics;
+pub mod per_core;
 pub mod routes;
 pub mod runtime;
-
-// HTTP/1.1 parsing, responses, errors and the Date cache are shared with
-// todo-lb (one parser for both binaries).
-pub use todo_lb::{date, error, http1, response, shutdown};
 
 use std::net::TcpListener;
 use std::rc::Rc;
@@ -46,7 +42,7 @@ use crate::auth::{TokenRules, Verifier};
 use crate::backend::Backend;
 use crate::config::ServeConfig;
 use crate::metrics::CoreMetrics;
-use crate::shutdown::Shutdown;
+use todo_runtime::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -55,11 +51,11 @@ pub enum StartError {
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
-    Store(#[from] embedded::log::LogError),
+    Store(#[from] embedded::command_log::LogError),
     #[error(transparent)]
     Distributed(#[from] distributed::DistributedError),
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("instance {instance} with {cores} cores needs id node {node}, above the {max} available; lower TODO_INSTANCE")]
     IdSpace {
         instance: u16,
@@ -92,7 +88,7 @@ pub fn run(
         return Err(StartError::NoListener);
     }
     let cores = listeners.len();
-    let driver = todo_lb::runtime::resolve_driver(config.driver).map_err(StartError::Driver)?;
+    let driver = todo_runtime::resolve_driver(config.driver).map_err(StartError::Driver)?;
     let last_node = usize::from(config.instance) * cores + cores - 1;
     // The top node is reserved for seeded todos.
     let max = todo_model::ids::MAX_NODE - 1;
@@ -104,11 +100,9 @@ pub fn run(
             max,
         });
     }
-    let settings = config.distributed().map_err(StartError::Config)?;
+    let settings = config.distributed()?;
     if settings.is_some() && config.jwt_secret.is_none() {
-        return Err(StartError::Config(
-            "the distributed path needs JWT_SECRET, shared by every server".into(),
-        ));
+        return Err(config::ConfigError::SharedSecretRequired.into());
     }
     let secret = auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let rules = token_rules(&config);
@@ -176,9 +170,9 @@ pub fn run(
         let shutdown = shutdown.clone();
         let node = (usize::from(config.instance) * cores + index) as u16;
         let pin = config.pin;
-        let thread = todo_lb::runtime::spawn_core("todo-core", index, pin, driver, move || {
+        let thread = todo_runtime::spawn_core("todo-core", index, pin, driver, move || {
             let verifier = Verifier::new(&secret, &rules).expect("secret checked at start-up");
-            let core = Rc::new(core::Core::new(
+            let core = Rc::new(per_core::Core::new(
                 index,
                 &snapshot,
                 config.clone(),

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::Parser;
+use todo_runtime::{bind_reuseport, shutdown, ListenerConfig, OpenFiles};
 use todo_server::config::{Cli, Command};
-use todo_server::{auth, shutdown, token_rules};
+use todo_server::{auth, token_rules};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -17,15 +18,17 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     quiet_buffers_leave_no_trace(config.mmap_threshold);
-    let limits = todo_lb::limits::ConnectionLimits::raise_and_read()
-        .context("reading the open-files limit")?;
-    let listener_config = todo_lb::ListenerConfig {
+    let open_files = OpenFiles::raise_and_read().context("reading the open-files limit")?;
+    let listener_config = ListenerConfig {
         steer: config.steer,
-        ..todo_lb::ListenerConfig::default()
+        ..ListenerConfig::default()
     };
-    eprintln!("todo-server: {}", limits.describe(listener_config.backlog));
+    eprintln!(
+        "todo-server: {}",
+        open_files.describe(listener_config.backlog)
+    );
     let cores = config.core_count();
-    let listeners = todo_lb::bind_reuseport(config.listen, cores, &listener_config)
+    let listeners = bind_reuseport(config.listen, cores, &listener_config)
         .with_context(|| format!("binding {}", config.listen))?;
     // SIGTERM or SIGINT drains: no new connections, each open one closes
     // after its next response (every 202 was made durable first). A second

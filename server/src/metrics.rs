@@ -64,6 +64,8 @@ pub struct CoreMetrics {
     accepted: AtomicU64,
     closed: AtomicU64,
     panics: AtomicU64,
+    /// Connections holding no buffer now (see `conn.rs`).
+    quiet: AtomicU64,
     snapshot_version: AtomicU64,
     /// Unix ms when the held snapshot was installed.
     snapshot_installed_ms: AtomicU64,
@@ -94,6 +96,11 @@ impl CoreMetrics {
 
     pub fn closed(&self) {
         bump(&self.closed, 1);
+    }
+
+    /// The core's number of quiet connections changed to `n`.
+    pub fn quiet(&self, n: usize) {
+        self.quiet.store(n as u64, Relaxed);
     }
 
     pub fn panicked(&self) {
@@ -167,6 +174,8 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
         "todo_connections_open {}",
         accepted.saturating_sub(closed)
     );
+    out.push_str("# HELP todo_connections_quiet Connections idle past --idle-release, holding no buffer.\n# TYPE todo_connections_quiet gauge\n");
+    let _ = writeln!(out, "todo_connections_quiet {}", sum(&|c| &c.quiet));
     out.push_str("# HELP todo_connection_panics_total Connections ended by a caught panic.\n# TYPE todo_connection_panics_total counter\n");
     let _ = writeln!(out, "todo_connection_panics_total {}", sum(&|c| &c.panics));
 

@@ -1,6 +1,6 @@
 //! One core's life: accept from its own SO_REUSEPORT listener, serve each
 //! connection in its own task, keep the Date header and the snapshot current.
-//! Threads, pinning and the io driver come from [`todo_lb::runtime`].
+//! Threads, pinning and the io driver come from [`todo_runtime`].
 
 use std::net::TcpListener as StdListener;
 use std::panic::AssertUnwindSafe;
@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use todo_model::Snapshot;
 
-use crate::core::Core;
-use crate::shutdown::Shutdown;
+use crate::per_core::Core;
+use todo_runtime::{lifecycle, Shutdown};
 
 /// Where a core's snapshot updates come from.
 pub enum Refresh {
@@ -59,7 +59,7 @@ pub async fn core_main(
     }
 
     let label = format!("todo-server: core {}", core.index);
-    todo_lb::lifecycle::accept_until(listener, &shutdown, &label, |stream, _peer| {
+    lifecycle::accept_until(listener, &shutdown, &label, |stream, _peer| {
         let core = core.clone();
         core.metrics().accepted();
         core.open.set(core.open.get() + 1);
@@ -80,7 +80,7 @@ pub async fn core_main(
     // response or at once when quiet (conn.rs).
     core.draining.set(true);
     core.sweep_quiet();
-    if !todo_lb::lifecycle::drained(&core.open, core.config.drain_timeout).await {
+    if !lifecycle::drained(&core.open, core.config.drain_timeout).await {
         eprintln!(
             "todo-server: core {}: drain timeout, closing {} connections",
             core.index,

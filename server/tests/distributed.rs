@@ -3,15 +3,13 @@
 //! through Redis, every core of every server converges.
 
 mod common;
-#[path = "../../worker/tests/common/mod.rs"]
-mod services;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{read_response, Server};
-use services::Env;
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+use todo_testkit::services::{self, Env};
 
 const SECRET: &str = "distributed-test-secret-0123456789abcdef";
 
@@ -21,11 +19,9 @@ fn start_server(env: &Env, instance: u16, extra: &[&str]) -> Server {
     vars.push(("TODO_INSTANCE", instance.to_string()));
     let server = Server::start_with("legacy", common::temp_dir("dist"), extra, &vars);
     // Ready once a snapshot arrived from Redis.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.get("/readyz").status != 200 {
-        assert!(Instant::now() < deadline, "server never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until("server ready", Duration::from_secs(30), || {
+        (server.get("/readyz").status == 200).then_some(())
+    });
     server
 }
 
@@ -117,17 +113,24 @@ fn writes_from_many_clients_reach_every_server() {
     );
     assert_eq!(latencies.len(), 200);
 
-    // Every core of both servers serves the same bytes.
+    // Every core of both servers serves the same snapshot: the same version
+    // everywhere (one version is one rendering), and the same bytes.
+    let newest = a.version().max(b.version());
+    a.wait_every_core_at(newest, 10);
+    b.wait_every_core_at(newest, 10);
+    let cores = [a.core_versions(), b.core_versions()].concat();
+    assert!(
+        cores.iter().all(|&v| v == newest),
+        "versions per core: {cores:?}"
+    );
     let mut bodies = std::collections::HashSet::new();
     for server in [&a, &b] {
-        for _ in 0..8 {
-            let mut s = server.connect();
-            s.write_all(b"GET /todos?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n")
-                .unwrap();
-            bodies.insert(read_response(&mut s, &mut Vec::new()).unwrap().body);
-        }
+        let mut s = server.connect();
+        s.write_all(b"GET /todos?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        bodies.insert(read_response(&mut s, &mut Vec::new()).unwrap().body);
     }
-    assert_eq!(bodies.len(), 1, "servers or cores disagree");
+    assert_eq!(bodies.len(), 1, "servers disagree at one version");
     // The outcome is recorded and served from PostgreSQL.
     let id = ids_in(&a, 1)[0];
     assert_eq!(
@@ -167,16 +170,11 @@ fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
     assert_eq!(server.get("/todos?limit=1").status, 200);
 
     broker.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let after = loop {
+    let after = common::wait_until("writes flow again", Duration::from_secs(60), || {
         let r = server.send_json("POST", "/todos", &token, r#"{"title":"after"}"#);
-        if r.status == 202 {
-            break r.json()["todo_id"].as_u64().unwrap();
-        }
-        assert_eq!(r.status, 503, "{}", r.text());
-        assert!(Instant::now() < deadline, "writes never flowed again");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        assert!(matches!(r.status, 202 | 503), "{} {}", r.status, r.text());
+        (r.status == 202).then(|| r.json()["todo_id"].as_u64().unwrap())
+    });
     let visible = server.wait_for_secs("/todos?limit=5", 30, |r| {
         r.json()
             .as_array()
@@ -241,25 +239,27 @@ fn redis_restarted_reads_never_fail_and_every_core_converges() {
         );
         assert_eq!(r.status, 202);
         let id = r.json()["todo_id"].as_u64().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        let command = r.json()["command_id"].as_u64().unwrap();
+        // Applied to PostgreSQL while Redis is away (the outcome is read
+        // from there), so the snapshot Redis gets back must come from it.
+        server.wait_for_secs(&format!("/commands/{command}"), 30, |r| {
+            r.status == 200 && r.json()["status"].as_str() == Some("applied")
+        });
         redis.start(); // empty: no persistence
-                       // Every core converges on the snapshot holding the new todo.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut all = true;
-            for _ in 0..8 {
-                all &= ids_in(&server, 1).first() == Some(&id);
-            }
-            let ready = server.get("/readyz");
-            if all && ready.json()["stale"].as_bool() == Some(false) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cores did not converge after Redis returned"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+                       // Every core converges on one snapshot, holding the new todo.
+        common::wait_until(
+            "every core fresh, at one version, with the new todo first",
+            Duration::from_secs(30),
+            || {
+                let versions = server.core_versions();
+                let fresh = server
+                    .per_core("todo_snapshot_stale")
+                    .iter()
+                    .all(|&s| s == 0);
+                let one = versions.windows(2).all(|w| w[0] == w[1]);
+                (fresh && one && ids_in(&server, 1).first() == Some(&id)).then_some(())
+            },
+        );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
     });

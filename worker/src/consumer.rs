@@ -12,7 +12,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use todo_model::TodoCommand;
 
-use crate::{db, WorkerConfig, WorkerError};
+use todo_store::pg;
+
+use crate::{WorkerConfig, WorkerError};
 
 /// Create the commands topic if it does not exist yet.
 pub async fn ensure_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
@@ -35,9 +37,7 @@ pub async fn ensure_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(WorkerError::Config(format!(
-                    "creating topic {topic}: {code}"
-                )))
+                return Err(WorkerError::CreateTopic { topic, code });
             }
         }
     }
@@ -93,11 +93,8 @@ pub async fn consume(
             }
         }
         let applied = {
-            let mut client = pool
-                .get()
-                .await
-                .map_err(|e| WorkerError::Pool(e.to_string()))?;
-            db::apply_batch(&mut client, &batch).await?
+            let mut client = pool.get().await.map_err(todo_store::StoreError::from)?;
+            pg::apply_batch(&mut client, &batch).await?
         };
         for (partition, offset) in &offsets {
             consumer.store_offset(&config.topic, *partition, *offset)?;

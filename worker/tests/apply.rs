@@ -1,10 +1,8 @@
 //! The worker against real PostgreSQL, Redis and a Kafka-protocol broker.
 
-mod common;
-
-use common::{Commands, Env};
 use sonic_rs::JsonValueTrait;
 use todo_model::{Fields, Op};
+use todo_testkit::services::{Commands, Env};
 
 #[tokio::test]
 async fn commands_are_applied_rendered_and_published() {
@@ -114,18 +112,7 @@ async fn commands_are_applied_rendered_and_published() {
         .await
         .unwrap()
         .get(0);
-    let mut snapshot = None;
-    for _ in 0..100 {
-        snapshot = env.redis_snapshot().await;
-        if snapshot
-            .as_ref()
-            .is_some_and(|s| s.version() == version as u64)
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let snapshot = snapshot.expect("a snapshot in Redis");
+    let snapshot = env.wait_redis_snapshot(version as u64).await;
     assert_eq!(snapshot.version(), version as u64);
     let rows: Vec<sonic_rs::Value> = sonic_rs::from_slice(snapshot.body()).unwrap();
     assert_eq!(rows.len(), 299.min(todo_model::SNAPSHOT_MAX));
@@ -166,8 +153,13 @@ async fn sigkill_during_the_flow_applies_every_command_exactly_once() {
         }
     };
     let killing = async {
+        // Each kill lands while commands flow: once the worker has applied
+        // some more since it started.
+        let mut applied = 0;
         for _ in 0..3 {
-            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            applied = env
+                .wait_count_above("SELECT count(*) FROM processed_commands", applied + 100)
+                .await;
             let _ = worker.kill(); // SIGKILL
             let _ = worker.wait();
             worker = env.start_worker();

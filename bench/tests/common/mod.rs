@@ -1,93 +1,22 @@
 //! Helpers for tests that run the binaries as separate processes: servers,
 //! todo-lb and todo-bench, talking over real loopback sockets.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+pub use todo_testkit::http::{read_response, Response};
+pub use todo_testkit::process::{bin, free_port, temp_dir, wait_until, Proc};
 
 pub const BENCH: &str = env!("CARGO_BIN_EXE_todo-bench");
 
-/// A binary of another workspace package, built beside todo-bench by
-/// `cargo test --workspace` (`cargo test -p todo-bench` alone does not
-/// rebuild it: a stale one would be tested).
-pub fn sibling(name: &str) -> PathBuf {
-    let path = PathBuf::from(BENCH).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (SIGKILL) when dropped, unless it was waited for.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Send SIGTERM.
-    pub fn terminate(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-    }
-
-    /// Wait up to `limit` for the process to exit; its exit code.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// Resident memory, bytes.
-    pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
-        kb * 1024
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Start an embedded-default todo-server on `addr` with a data directory of
-/// its own; `extra` are more flags.
+/// An embedded-default todo-server on `addr` with a data directory of its
+/// own, ready (its `listening on` line) when this returns; `extra` are more
+/// flags.
 pub fn server(addr: SocketAddr, data_dir: &std::path::Path, extra: &[&str]) -> Proc {
-    let child = Command::new(sibling("todo-server"))
-        .arg("--listen")
+    let mut cmd = Command::new(bin("todo-server"));
+    cmd.arg("--listen")
         .arg(addr.to_string())
         .arg("--data-dir")
         .arg(data_dir)
@@ -97,53 +26,62 @@ pub fn server(addr: SocketAddr, data_dir: &std::path::Path, extra: &[&str]) -> P
         .env_remove("REDIS_URL")
         .env_remove("DATABASE_URL")
         .env_remove("JWT_SECRET")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start todo-server");
-    Proc {
-        child,
-        name: format!("todo-server {addr}"),
-    }
+        .stdout(Stdio::null());
+    Proc::spawn(&format!("todo-server {addr}"), cmd, Duration::from_secs(20))
 }
 
-/// Wait until `GET path` on `addr` answers 200.
-pub fn wait_ready(addr: SocketAddr, path: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok((200, _, _)) = get(addr, path) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{addr}{path} not ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One `GET` on a new connection: status, head and body.
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
-    request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
-    )
-}
-
-/// Send `raw` on a new connection and read to the end.
-pub fn request(addr: SocketAddr, raw: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
+/// One `GET` on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(raw.as_bytes())?;
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)?;
-    let split = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no response head"))?;
-    let head = String::from_utf8_lossy(&all[..split]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
-    Ok((status, head, all[split + 4..].to_vec()))
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    read_response(&mut s, &mut Vec::new())
+        .ok_or_else(|| std::io::Error::other(format!("no response to GET {path}")))
+}
+
+/// Wait until `GET path` on `addr` answers 200 (a readiness endpoint).
+pub fn wait_ready(addr: SocketAddr, path: &str, limit: Duration) {
+    wait_until(&format!("{addr}{path} ready"), limit, || {
+        get(addr, path).ok().filter(|r| r.status == 200).map(|_| ())
+    })
+}
+
+/// Requests answered 200 on `GET /todos` by the server at `addr`, from its
+/// `/metrics`: how a test knows load reaches a server.
+pub fn todos_served(addr: SocketAddr) -> u64 {
+    get(addr, "/metrics")
+        .map(|r| r.text())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("todo_requests_total{route=\"todos_list\",status=\"200\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A metric without labels from the `/metrics` of the server at `addr`.
+pub fn gauge(addr: SocketAddr, name: &str) -> u64 {
+    get(addr, "/metrics")
+        .map(|r| r.text())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Wait (20 s at most) until the server at `addr` has answered `more` list
+/// requests beyond `from`; returns its count.
+pub fn wait_served(addr: SocketAddr, from: u64, more: u64) -> u64 {
+    wait_until(
+        &format!("{addr} answering {more} more requests"),
+        Duration::from_secs(20),
+        || {
+            let n = todos_served(addr);
+            (n >= from + more).then_some(n)
+        },
+    )
 }
 
 /// Run todo-bench with `args` (plus `--json`) and parse its report.

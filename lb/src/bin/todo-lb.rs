@@ -3,16 +3,16 @@
 use anyhow::Context;
 use clap::Parser;
 use todo_lb::config::LbConfig;
-use todo_lb::{limits::ConnectionLimits, shutdown, ListenerConfig};
+use todo_runtime::{bind_reuseport, shutdown, ListenerConfig, OpenFiles};
 
 fn main() -> anyhow::Result<()> {
     let config = LbConfig::parse();
-    let limits = ConnectionLimits::raise_and_read().context("reading the open-files limit")?;
+    let limits = OpenFiles::raise_and_read().context("reading the open-files limit")?;
     let listener_config = ListenerConfig::default();
     eprintln!("todo-lb: {}", limits.describe(listener_config.backlog));
     // Fail early on a bad upstream list, before binding.
     todo_lb::configured_upstreams(&config)?;
-    let listeners = todo_lb::bind_reuseport(config.listen, config.core_count(), &listener_config)
+    let listeners = bind_reuseport(config.listen, config.core_count(), &listener_config)
         .with_context(|| format!("binding {}", config.listen))?;
     let (trigger, shutdown) = shutdown::channel();
     shutdown::on_signals("todo-lb", trigger).context("installing signal handlers")?;

@@ -6,6 +6,7 @@
 use std::thread;
 
 use todo_model::{Outcome, Rejection};
+use todo_store::{pg, Publisher};
 
 use super::{DistributedError, Settings};
 
@@ -28,8 +29,8 @@ pub struct Lookups {
 
 impl Lookups {
     pub fn start(settings: &Settings) -> Result<Lookups, DistributedError> {
-        let pool = todo_worker::db::pool(&settings.database_url, POOL_SIZE)?;
-        let cache = todo_worker::cache::Cache::new(&settings.redis_url)?;
+        let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
+        let cache = Publisher::new(&settings.redis_url, "todo-server")?;
         let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
         thread::Builder::new()
             .name("todo-db".into())
@@ -40,7 +41,7 @@ impl Lookups {
                     .expect("tokio runtime for lookups");
                 rt.block_on(serve(rx, pool, cache));
             })
-            .map_err(|e| DistributedError::Config(format!("lookup thread: {e}")))?;
+            .map_err(DistributedError::Thread)?;
         Ok(Lookups { tx })
     }
 
@@ -67,11 +68,7 @@ impl Lookups {
     }
 }
 
-async fn serve(
-    rx: flume::Receiver<Request>,
-    pool: deadpool_postgres::Pool,
-    cache: todo_worker::cache::Cache,
-) {
+async fn serve(rx: flume::Receiver<Request>, pool: deadpool_postgres::Pool, cache: Publisher) {
     while let Ok(first) = rx.recv_async().await {
         // Single flight: every Fill waiting now is answered by one render.
         let mut fills = Vec::new();
@@ -100,7 +97,7 @@ async fn serve(
 
 async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Option<Vec<u8>> {
     let client = pool.get().await.ok()?;
-    let todo = todo_worker::db::todo(&client, id).await.ok()??;
+    let todo = pg::todo(&client, id).await.ok()??;
     let mut out = Vec::with_capacity(256);
     todo_model::snapshot::render_todo(&todo, &mut out);
     Some(out)
@@ -108,7 +105,7 @@ async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Option<Vec<u8>> {
 
 async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Option<Outcome> {
     let client = pool.get().await.ok()?;
-    let (status, reason) = todo_worker::db::outcome(&client, id).await.ok()??;
+    let (status, reason) = pg::outcome(&client, id).await.ok()??;
     match (status.as_str(), reason.as_deref()) {
         ("applied", _) => Some(Outcome::Applied),
         ("rejected", Some("not_owner")) => Some(Outcome::Rejected(Rejection::NotOwner)),
@@ -118,11 +115,11 @@ async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Option<Outcome> {
     }
 }
 
-async fn fill(pool: &deadpool_postgres::Pool, cache: &todo_worker::cache::Cache) -> bool {
+async fn fill(pool: &deadpool_postgres::Pool, cache: &Publisher) -> bool {
     let Ok(client) = pool.get().await else {
         return false;
     };
-    let Ok(snapshot) = todo_worker::db::current_snapshot(&client).await else {
+    let Ok(snapshot) = pg::current_snapshot(&client).await else {
         return false;
     };
     cache.publish(&snapshot).await.is_ok()

@@ -37,8 +37,10 @@ pub struct Settings {
 pub enum DistributedError {
     #[error("Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("{0}")]
-    Config(String),
-    #[error("PostgreSQL: {0}")]
-    Db(#[from] todo_worker::WorkerError),
+    #[error(transparent)]
+    Store(#[from] todo_store::StoreError),
+    #[error(transparent)]
+    RedisUrl(#[from] todo_store::resp::RespError),
+    #[error("lookup thread: {0}")]
+    Thread(std::io::Error),
 }

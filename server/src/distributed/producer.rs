@@ -19,7 +19,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use todo_model::TodoCommand;
 
 use super::{DistributedError, Settings};
-use crate::error::HttpError;
+use todo_http::HttpError;
 
 pub struct Producer {
     settings: Settings,

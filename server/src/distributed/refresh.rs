@@ -15,11 +15,11 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use todo_model::resp::{self, Frame};
-use todo_model::{Snapshot, CHANGED_CHANNEL, SNAPSHOT_KEY};
+use todo_store::resp::{self, Frame};
+use todo_store::{codec, CHANGED_CHANNEL, SNAPSHOT_KEY};
 
 use super::lookup::Lookups;
-use crate::core::Core;
+use crate::per_core::Core;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -75,7 +75,7 @@ async fn resync(core: &Core, cmd: &mut Conn, lookups: &Lookups) -> io::Result<()
     for attempt in 0..2 {
         match cmd.call(&[b"GET", SNAPSHOT_KEY.as_bytes()]).await? {
             Frame::BulkString(bytes) => {
-                let snapshot = Snapshot::decode(&bytes).ok_or_else(|| {
+                let snapshot = codec::decode(&bytes).ok_or_else(|| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         "todos:snapshot is not a snapshot",

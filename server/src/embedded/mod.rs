@@ -8,12 +8,12 @@
 //!                                        -> send it to every core, then reply
 //! ```
 //!
-//! One thread owns the [`store::Store`] and the [`log::CommandLog`]; cores talk
+//! One thread owns the [`store::Store`] and the [`command_log::CommandLog`]; cores talk
 //! to it over bounded channels. The apply and render code is the shared model
 //! code the Kafka worker uses too; only where commands come from and where the
 //! result is kept differ.
 
-pub mod log;
+pub mod command_log;
 pub mod store;
 
 use std::path::Path;
@@ -126,9 +126,13 @@ pub struct Started {
 
 /// Open `data_dir` (seeding `seed_count` todos into a new one) and start the
 /// apply thread. It stops when every [`Handle`] is dropped.
-pub fn start(data_dir: &Path, cores: usize, seed_count: usize) -> Result<Started, log::LogError> {
-    let lock = log::lock(data_dir)?;
-    let (mut store, mut log, replayed) = log::open(data_dir, || StoreImage {
+pub fn start(
+    data_dir: &Path,
+    cores: usize,
+    seed_count: usize,
+) -> Result<Started, command_log::LogError> {
+    let lock = command_log::lock(data_dir)?;
+    let (mut store, mut log, replayed) = command_log::open(data_dir, || StoreImage {
         version: 1,
         todos: todo_model::seed::seed(seed_count, todo_model::now_ms()),
     })?;
@@ -157,7 +161,7 @@ pub fn start(data_dir: &Path, cores: usize, seed_count: usize) -> Result<Started
 fn apply_loop(
     rx: &flume::Receiver<ApplyRequest>,
     store: &mut Store,
-    log: &mut log::CommandLog,
+    log: &mut command_log::CommandLog,
     cores: &[flume::Sender<Arc<Snapshot>>],
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);

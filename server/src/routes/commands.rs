@@ -3,15 +3,15 @@
 use todo_model::Outcome;
 
 use super::Reply;
-use crate::core::Core;
-use crate::error::HttpError;
+use crate::errors;
+use crate::per_core::Core;
 
 /// 200 `{"command_id":..,"status":"applied"}` or
 /// `{"command_id":..,"status":"rejected","reason":"not_owner"}`; 404 when
 /// unknown (never accepted, or older than the outcomes kept).
 pub async fn outcome(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u16 {
     let Some(outcome) = core.backend.outcome(id).await else {
-        return reply.error(core, out, &HttpError::COMMAND_NOT_FOUND);
+        return reply.error(core, out, &errors::COMMAND_NOT_FOUND);
     };
     let body = match outcome {
         Outcome::Applied => format!(r#"{{"command_id":{id},"status":"applied"}}"#),

@@ -1,10 +1,10 @@
 //! `/livez`, `/readyz` and `/metrics`.
 
 use super::Reply;
-use crate::core::Core;
-use crate::error::HttpError;
 use crate::metrics;
-use crate::response;
+use crate::per_core::Core;
+use todo_http::response;
+use todo_http::HttpError;
 
 /// The process is up and this core answers.
 pub fn livez(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {

@@ -12,11 +12,12 @@ pub mod todos;
 
 use todo_model::TodoCommand;
 
-use crate::core::Core;
-use crate::error::HttpError;
-use crate::http1::{Method, Request};
+use crate::errors;
 use crate::metrics::Route;
-use crate::response::{self, Persist};
+use crate::per_core::Core;
+use todo_http::http1::{Method, Request};
+use todo_http::response::{self, Persist};
+use todo_http::HttpError;
 
 /// What a route did with a request.
 pub enum Action {
@@ -104,7 +105,7 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
     }
     if let Some(id) = req.path.strip_prefix("/todos/") {
         let Some(id) = parse_id(id) else {
-            return done(Route::TodosGet, HttpError::TODO_NOT_FOUND, out);
+            return done(Route::TodosGet, errors::TODO_NOT_FOUND, out);
         };
         return match req.method {
             Method::Get | Method::Head => todos::get(core, id, out, reply),
@@ -118,7 +119,7 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
     if let Some(id) = req.path.strip_prefix("/commands/") {
         return match (read, parse_id(id)) {
             (false, _) => done(Route::Other, HttpError::method_not_allowed(READ_ALLOW), out),
-            (true, None) => done(Route::Commands, HttpError::COMMAND_NOT_FOUND, out),
+            (true, None) => done(Route::Commands, errors::COMMAND_NOT_FOUND, out),
             (true, Some(id)) => Action::Await(Pending::Outcome(id)),
         };
     }

@@ -3,10 +3,11 @@
 use todo_model::{Fields, Op, TodoCommand, SNAPSHOT_MAX};
 
 use super::{Action, Reply};
-use crate::core::Core;
-use crate::error::HttpError;
-use crate::http1::{Method, Request};
+use crate::errors;
 use crate::metrics::Route;
+use crate::per_core::Core;
+use todo_http::http1::{Method, Request};
+use todo_http::HttpError;
 
 /// `GET /todos?limit=N`: head plus a prefix of the snapshot and one `]`.
 /// No rendering, no allocation: two memcpys and an itoa.
@@ -14,12 +15,7 @@ use crate::metrics::Route;
 pub fn list(core: &Core, query: &str, out: &mut Vec<u8>, reply: Reply) -> Action {
     let limit = match parse_limit(query, core.config.default_limit) {
         Some(n) => n,
-        None => {
-            return Action::Done(
-                Route::TodosList,
-                reply.error(core, out, &HttpError::BAD_LIMIT),
-            )
-        }
+        None => return Action::Done(Route::TodosList, reply.error(core, out, &errors::BAD_LIMIT)),
     };
     let snapshot = core.snapshot();
     reply.json(core, out, 200, &[snapshot.prefix(limit), b"]"]);
@@ -69,7 +65,7 @@ pub async fn get_slow(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> 
             reply.json(core, out, 200, &[&row]);
             200
         }
-        None => reply.error(core, out, &HttpError::TODO_NOT_FOUND),
+        None => reply.error(core, out, &errors::TODO_NOT_FOUND),
     }
 }
 
@@ -79,7 +75,7 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<TodoComm
     let user = core
         .verifier
         .verify(req.authorization)
-        .map_err(HttpError::unauthorized)?;
+        .map_err(|e| HttpError::unauthorized(e.to_string()))?;
     let op = match (req.method, id) {
         (Method::Post, None) => Op::Create,
         (Method::Put, Some(_)) => Op::Update,

@@ -1,13 +1,16 @@
 //! Test harness: start the real `todo-server` binary on `127.0.0.1:0` and talk
-//! raw HTTP/1.1 bytes to it.
-#![allow(dead_code)]
+//! raw HTTP/1.1 bytes to it; responses are read by todo-testkit's reader,
+//! which shares no code with the server's parser.
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use todo_testkit::http::{closed, read_response, Response};
+pub use todo_testkit::process::{temp_dir, wait_until, Proc};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_todo-server");
 
@@ -51,19 +54,8 @@ pub fn drivers() -> Vec<&'static str> {
     }
 }
 
-pub fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "todo-it-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 pub struct Server {
-    pub child: Child,
+    pub proc: Proc,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub driver: &'static str,
@@ -85,50 +77,23 @@ impl Server {
         extra: &[&str],
         vars: &[(&str, String)],
     ) -> Server {
-        let mut child = command()
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                "2",
-                "--driver",
-                driver,
-                "--data-dir",
-            ])
-            .arg(&data_dir)
-            .args(extra)
-            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn todo-server");
-        let mut reader = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        for _ in 0..100 {
-            line.clear();
-            if reader.read_line(&mut line).expect("read start-up line") == 0
-                || line.contains("listening on ")
-            {
-                break;
-            }
-            eprint!("[server] {line}");
-        }
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in start-up line: {line:?}"));
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                eprint!("[server] {sink}");
-                sink.clear();
-            }
-        });
+        let mut cmd = command();
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--driver",
+            driver,
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .args(extra)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
+        let proc = Proc::spawn("server", cmd, Duration::from_secs(60));
         Server {
-            child,
-            addr,
+            addr: proc.addr(),
+            proc,
             data_dir,
             driver,
         }
@@ -156,8 +121,7 @@ impl Server {
 
     /// SIGKILL: nothing gets a chance to flush.
     pub fn kill(mut self) -> PathBuf {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
         std::mem::take(&mut self.data_dir)
     }
 
@@ -182,12 +146,13 @@ impl Server {
         )
     }
 
-    /// Poll `GET path` until `accept` holds (2 s at most).
+    /// Check `GET path` until `accept` holds (2 s at most); the last answer.
     pub fn wait_for(&self, path: &str, accept: impl Fn(&Response) -> bool) -> Response {
         self.wait_for_secs(path, 2, accept)
     }
 
-    /// Poll `GET path` until `accept` holds (`secs` at most).
+    /// Check `GET path` until `accept` holds (`secs` at most); the last
+    /// answer, accepted or not.
     pub fn wait_for_secs(
         &self,
         path: &str,
@@ -195,20 +160,64 @@ impl Server {
         accept: impl Fn(&Response) -> bool,
     ) -> Response {
         let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut pause = Duration::from_millis(1);
         loop {
             let r = self.get(path);
             if accept(&r) || Instant::now() > deadline {
                 return r;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// `metric{core="i"}` for every core, from `/metrics`, in core order:
+    /// one entry per core, so a check of "every core" cannot miss one.
+    pub fn per_core(&self, metric: &str) -> Vec<u64> {
+        let text = self.get("/metrics").text();
+        let prefix = format!("{metric}{{core=\"");
+        let mut values: Vec<(usize, u64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| {
+                let (core, value) = rest.split_once("\"} ")?;
+                Some((core.parse().ok()?, value.trim().parse().ok()?))
+            })
+            .collect();
+        values.sort();
+        values.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The snapshot version each core serves.
+    pub fn core_versions(&self) -> Vec<u64> {
+        self.per_core("todo_snapshot_version")
+    }
+
+    /// Wait (`secs` at most) until every core serves a snapshot version of at
+    /// least `version`.
+    pub fn wait_every_core_at(&self, version: u64, secs: u64) {
+        wait_until(
+            &format!("every core at snapshot version {version}"),
+            Duration::from_secs(secs),
+            || {
+                let v = self.core_versions();
+                (!v.is_empty() && v.iter().all(|&c| c >= version)).then_some(())
+            },
+        )
+    }
+
+    /// The version `/readyz` reports (the answering core's).
+    pub fn version(&self) -> u64 {
+        use sonic_rs::JsonValueTrait;
+        let r = self.get("/readyz");
+        let v: sonic_rs::Value = sonic_rs::from_slice(&r.body).unwrap_or_default();
+        v["snapshot_version"].as_u64().unwrap_or(0)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
         if !self.data_dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
@@ -230,87 +239,4 @@ fn run_token(mut c: Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> sonic_rs::Value {
-        sonic_rs::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Read one response from `s`; `buf` carries bytes read past it to the next
-/// call. `None` on EOF before a response.
-pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(buf) {
-            let status = resp.code.unwrap();
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            if status == 100 {
-                buf.drain(..head);
-                continue;
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                .map(|(_, v)| v.parse().expect("numeric Content-Length"))
-                .expect("every response has Content-Length");
-            if buf.len() >= head + len {
-                let body = buf[head..head + len].to_vec();
-                buf.drain(..head + len);
-                return Some(Response {
-                    status,
-                    headers,
-                    body,
-                });
-            }
-        }
-        let mut chunk = [0u8; 65536];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// True when the server has closed `s` (EOF within the read timeout).
-pub fn closed(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut b = [0u8; 1024];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    }
 }

@@ -31,35 +31,24 @@ impl Shutdown {
 }
 
 /// Fire `trigger` on the first SIGTERM or SIGINT (drain), exit on the second.
-/// A small thread with its own current-thread tokio runtime waits for them.
+/// A small thread named `{name}-signals` waits for them (signal-hook's
+/// self-pipe: the handler itself only writes a byte).
 pub fn on_signals(name: &'static str, mut trigger: Trigger) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let (mut term, mut int) = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
-    })?;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
         .name(format!("{name}-signals"))
         .spawn(move || {
-            rt.block_on(async {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                eprintln!("{name}: draining (a second signal exits at once)");
-                trigger.fire();
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
+            let mut received = signals.forever();
+            if received.next().is_none() {
+                return;
+            }
+            eprintln!("{name}: draining (a second signal exits at once)");
+            trigger.fire();
+            if received.next().is_some() {
                 eprintln!("{name}: exiting without draining");
                 std::process::exit(1);
-            })
+            }
         })?;
     Ok(())
 }

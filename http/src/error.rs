@@ -1,6 +1,10 @@
 //! Errors answered to clients: every one is a JSON body
 //! `{"error":{"code":"...","message":"..."}}` with the right status
 //! (design section 8), and says whether the connection must close.
+//!
+//! The constants here are the protocol's own (framing, limits, media type);
+//! each program adds its own next to its routes (the server's `not_found`
+//! of a todo, the balancer's 502/503/504/429) with [`HttpError::new`].
 
 use std::borrow::Cow;
 
@@ -19,12 +23,14 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    const fn with_retry_after(mut self, secs: u32) -> Self {
+    /// The same error with `Retry-After: secs`.
+    pub const fn with_retry_after(mut self, secs: u32) -> Self {
         self.retry_after = Some(secs);
         self
     }
 
-    const fn new(status: u16, code: &'static str, message: &'static str, close: bool) -> Self {
+    /// An error of `status`; `close` when the connection cannot go on.
+    pub const fn new(status: u16, code: &'static str, message: &'static str, close: bool) -> Self {
         HttpError {
             status,
             code,
@@ -84,10 +90,6 @@ impl HttpError {
         true,
     );
     pub const NOT_FOUND: HttpError = HttpError::new(404, "not_found", "no such resource", false);
-    pub const TODO_NOT_FOUND: HttpError =
-        HttpError::new(404, "not_found", "no todo with that id", false);
-    pub const COMMAND_NOT_FOUND: HttpError =
-        HttpError::new(404, "not_found", "no command with that id is known", false);
     pub const LENGTH_REQUIRED: HttpError = HttpError::new(
         411,
         "length_required",
@@ -100,57 +102,14 @@ impl HttpError {
         "the body must be application/json",
         false,
     );
-    pub const BAD_LIMIT: HttpError = HttpError::new(
-        400,
-        "invalid_limit",
-        "limit must be an integer from 1 to 1000",
-        false,
-    );
     pub const BODY_REQUIRED: HttpError = HttpError::new(
         400,
         "body_required",
         "this request needs a JSON body",
         false,
     );
-    pub const MISSING_TOKEN: HttpError =
-        HttpError::new(401, "unauthorized", "missing bearer token", false);
     pub const NOT_READY: HttpError =
         HttpError::new(503, "not_ready", "the service is not ready", false);
-
-    // The proxy's own answers (todo-lb).
-    pub const BAD_GATEWAY: HttpError = HttpError::new(
-        502,
-        "bad_gateway",
-        "the upstream failed before answering and the request cannot be sent again safely",
-        false,
-    );
-    pub const GATEWAY_TIMEOUT: HttpError = HttpError::new(
-        504,
-        "gateway_timeout",
-        "the upstream did not answer in time",
-        false,
-    );
-    pub const NO_UPSTREAM: HttpError = HttpError::new(
-        503,
-        "no_upstream",
-        "no healthy upstream is available",
-        false,
-    )
-    .with_retry_after(1);
-    pub const RATE_LIMITED: HttpError = HttpError::new(
-        429,
-        "rate_limited",
-        "too many requests from this client",
-        false,
-    )
-    .with_retry_after(1);
-    pub const TOO_MANY_CONNECTIONS: HttpError = HttpError::new(
-        429,
-        "too_many_connections",
-        "too many connections from this client",
-        true,
-    )
-    .with_retry_after(1);
 
     /// 400 for an RFC 9112 framing error; the connection closes.
     pub fn framing(message: &'static str) -> HttpError {

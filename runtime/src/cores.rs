@@ -1,4 +1,4 @@
-//! Per-core start-up shared by `todo-server` and `todo-lb`: one named thread
+//! Per-core start-up: one named thread
 //! per core, pinned to its CPU, running its own monoio runtime (io_uring where
 //! the kernel allows it, epoll otherwise).
 

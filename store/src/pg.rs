@@ -1,4 +1,6 @@
-//! PostgreSQL: schema, seed, the batch transaction, and the newest rows.
+//! PostgreSQL: the pool, the schema (`schema.sql`) and seed, the batch
+//! transaction the worker applies commands in, the newest rows, and the
+//! lookups the server answers `GET /todos/{id}` and `/commands/{id}` with.
 //!
 //! Every query here is served by a primary key: `todos(id)` for the row
 //! lookups and for `ORDER BY id DESC LIMIT n` (ids are time-ordered, so the
@@ -9,42 +11,17 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use todo_model::{decide, Change, Op, Outcome, Snapshot, Todo, TodoCommand, SNAPSHOT_MAX};
 use tokio_postgres::{NoTls, Row};
 
-use crate::WorkerError;
+use crate::StoreError;
 
 /// Serialises migrations and seeding across workers starting together.
 const MIGRATION_LOCK: i64 = 0x746f_646f; // "todo"
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS todos (
-    id          BIGINT PRIMARY KEY,
-    owner       TEXT    NOT NULL,
-    title       TEXT    NOT NULL,
-    description TEXT    NOT NULL DEFAULT '',
-    completed   BOOLEAN NOT NULL DEFAULT false,
-    created_at  BIGINT  NOT NULL,
-    updated_at  BIGINT  NOT NULL
-);
-CREATE TABLE IF NOT EXISTS processed_commands (
-    command_id   BIGINT PRIMARY KEY,
-    todo_id      BIGINT NOT NULL,
-    op           TEXT   NOT NULL,
-    user_name    TEXT   NOT NULL,
-    outcome      TEXT   NOT NULL,
-    reason       TEXT,
-    processed_at TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS snapshot_version (
-    singleton BOOLEAN PRIMARY KEY DEFAULT true CHECK (singleton),
-    version   BIGINT NOT NULL
-);
-INSERT INTO snapshot_version (singleton, version) VALUES (true, 0) ON CONFLICT DO NOTHING;
-";
+/// The schema, applied at every start-up (idempotent).
+pub const SCHEMA: &str = include_str!("../schema.sql");
 
 /// A connection pool of `size` connections to `database_url`.
-pub fn pool(database_url: &str, size: usize) -> Result<Pool, WorkerError> {
-    let pg: tokio_postgres::Config = database_url
-        .parse()
-        .map_err(|e| WorkerError::Config(format!("DATABASE_URL: {e}")))?;
+pub fn pool(database_url: &str, size: usize) -> Result<Pool, StoreError> {
+    let pg: tokio_postgres::Config = database_url.parse().map_err(StoreError::DatabaseUrl)?;
     let manager = Manager::from_config(
         pg,
         NoTls,
@@ -55,7 +32,7 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, WorkerError> {
     Pool::builder(manager)
         .max_size(size.max(1))
         .build()
-        .map_err(|e| WorkerError::Pool(e.to_string()))
+        .map_err(StoreError::BuildPool)
 }
 
 /// Create the schema if missing and seed an empty database. Returns how many
@@ -63,7 +40,7 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, WorkerError> {
 pub async fn migrate_and_seed(
     client: &mut deadpool_postgres::Client,
     seed: usize,
-) -> Result<usize, WorkerError> {
+) -> Result<usize, StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -138,7 +115,7 @@ pub struct Applied {
 pub async fn apply_batch(
     client: &mut deadpool_postgres::Client,
     cmds: &[TodoCommand],
-) -> Result<Applied, WorkerError> {
+) -> Result<Applied, StoreError> {
     let tx = client.transaction().await?;
     let mut outcomes = Vec::with_capacity(cmds.len());
     let mut changed = false;
@@ -229,7 +206,7 @@ pub async fn apply_batch(
     Ok(Applied { outcomes, snapshot })
 }
 
-async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, WorkerError> {
+async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, StoreError> {
     let rows = client
         .query(
             &format!("SELECT {COLUMNS} FROM todos ORDER BY id DESC LIMIT {SNAPSHOT_MAX}"),
@@ -241,7 +218,7 @@ async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, W
 }
 
 /// The snapshot of the committed state now, under a consistent version.
-pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snapshot, WorkerError> {
+pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snapshot, StoreError> {
     // REPEATABLE READ: the version and the rows come from one snapshot.
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -259,7 +236,7 @@ pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snap
 }
 
 /// One todo by id.
-pub async fn todo(client: &impl GenericClient, id: u64) -> Result<Option<Todo>, WorkerError> {
+pub async fn todo(client: &impl GenericClient, id: u64) -> Result<Option<Todo>, StoreError> {
     Ok(client
         .query_opt(
             &format!("SELECT {COLUMNS} FROM todos WHERE id = $1"),
@@ -273,7 +250,7 @@ pub async fn todo(client: &impl GenericClient, id: u64) -> Result<Option<Todo>, 
 pub async fn outcome(
     client: &impl GenericClient,
     command_id: u64,
-) -> Result<Option<(String, Option<String>)>, WorkerError> {
+) -> Result<Option<(String, Option<String>)>, StoreError> {
     Ok(client
         .query_opt(
             "SELECT outcome, reason FROM processed_commands WHERE command_id = $1",

@@ -1,9 +1,8 @@
-//! Harness for the distributed path's integration tests (the worker's, and
-//! the server's through `#[path]`): real PostgreSQL, Redis and
-//! Kafka-protocol broker, as started by `scripts/services.sh` (whose `env`
-//! file `scripts/test.sh` sources). Each test gets its own database, Redis
-//! database number and topic, so tests can run side by side.
-#![allow(dead_code)]
+//! The distributed path's services for integration tests (the worker's and
+//! the server's): real PostgreSQL, Redis and Kafka-protocol broker, as
+//! started by `scripts/services.sh` (whose `env` file `scripts/test.sh`
+//! sources). Each test gets its own database, Redis database number and
+//! topic, so tests can run side by side.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,24 +14,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use todo_model::{Fields, Op, TodoCommand};
 
-/// The todo-worker binary: this package's, or the workspace's when another
-/// package's tests use this harness (`cargo test --workspace` builds it).
+/// The todo-worker binary (built by `cargo test --workspace`).
 pub fn worker_bin() -> std::path::PathBuf {
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_todo-worker") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("todo-worker");
-    assert!(
-        bin.exists(),
-        "{} missing: run through ./scripts/test.sh (cargo test --workspace)",
-        bin.display()
-    );
-    bin
+    crate::process::bin("todo-worker")
 }
 
 static N: AtomicUsize = AtomicUsize::new(0);
@@ -83,7 +67,7 @@ impl Env {
 
         // Redis databases 1..15, one per test in this process (0 is the servers').
         let redis_url = format!("{}/{}", redis.trim_end_matches('/'), 1 + n % 15);
-        let mut r = todo_worker::resp::Connection::connect(&redis_url)
+        let mut r = todo_store::redis::Connection::connect(&redis_url)
             .await
             .unwrap();
         r.call(&[b"FLUSHDB"]).await.unwrap();
@@ -180,7 +164,8 @@ impl Env {
         client
     }
 
-    /// Poll `count_sql` until it returns `want` (60 s at most); returns the last value.
+    /// Check `count_sql` until it returns `want` (60 s at most); returns the
+    /// last value.
     pub async fn wait_count(&self, count_sql: &str, want: i64) -> i64 {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = -1;
@@ -198,16 +183,51 @@ impl Env {
         last
     }
 
+    /// Check `count_sql` until it returns at least `floor` (60 s at most);
+    /// the value it returned.
+    pub async fn wait_count_above(&self, count_sql: &str, floor: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let db = self.db().await;
+        loop {
+            let n: i64 = db.query_one(count_sql, &[]).await.expect(count_sql).get(0);
+            if n >= floor {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count_sql} stayed below {floor}: {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The snapshot in Redis once it is at `version` (5 s at most).
+    pub async fn wait_redis_snapshot(&self, version: u64) -> todo_model::Snapshot {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let snapshot = self.redis_snapshot().await;
+            match snapshot {
+                Some(s) if s.version() == version => return s,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "Redis holds {:?}, not version {version}",
+                    other.map(|s| s.version())
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn redis_snapshot(&self) -> Option<todo_model::Snapshot> {
-        let mut r = todo_worker::resp::Connection::connect(&self.redis_url)
+        let mut r = todo_store::redis::Connection::connect(&self.redis_url)
             .await
             .ok()?;
         match r
-            .call(&[b"GET", todo_model::SNAPSHOT_KEY.as_bytes()])
+            .call(&[b"GET", todo_store::SNAPSHOT_KEY.as_bytes()])
             .await
             .ok()?
         {
-            todo_model::resp::Frame::BulkString(b) => todo_model::Snapshot::decode(&b),
+            todo_store::resp::Frame::BulkString(b) => todo_store::codec::decode(&b),
             _ => None,
         }
     }
@@ -288,20 +308,12 @@ pub struct Private {
     kind: &'static str,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::process::wait_until(
+        &format!("something listening on 127.0.0.1:{port}"),
+        Duration::from_secs(30),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
 }
 
 impl Private {
@@ -324,7 +336,7 @@ impl Private {
         std::fs::create_dir_all(&dir).unwrap();
         let mut p = Private {
             child: None,
-            port: free_port(),
+            port: crate::process::free_port(),
             dir,
             kind,
         };

@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use todo_model::{Snapshot, CHANGED_CHANNEL, SNAPSHOT_KEY};
+use todo_model::Snapshot;
 use tokio::sync::Mutex;
 
-use crate::resp::Connection;
-use crate::WorkerError;
+use crate::codec;
+use crate::redis::{Connection, RedisError};
+use crate::resp::{Frame, RespError};
+use crate::{CHANGED_CHANNEL, SNAPSHOT_KEY};
 
 /// Versions are big-endian in the first 8 bytes, so comparing those bytes as
 /// strings compares versions.
@@ -21,23 +23,28 @@ if (not cur) or string.sub(cur, 1, 8) < string.sub(ARGV[1], 1, 8) then
 end
 return 0";
 
-pub struct Cache {
+/// Stores and announces snapshots (the worker; the server's one fill when
+/// Redis is empty).
+pub struct Publisher {
     url: String,
+    /// Names the program in log lines (`todo-worker`, `todo-server`).
+    label: &'static str,
     conn: Mutex<Option<Connection>>,
 }
 
-impl Cache {
-    pub fn new(url: &str) -> Result<Cache, WorkerError> {
-        crate::resp::parse_url(url).map_err(|e| WorkerError::Config(e.to_string()))?;
-        Ok(Cache {
+impl Publisher {
+    pub fn new(url: &str, label: &'static str) -> Result<Publisher, RespError> {
+        crate::resp::parse_url(url)?;
+        Ok(Publisher {
             url: url.to_string(),
+            label,
             conn: Mutex::new(None),
         })
     }
 
     /// Store and announce `snapshot` unless Redis holds a newer one. Returns
     /// whether it was stored.
-    pub async fn publish(&self, snapshot: &Snapshot) -> Result<bool, WorkerError> {
+    pub async fn publish(&self, snapshot: &Snapshot) -> Result<bool, RedisError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
             *guard = Some(Connection::connect(&self.url).await?);
@@ -51,13 +58,13 @@ impl Cache {
                 b"2",
                 SNAPSHOT_KEY.as_bytes(),
                 CHANGED_CHANNEL.as_bytes(),
-                &snapshot.encode(),
+                &codec::encode(snapshot),
                 version.as_bytes(),
             ])
             .await;
         match result {
-            Ok(todo_model::resp::Frame::Integer(n)) => Ok(n == 1),
-            Ok(other) => Err(WorkerError::Redis(format!("unexpected reply {other:?}"))),
+            Ok(Frame::Integer(n)) => Ok(n == 1),
+            Ok(other) => Err(RedisError::Unexpected(other)),
             Err(e) => {
                 // Drop the connection; the next call reconnects.
                 *guard = None;
@@ -75,7 +82,8 @@ impl Cache {
                 Ok(_) => return,
                 Err(e) => {
                     eprintln!(
-                        "todo-worker: publishing snapshot {}: {e}; retrying in {delay:?}",
+                        "{}: publishing snapshot {}: {e}; retrying in {delay:?}",
+                        self.label,
                         snapshot.version()
                     );
                     tokio::time::sleep(delay).await;

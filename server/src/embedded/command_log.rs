@@ -47,7 +47,6 @@ pub enum LogError {
 /// file is open: two processes appending to one command log would corrupt
 /// it.
 pub fn lock(data_dir: &Path) -> Result<std::fs::File, LogError> {
-    use std::os::fd::AsRawFd;
     std::fs::create_dir_all(data_dir).map_err(io_at(data_dir))?;
     let path = data_dir.join("lock");
     let file = std::fs::OpenOptions::new()
@@ -56,11 +55,13 @@ pub fn lock(data_dir: &Path) -> Result<std::fs::File, LogError> {
         .write(true)
         .open(&path)
         .map_err(io_at(&path))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(LogError::InUse(data_dir.to_path_buf()));
+    // flock(LOCK_EX | LOCK_NB) on Linux; released when the file closes,
+    // also when the process is killed.
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_at(&path)(e)),
     }
-    Ok(file)
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {

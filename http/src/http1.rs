@@ -26,7 +26,7 @@ use crate::error::HttpError;
 /// Size limits on one request. Defaults suit a JSON API; all are bytes except
 /// `max_headers` (a count).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct RequestLimits {
     /// Longest request line (method, target, version). Default 8 KiB -> 414.
     pub max_request_line: usize,
     /// Largest head (request line and headers). Default 16 KiB -> 431.
@@ -37,9 +37,9 @@ pub struct Limits {
     pub max_body: usize,
 }
 
-impl Default for Limits {
+impl Default for RequestLimits {
     fn default() -> Self {
-        Limits {
+        RequestLimits {
             max_request_line: 8 * 1024,
             max_head: 16 * 1024,
             max_headers: 64,
@@ -48,7 +48,7 @@ impl Default for Limits {
     }
 }
 
-/// Largest header array httparse is given; `Limits::max_headers` may only
+/// Largest header array httparse is given; `RequestLimits::max_headers` may only
 /// lower it. Kept on the stack.
 pub const HEADER_SLOTS: usize = 64;
 
@@ -114,7 +114,7 @@ pub enum Parsed<'b> {
 }
 
 /// Parse the request at the start of `buf`.
-pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError> {
+pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, HttpError> {
     // Uninitialised slots: zeroing 64 headers (2 KiB) per request would cost
     // more than parsing a typical one.
     let mut slots = [const { MaybeUninit::<httparse::Header<'b>>::uninit() }; HEADER_SLOTS];
@@ -252,7 +252,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &Limits) -> Result<Parsed<'b>, HttpError
 }
 
 /// The head is not complete yet: is it already over a limit?
-fn check_partial_head(buf: &[u8], limits: &Limits) -> Result<(), HttpError> {
+fn check_partial_head(buf: &[u8], limits: &RequestLimits) -> Result<(), HttpError> {
     let line_end = buf.iter().position(|&b| b == b'\n');
     match line_end {
         None if buf.len() > limits.max_request_line => Err(HttpError::URI_TOO_LONG),
@@ -448,8 +448,8 @@ fn trim(v: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits::default()
+    fn limits() -> RequestLimits {
+        RequestLimits::default()
     }
 
     fn complete(buf: &[u8]) -> (Request<'_>, usize) {

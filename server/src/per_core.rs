@@ -14,8 +14,8 @@ use todo_model::{IdGenerator, Snapshot};
 use crate::auth::Verifier;
 use crate::backend::Backend;
 use crate::config::ServeConfig;
-use crate::date::DateCache;
 use crate::metrics::CoreMetrics;
+use todo_http::DateCache;
 
 pub struct Core {
     pub index: usize,

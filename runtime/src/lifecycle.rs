@@ -1,4 +1,4 @@
-//! A connection's life at both ends, shared by todo-server and todo-lb:
+//! A connection's life at both ends, for any program on these cores:
 //! the accept loop of one core, the one write per batch, the wait for open
 //! connections to finish when draining, and the lingering close that keeps a last response from
 //! being destroyed by a reset.

@@ -8,13 +8,15 @@
 
 use std::io;
 
+use rlimit::{getrlimit, setrlimit, Resource};
+
 /// File descriptors kept aside for listeners, the io ring, log files and
 /// client connections to Redis, PostgreSQL and Kafka.
 pub const RESERVED_FDS: u64 = 64;
 
 /// The limits that cap connections, as read at start-up.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimits {
+pub struct OpenFiles {
     /// RLIMIT_NOFILE soft limit after raising it.
     pub nofile_soft: u64,
     pub nofile_hard: u64,
@@ -26,36 +28,22 @@ pub struct ConnectionLimits {
     pub somaxconn: Option<u64>,
 }
 
-impl ConnectionLimits {
+impl OpenFiles {
     /// Raise the open-files soft limit to the hard limit and read the rest.
     pub fn raise_and_read() -> io::Result<Self> {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let before = lim.rlim_cur;
+        let (before, hard) = getrlimit(Resource::NOFILE)?;
         // An unlimited hard limit still stops at fs.nr_open.
         let target = match read_sysctl("fs/nr_open") {
-            Some(nr_open) if lim.rlim_max == libc::RLIM_INFINITY => nr_open,
-            _ => lim.rlim_max,
+            Some(nr_open) if hard == rlimit::INFINITY => nr_open,
+            _ => hard,
         };
-        if lim.rlim_cur < target {
-            let raised = libc::rlimit {
-                rlim_cur: target,
-                rlim_max: lim.rlim_max,
-            };
-            // SAFETY: setrlimit reads the struct we own.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                lim.rlim_cur = target;
-            }
+        let mut soft = before;
+        if soft < target && setrlimit(Resource::NOFILE, target, hard).is_ok() {
+            soft = target;
         }
-        Ok(ConnectionLimits {
-            nofile_soft: lim.rlim_cur,
-            nofile_hard: lim.rlim_max,
+        Ok(OpenFiles {
+            nofile_soft: soft,
+            nofile_hard: hard,
             nofile_before: before,
             file_max: read_sysctl("fs/file-max"),
             somaxconn: read_sysctl("net/core/somaxconn"),
@@ -109,7 +97,7 @@ mod tests {
 
     #[test]
     fn the_tighter_limit_is_named() {
-        let l = ConnectionLimits {
+        let l = OpenFiles {
             nofile_soft: 20_000,
             nofile_hard: 20_000,
             nofile_before: 1024,
@@ -123,7 +111,7 @@ mod tests {
         let line = l.describe(4096);
         assert!(line.contains("was 1024"), "{line}");
         assert!(line.contains("net.core.somaxconn caps the 4096"), "{line}");
-        let tight = ConnectionLimits {
+        let tight = OpenFiles {
             file_max: Some(5_000),
             ..l
         };
@@ -132,7 +120,7 @@ mod tests {
 
     #[test]
     fn raising_reaches_the_hard_limit() {
-        let l = ConnectionLimits::raise_and_read().unwrap();
-        assert!(l.nofile_soft == l.nofile_hard || l.nofile_hard == libc::RLIM_INFINITY);
+        let l = OpenFiles::raise_and_read().unwrap();
+        assert!(l.nofile_soft == l.nofile_hard || l.nofile_hard == rlimit::INFINITY);
     }
 }
