@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use todo_http::http1::RequestLimits;
-pub use todo_runtime::{Driver, Steer};
+use todo_runtime::{Driver, Steer};
 
 /// A configuration that cannot run.
 #[derive(Debug, thiserror::Error)]
