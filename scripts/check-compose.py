@@ -5,8 +5,8 @@ Checks: the file parses (merge keys resolved); every service has an image or
 a build whose context holds a Dockerfile, and a health check; every
 depends_on names a service; every environment variable given to one of our
 binaries is one that binary reads (its clap `env = "..."` names) and is in
-the README; every ${VAR} the file uses has a default or a required message
-and is in the README. Exit 1 with the problems listed."""
+docs/configuration.md; every ${VAR} the file uses has a default or a required
+message and is documented there. Exit 1 with the problems listed."""
 
 import os
 import re
@@ -18,9 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 # Which sources define each binary's configuration.
 BINARIES = {
-    "todo-server": ["server/src", "lb/src/runtime.rs"],
+    "todo-server": ["server/src", "runtime/src"],
     "todo-worker": ["worker/src"],
-    "todo-lb": ["lb/src"],
+    "todo-lb": ["lb/src", "runtime/src"],
 }
 
 
@@ -39,7 +39,7 @@ def env_names(paths):
 def main():
     problems = []
     text = open(COMPOSE).read()
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "configuration.md")).read()
     doc = yaml.safe_load(text)
     services = doc.get("services") or {}
     if not services:
@@ -70,7 +70,7 @@ def main():
                 if var not in known[binary]:
                     problems.append(f"{name}: {binary} does not read {var}")
                 if var not in readme:
-                    problems.append(f"{name}: {var} is not in the README")
+                    problems.append(f"{name}: {var} is not in docs/configuration.md")
         elif binary is not None and binary.startswith("todo"):
             problems.append(f"{name}: unknown binary {binary}")
     for m in re.finditer(r"\$\{([A-Z0-9_]+)(:?[-?][^}]*)?\}", text):
@@ -78,7 +78,7 @@ def main():
         if not rest:
             problems.append(f"${{{var}}} has neither a default nor a required message")
         if var not in readme:
-            problems.append(f"${{{var}}} is not in the README")
+            problems.append(f"${{{var}}} is not in docs/configuration.md")
     if problems:
         print("docker-compose.yml:", *problems, sep="\n  ")
         return 1

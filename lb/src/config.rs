@@ -34,7 +34,7 @@ pub struct LbConfig {
     /// under -c 2000 -p 80, a few hundred client connections at a time
     /// stopped being read for seconds (their requests sat in the socket)
     /// while epoll served the same load at the same rate with none; see the
-    /// README's front-tier section.
+    /// docs/front-tier.md (todo-lb on io_uring).
     #[arg(long, env = "TODO_LB_DRIVER", value_enum, default_value_t = Driver::Legacy)]
     pub driver: Driver,
     /// Pin each core's thread to one CPU.
