@@ -86,7 +86,7 @@ pub fn run(
         },
     )
     .map_err(LbError::Thread)?;
-    let limits = Arc::new(ClientLimits::new(ClientLimitConfig {
+    let clients = Arc::new(ClientLimits::new(ClientLimitConfig {
         rate: config.rate,
         burst: config.burst.unwrap_or(config.rate).max(1.0),
         max_conns: config.max_conns_per_client,
@@ -100,15 +100,15 @@ pub fn run(
     let config = Arc::new(config);
     let mut threads = Vec::with_capacity(cores);
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (config, set, limits, shutdown) = (
+        let (config, set, clients, shutdown) = (
             config.clone(),
             set.clone(),
-            limits.clone(),
+            clients.clone(),
             shutdown.clone(),
         );
         let pin = config.pin;
         let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
-            let core = Rc::new(LbCore::new(index, config, set, limits, id_prefix));
+            let core = Rc::new(LbCore::new(index, config, set, clients, id_prefix));
             core_main(core, listener, shutdown)
         })
         .map_err(LbError::Thread)?;

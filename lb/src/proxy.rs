@@ -88,7 +88,7 @@ pub struct LbCore {
     pub config: Arc<LbConfig>,
     pub pool_config: PoolConfig,
     pub set: Arc<UpstreamSet>,
-    pub limits: Arc<ClientLimits>,
+    pub clients: Arc<ClientLimits>,
     pub pool: Pool,
     pub date: DateCache,
     pub draining: Cell<bool>,
@@ -106,7 +106,7 @@ impl LbCore {
         index: usize,
         config: Arc<LbConfig>,
         set: Arc<UpstreamSet>,
-        limits: Arc<ClientLimits>,
+        clients: Arc<ClientLimits>,
         id_prefix: u32,
     ) -> Self {
         let pool_config = PoolConfig {
@@ -122,7 +122,7 @@ impl LbCore {
             config,
             pool_config,
             set,
-            limits,
+            clients,
             date: DateCache::default(),
             draining: Cell::new(false),
             open: Cell::new(0),
@@ -178,7 +178,7 @@ struct Item {
 
 /// Serve one client connection until it closes.
 pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
-    let Some(client) = core.limits.connect(peer.ip()) else {
+    let Some(client) = core.clients.connect(peer.ip()) else {
         let mut out = Vec::new();
         response::append_error(&mut out, &TOO_MANY_CONNECTIONS, &core.date, Persist::Close);
         let _ = stream.write_all(out).await;
@@ -202,11 +202,11 @@ async fn proxy(
     client: &ClientConn,
 ) -> io::Result<bool> {
     let config = &core.config;
-    let limits = http1::RequestLimits {
+    let request_limits = http1::RequestLimits {
         max_body: config.max_body,
         ..http1::RequestLimits::default()
     };
-    let read_max = limits.max_head + 2 * limits.max_body + READ_CHUNK;
+    let read_max = request_limits.max_head + 2 * request_limits.max_body + READ_CHUNK;
     let xff = format!("X-Forwarded-For: {}\r\n", peer.ip()).into_bytes();
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -265,7 +265,7 @@ async fn proxy(
         let mut ending = None::<HttpError>;
         let mut last_closes = false;
         while items.len() < MAX_BATCH {
-            match http1::parse(&input[at..], &limits) {
+            match http1::parse(&input[at..], &request_limits) {
                 Ok(Parsed::Complete(req, used)) => {
                     let start = fwd.len();
                     let raw = &input[at..at + used];

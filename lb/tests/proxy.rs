@@ -13,6 +13,7 @@ use todo_lb::config::LbConfig;
 use todo_runtime::shutdown::{self, Trigger};
 use todo_runtime::{bind_reuseport, ListenerConfig};
 use todo_testkit::http::{read_response, Response};
+use todo_testkit::process::wait_until;
 
 /// What a peer does with each request it reads.
 #[derive(Clone, Copy)]
@@ -302,11 +303,11 @@ fn the_upstreams_file_is_read_again_when_it_changes() {
     };
     assert!(ask().starts_with('a'));
     std::fs::write(&file, format!("{}\n", b.addr)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ask().starts_with('b') {
-        assert!(Instant::now() < deadline, "the new file was not picked up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "the new upstreams file picked up",
+        Duration::from_secs(10),
+        || ask().starts_with('b').then_some(()),
+    );
     let _ = std::fs::remove_file(&file);
 }
 
