@@ -88,7 +88,7 @@ pub struct LbCore {
     pub config: Arc<LbConfig>,
     pub pool_config: PoolConfig,
     pub set: Arc<UpstreamSet>,
-    pub clients: Arc<ClientLimits>,
+    pub client_limits: Arc<ClientLimits>,
     pub pool: Pool,
     pub date: DateCache,
     pub draining: Cell<bool>,
@@ -106,7 +106,7 @@ impl LbCore {
         index: usize,
         config: Arc<LbConfig>,
         set: Arc<UpstreamSet>,
-        clients: Arc<ClientLimits>,
+        client_limits: Arc<ClientLimits>,
         id_prefix: u32,
     ) -> Self {
         let pool_config = PoolConfig {
@@ -122,7 +122,7 @@ impl LbCore {
             config,
             pool_config,
             set,
-            clients,
+            client_limits,
             date: DateCache::default(),
             draining: Cell::new(false),
             open: Cell::new(0),
@@ -178,7 +178,7 @@ struct Item {
 
 /// Serve one client connection until it closes.
 pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
-    let Some(client) = core.clients.connect(peer.ip()) else {
+    let Some(client) = core.client_limits.connect(peer.ip()) else {
         let mut out = Vec::new();
         response::append_error(&mut out, &TOO_MANY_CONNECTIONS, &core.date, Persist::Close);
         let _ = stream.write_all(out).await;
