@@ -251,8 +251,14 @@ impl Response {
 /// `buf` carries bytes read past it to the next call. `None` on end of
 /// stream, a read error or time-out, or bytes that are not a response.
 pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<Response> {
+    read_answer(s, buf, false)
+}
+
+/// [`read_response`] for the answer to a HEAD request when `after_head`: its
+/// head may announce a Content-Length, but no body follows.
+pub fn read_answer(s: &mut impl Read, buf: &mut Vec<u8>, after_head: bool) -> Option<Response> {
     loop {
-        match Response::parse(buf, false) {
+        match Response::parse(buf, after_head) {
             Ok(Some((r, used))) => {
                 buf.drain(..used);
                 if (100..200).contains(&r.status) {

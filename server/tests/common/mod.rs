@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use todo_testkit::http::{closed, read_response, Response};
+pub use todo_testkit::http::{closed, read_answer, read_response, Response};
 pub use todo_testkit::process::{temp_dir, wait_until, Proc};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_todo-server");
