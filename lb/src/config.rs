@@ -81,7 +81,7 @@ pub struct LbConfig {
     /// off. Over it: 429 with Retry-After.
     #[arg(long, env = "TODO_LB_RATE", default_value_t = 0.0)]
     pub rate: f64,
-    /// Requests a client may send at once above its rate (bucket size).
+    /// Requests a client may send at once above its rate (the burst of its GCRA allowance).
     /// Default: one second's worth.
     #[arg(long, env = "TODO_LB_BURST")]
     pub burst: Option<f64>,
