@@ -189,7 +189,11 @@ impl Env {
         let deadline = Instant::now() + Duration::from_secs(60);
         let db = self.db().await;
         loop {
-            let n: i64 = db.query_one(count_sql, &[]).await.expect(count_sql).get(0);
+            // Before the worker has migrated, the table is not there: 0.
+            let n: i64 = db
+                .query_one(count_sql, &[])
+                .await
+                .map_or(0, |row| row.get(0));
             if n >= floor {
                 return n;
             }
