@@ -11,7 +11,8 @@
 # --baseline-bin PATH: also run the todo-server rows (depth 1 and 80) with the
 # todo-server binary at PATH (another build, e.g. of an earlier commit), in
 # the same run with the same settings; the table gets "todo-server
-# (baseline)" rows and, under it, depth-80 server CPU/request new/baseline.
+# (baseline)" rows and, under it, depth-80 server CPU/request new/baseline;
+# callgrind also counts the baseline's instructions per request.
 #
 # Layout on a 2-CPU machine: each server gets one core on CPU 0, the client
 # runs on CPU 1 (SERVER_CPU / CLIENT_CPU to change). Server CPU per request is
@@ -141,10 +142,12 @@ callgrind_run() { # callgrind_run NAME REQUESTS -> total Ir
   port=$(free_port)
   out="$WORK/callgrind.$name.$n"
   case $name in
-    todo)
+    todo|baseline)
+      local server="$BIN/todo-server"
+      [ "$name" = baseline ] && server=$BASELINE_BIN
       rm -rf "$WORK/cg-data"
       valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$BIN/todo-server" --listen "127.0.0.1:$port" --data-dir "$WORK/cg-data" --cores 1 --driver legacy --seed 10000 \
+        "$server" --listen "127.0.0.1:$port" --data-dir "$WORK/cg-data" --cores 1 --driver legacy --seed 10000 \
         2>"$WORK/cg.log" &
       pid=$!
       ;;
@@ -165,6 +168,12 @@ T1=$(callgrind_run todo "$CALLGRIND_REQUESTS"); T2=$(callgrind_run todo $((2 * C
 log "callgrind: nginx"
 N1=$(callgrind_run nginx "$CALLGRIND_REQUESTS"); N2=$(callgrind_run nginx $((2 * CALLGRIND_REQUESTS)))
 TODO_IR=$(( (T2 - T1) / CALLGRIND_REQUESTS ))
+BASE_IR=0
+if [ -n "$BASELINE_BIN" ]; then
+  log "callgrind: todo-server (baseline)"
+  B1=$(callgrind_run baseline "$CALLGRIND_REQUESTS"); B2=$(callgrind_run baseline $((2 * CALLGRIND_REQUESTS)))
+  BASE_IR=$(( (B2 - B1) / CALLGRIND_REQUESTS ))
+fi
 NGINX_IR=$(( (N2 - N1) / CALLGRIND_REQUESTS ))
 
 # --- the table -----------------------------------------------------------------
@@ -175,7 +184,7 @@ if [ -n "$BASELINE_BIN" ]; then
   BASELINE_ARGS=("$BASELINE_BIN" "${RPS[baseline/1]}" "${P99[baseline/1]}" "${NS[baseline/1]}" \
     "${RPS[baseline/80]}" "${P99[baseline/80]}" "${NS[baseline/80]}")
 fi
-python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" "$WRK_REQUESTS" "$WRK_CPU" "$BENCH_CPU" "$BENCH_RESPONSES" \
+BASE_IR=$BASE_IR python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" "$WRK_REQUESTS" "$WRK_CPU" "$BENCH_CPU" "$BENCH_RESPONSES" \
   "${RPS[todo/1]}" "${P99[todo/1]}" "${NS[todo/1]}" "${RPS[nginx/1]}" "${P99[nginx/1]}" "${NS[nginx/1]}" \
   "${RPS[todo/80]}" "${P99[todo/80]}" "${NS[todo/80]}" "${RPS[nginx/80]}" "${P99[nginx/80]}" "${NS[nginx/80]}" \
   "${BASELINE_ARGS[@]}" \
@@ -214,6 +223,9 @@ print("|---|---:|---:|---:|---:|")
 print(f"| todo-bench | {bench80:,.0f} | {bench_ns:,.0f} ns | {bench80/wrk_rps:.2f}x | {bench_ns/wrk_ns:.2f} |")
 print(f"| wrk (pipelining script) | {wrk_rps:,.0f} | {wrk_ns:,.0f} ns | 1.00x | 1.00 |")
 print(f"\nInstructions per request (callgrind, epoll driver, depth 80): todo-server {todo_ir:,}, nginx {nginx_ir:,}: {todo_ir/nginx_ir:.3f} of nginx.")
+base_ir = int(os.environ.get("BASE_IR", "0"))
+if baseline and base_ir:
+    print(f"Instructions per request, this build / baseline: {todo_ir:,} / {base_ir:,} = {todo_ir/base_ir:.3f} (callgrind counts do not depend on the machine's load).")
 PY
 [ -n "$WRK_ERRORS" ] && echo "wrk reported: $WRK_ERRORS" >&2
 
