@@ -39,6 +39,22 @@ pub enum Command {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Inspect or repair the embedded default's data directory (`--data-dir`).
+    Data {
+        #[command(subcommand)]
+        action: DataAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum DataAction {
+    /// Check the state file and every command log; exit 1 on damage that
+    /// start-up would refuse. Changes nothing.
+    Check,
+    /// Keep the good records of every damaged or torn command log and set
+    /// the original aside (`commands.G.log.damaged-<ms>`). The server must
+    /// not be running.
+    Repair,
 }
 
 #[derive(Debug, Clone, Args)]

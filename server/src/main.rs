@@ -3,19 +3,33 @@
 use anyhow::Context;
 use clap::Parser;
 use todo_runtime::{bind_reuseport, shutdown, ListenerConfig, OpenFiles};
-use todo_server::config::{Cli, Command};
+use todo_server::config::{Cli, Command, DataAction};
+use todo_server::embedded::command_log;
 use todo_server::{auth, token_rules};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.serve;
-    if let Some(Command::Token { sub, ttl }) = cli.command {
-        let secret = auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
-        println!(
-            "{}",
-            auth::issue(&secret, &token_rules(&config), &sub, ttl)?
-        );
-        return Ok(());
+    match cli.command {
+        Some(Command::Token { sub, ttl }) => {
+            let secret = auth::load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+            println!(
+                "{}",
+                auth::issue(&secret, &token_rules(&config), &sub, ttl)?
+            );
+            return Ok(());
+        }
+        Some(Command::Data { action }) => {
+            let report = match action {
+                DataAction::Check => command_log::check(&config.data_dir)?,
+                DataAction::Repair => command_log::repair(&config.data_dir)?,
+            };
+            for line in &report.lines {
+                println!("{line}");
+            }
+            std::process::exit(i32::from(report.damaged));
+        }
+        None => {}
     }
     quiet_buffers_leave_no_trace(config.mmap_threshold);
     let open_files = OpenFiles::raise_and_read().context("reading the open-files limit")?;

@@ -243,3 +243,111 @@ fn accepted_writes_survive_sigkill_and_restart() {
         assert!(m["snapshot_version"].as_u64().unwrap() >= 2);
     }
 }
+
+/// `todo-server data ACTION` on `dir`: exit code and what it printed.
+fn data(action: &str, dir: &std::path::Path) -> (i32, String) {
+    let out = common::command()
+        .args(["data", action, "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("todo-server data");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn create(server: &Server, token: &str, title: &str) -> u64 {
+    let r = server.send_json(
+        "POST",
+        "/todos",
+        token,
+        &format!(r#"{{"title":"{title}"}}"#),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    r.json()["todo_id"].as_u64().unwrap()
+}
+
+fn newest_ids(server: &Server, n: usize) -> Vec<u64> {
+    let list = server.get(&format!("/todos?limit={n}")).json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_damaged_command_log_stops_start_up_and_a_torn_tail_does_not() {
+    use std::time::Duration;
+    let server = Server::start("legacy", &[]);
+    let token = server.token("erin");
+    let first: Vec<u64> = (0..5)
+        .map(|i| create(&server, &token, &format!("first {i}")))
+        .collect();
+    let dir = server.kill();
+
+    // A torn tail: the start of a record whose write a crash cut short.
+    let log = dir.join("commands.1.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(&[0x40, 0, 0, 0, 0x12, 0x34]).unwrap();
+    drop(f);
+    let server = Server::start_in("legacy", dir, &[]);
+    let mut want = first.clone();
+    want.reverse();
+    assert_eq!(
+        newest_ids(&server, 5),
+        want,
+        "every acknowledged write is served"
+    );
+    let second: Vec<u64> = (0..5)
+        .map(|i| create(&server, &token, &format!("second {i}")))
+        .collect();
+    let dir = server.kill();
+
+    // A byte flipped in the middle of the log now in use: start-up stops,
+    // names the file and the offset, and removes nothing.
+    let log = dir.join("commands.2.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&log, &bytes).unwrap();
+    let state = std::fs::read(dir.join("state.json")).unwrap();
+    let mut cmd = common::command();
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir);
+    let mut refused = common::Proc::start("damaged", cmd);
+    let said = refused.wait_line("is damaged at byte", Duration::from_secs(20));
+    assert!(said.contains("commands.2.log"), "{said}");
+    assert_ne!(refused.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log is as it was");
+    assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
+
+    let (code, report) = data("check", &dir);
+    assert_eq!(code, 1, "{report}");
+    assert!(report.contains("DAMAGED at byte"), "{report}");
+    let (code, report) = data("repair", &dir);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(data("check", &dir).0, 0);
+
+    // What was before the damage is served; the original log is kept aside.
+    let server = Server::start_in("legacy", dir.clone(), &[]);
+    let served = newest_ids(&server, 20);
+    for id in &first {
+        assert!(served.contains(id), "{id} from before the torn tail");
+    }
+    assert!(served.contains(&second[0]), "the record before the damage");
+    let kept_aside = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("commands.2.log.damaged-")
+        })
+        .count();
+    assert_eq!(kept_aside, 1);
+}

@@ -19,7 +19,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_todo-server");
 const SELECTORS: [&str; 4] = ["KAFKA_BROKERS", "REDIS_URL", "DATABASE_URL", "JWT_SECRET"];
 
 /// `todo-server` with the selecting variables cleared.
-fn command() -> Command {
+pub fn command() -> Command {
     let mut c = Command::new(BIN);
     for v in SELECTORS {
         c.env_remove(v);
