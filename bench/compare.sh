@@ -40,7 +40,7 @@ TICK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/todo-compare.XXXXXX)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_pids "${PIDS[@]}"
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -229,7 +229,7 @@ if baseline and base_ir:
 PY
 [ -n "$WRK_ERRORS" ] && echo "wrk reported: $WRK_ERRORS" >&2
 
-cleanup_servers() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup_servers() { stop_pids "${PIDS[@]}"; }
 cleanup_servers
 
 # --- the reference topology: nginx vs todo-lb vs direct (bench/topology.sh) -----

@@ -35,7 +35,9 @@ run() { # run -> req/s
 
 log "warm-up"; run >/dev/null
 A1=$(run); log "alone: $A1 req/s"
-sleep 2.5
+METRICS="http://127.0.0.1:$PORT/metrics"
+# The client's connections are gone (the one asking is the only one open).
+wait_metric "$METRICS" todo_connections_open -le 1
 RSS0=$(rss)
 BUDGET=$(( $(ulimit -Hn) - 1000 ))
 PER=$(( BUDGET / HOLDERS ))
@@ -45,14 +47,15 @@ for i in $(seq "$HOLDERS"); do
   HOLD_PIDS+=($!)
 done
 log "holding $((PER * HOLDERS)) connections from $HOLDERS processes"
-sleep 12
+# Every held connection answered once and gave its buffers back.
+wait_metric "$METRICS" todo_connections_quiet -ge $((PER * HOLDERS)) "$HOLD_SECONDS"
 RSS1=$(rss)
 W1=$(run); log "with idle connections: $W1 req/s"
 W2=$(run); log "with idle connections: $W2 req/s"
 OPEN=$(curl -fs "http://127.0.0.1:$PORT/metrics" | awk '/^todo_connections_open / {print $2}')
 wait "${HOLD_PIDS[@]}"
 HOLD_PIDS=()
-sleep 1
+wait_metric "$METRICS" todo_connections_open -le 1
 A2=$(run); log "alone: $A2 req/s"
 
 mkdir -p "$ROOT/bench/results"

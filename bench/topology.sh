@@ -29,8 +29,7 @@ TICK=$(getconf CLK_TCK)
 WORK=$(mktemp -d /tmp/todo-topology.XXXXXX)
 PIDS=()
 stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_pids "${PIDS[@]}"
   PIDS=()
 }
 trap 'stop_all; rm -rf "$WORK"' EXIT
@@ -39,8 +38,6 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 two_servers() {
   start_server "$1" "$WORK/a$1" --cores 1 --pin false --instance 1; A_PID=$SERVER_PID
   start_server "$2" "$WORK/b$2" --cores 1 --pin false --instance 2; B_PID=$SERVER_PID
-  # On a shared port the first process may have answered the readiness probe.
-  [ "$1" = "$2" ] && sleep 1
   pin "$SERVER_CPU" "$A_PID"; pin "$SERVER_CPU" "$B_PID"
   PIDS+=("$A_PID" "$B_PID")
 }

@@ -132,11 +132,46 @@ start_server() {
   local port=$1 dir=$2; shift 2
   "$bin" --listen "127.0.0.1:$port" --data-dir "$dir" "$@" 2> "$dir.log" &
   SERVER_PID=$!
-  wait_http "http://127.0.0.1:$port/readyz" || {
+  # Its own word, not a probe of the port: on a port shared with another
+  # process (SO_REUSEPORT) that one could answer a probe.
+  wait_line "$dir.log" "listening on" "$SERVER_PID" || {
     cat "$dir.log" >&2
     kill "$SERVER_PID" 2>/dev/null || true
     return 1
   }
+}
+
+# wait_line FILE TEXT PID [SECONDS=30]: until FILE has a line with TEXT (a
+# process saying it is ready); fails early when PID exits first.
+wait_line() {
+  local file=$1 text=$2 pid=$3 seconds=${4:-30} i
+  for i in $(seq $((seconds * 20))); do
+    grep -qF -- "$text" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "process $pid exited before saying '$text'" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "no '$text' in $file within ${seconds}s" >&2
+  return 1
+}
+
+# wait_metric URL NAME OP VALUE [SECONDS=30]: until the unlabelled metric NAME
+# in URL's Prometheus text compares OP (-le, -ge, -eq) to VALUE.
+wait_metric() {
+  local url=$1 name=$2 op=$3 want=$4 seconds=${5:-30} i now
+  for i in $(seq $((seconds * 10))); do
+    now=$(curl -fs "$url" | awk -v n="$name" '$1 == n {print $2}')
+    [ -n "$now" ] && [ "$now" "$op" "$want" ] && return 0
+    sleep 0.1
+  done
+  echo "$name at $url is ${now:-missing}, not $op $want, after ${seconds}s" >&2
+  return 1
+}
+
+# stop_pids PID...: SIGTERM each, then wait for each to be gone.
+stop_pids() {
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
 
 # nginx_conf DIR NAME PORT CPU MODE ARG...: writes DIR/NAME.conf, the nginx

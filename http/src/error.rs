@@ -96,45 +96,19 @@ impl HttpError {
         "a body needs Content-Length or Transfer-Encoding: chunked",
         false,
     );
-    pub const UNSUPPORTED_MEDIA_TYPE: HttpError = HttpError::new(
-        415,
-        "unsupported_media_type",
-        "the body must be application/json",
-        false,
-    );
-    pub const BODY_REQUIRED: HttpError = HttpError::new(
-        400,
-        "body_required",
-        "this request needs a JSON body",
-        false,
-    );
-    pub const NOT_READY: HttpError =
-        HttpError::new(503, "not_ready", "the service is not ready", false);
+
+    /// An error whose message is made at run time (a field's name, a
+    /// parser's words).
+    pub fn with_message(status: u16, code: &'static str, message: String) -> HttpError {
+        HttpError {
+            message: Cow::Owned(message),
+            ..HttpError::new(status, code, "", false)
+        }
+    }
 
     /// 400 for an RFC 9112 framing error; the connection closes.
     pub fn framing(message: &'static str) -> HttpError {
         HttpError::new(400, "bad_framing", message, true)
-    }
-
-    pub fn bad_json(message: String) -> HttpError {
-        HttpError {
-            message: Cow::Owned(message),
-            ..HttpError::new(400, "invalid_json", "", false)
-        }
-    }
-
-    pub fn invalid_field(message: String) -> HttpError {
-        HttpError {
-            message: Cow::Owned(message),
-            ..HttpError::new(422, "invalid_field", "", false)
-        }
-    }
-
-    pub fn unauthorized(message: String) -> HttpError {
-        HttpError {
-            message: Cow::Owned(message),
-            ..HttpError::new(401, "unauthorized", "", false)
-        }
     }
 
     pub fn method_not_allowed(allow: &'static str) -> HttpError {

@@ -38,8 +38,8 @@ use crate::upstream::{Checks, UpstreamError, UpstreamSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
-    #[error("{0}")]
-    Driver(&'static str),
+    #[error(transparent)]
+    Driver(#[from] todo_runtime::DriverError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("no listener given")]
@@ -70,7 +70,7 @@ pub fn run(
     if listeners.is_empty() {
         return Err(LbError::NoListener);
     }
-    let driver = todo_runtime::resolve_driver(config.driver).map_err(LbError::Driver)?;
+    let driver = todo_runtime::resolve_driver(config.driver)?;
     let file_read_at = config.upstreams_file.as_deref().and_then(upstream::stamp);
     let addrs = configured_upstreams(&config)?;
     let set = Arc::new(UpstreamSet::new(addrs.clone()));

@@ -170,8 +170,9 @@ struct Item {
     end: usize,
     idempotent: bool,
     head: bool,
-    /// Written to an upstream that failed, and not idempotent: never sent again.
-    poisoned: bool,
+    /// Written to an upstream that failed this way, and not idempotent:
+    /// never sent again, answered by the failure.
+    poisoned: Option<Failure>,
     /// The client asked to close after this one (`Connection: close`).
     closes: bool,
 }
@@ -288,7 +289,7 @@ async fn proxy(
                             Method::Get | Method::Head | Method::Put | Method::Delete
                         ),
                         head: req.method == Method::Head,
-                        poisoned: false,
+                        poisoned: None,
                         closes: !req.keep_alive,
                     });
                     at += used;
@@ -371,9 +372,9 @@ impl Failure {
         self == Failure::Connect || idempotent
     }
 
-    /// The answer when the retries are spent: 503 when no upstream could
-    /// even be reached (nothing was sent; the client may retry), 504 after a
-    /// time-out, 502 otherwise.
+    /// THE answer for a request that will not be forwarded (again): 503
+    /// when the upstream could not be reached (nothing was sent; the client
+    /// may retry), 504 after a time-out, 502 otherwise.
     fn answer(self) -> &'static HttpError {
         match self {
             Failure::Connect => &NO_UPSTREAM,
@@ -394,22 +395,20 @@ async fn forward(
 ) {
     let mut next = 0;
     let mut failed: Vec<SocketAddr> = Vec::new();
-    // Whether any upstream was sent part of this batch and failed.
-    let mut written = false;
+    let mut last: Option<Failure> = None;
     while next < items.len() {
         // Requests that must not be sent again are answered here, in turn.
-        if items[next].poisoned {
-            response::append_error(out, &BAD_GATEWAY, &core.date, Persist::KeepAlive);
+        if let Some(failure) = items[next].poisoned {
+            response::append_error(out, failure.answer(), &core.date, Persist::KeepAlive);
             next += 1;
             continue;
         }
         let upto = items[next..]
             .iter()
-            .position(|i| i.poisoned)
+            .position(|i| i.poisoned.is_some())
             .map_or(items.len(), |p| next + p);
         let Some(member) = core.pool.pick(&core.set, &failed) else {
-            let err = if written { &BAD_GATEWAY } else { &NO_UPSTREAM };
-            answer_all(core, out, err, items.len() - next);
+            answer_rest(core, out, &items[next..], last);
             return;
         };
         let (answered, end) = exchange(core, &member, fwd, &items[next..upto], upbuf, out).await;
@@ -417,23 +416,30 @@ async fn forward(
         match end {
             End::Done | End::Closed => member.succeeded(),
             End::Failed(failure) => {
-                written |= failure != Failure::Connect;
+                last = Some(failure);
                 member.failed(&core.pool_config);
                 failed.push(member.addr());
                 for item in &mut items[next..upto] {
-                    item.poisoned |= !failure.may_resend(item.idempotent);
+                    if !failure.may_resend(item.idempotent) {
+                        item.poisoned.get_or_insert(failure);
+                    }
                 }
                 if failed.len() > core.config.retries as usize {
-                    let err = if written {
-                        failure.answer()
-                    } else {
-                        &NO_UPSTREAM
-                    };
-                    answer_all(core, out, err, items.len() - next);
+                    answer_rest(core, out, &items[next..], last);
                     return;
                 }
             }
         }
+    }
+}
+
+/// Answer requests no upstream will take: each that was poisoned by its
+/// failure, the others by the last failure, or 503 when no upstream was
+/// healthy to begin with.
+fn answer_rest(core: &LbCore, out: &mut Vec<u8>, items: &[Item], last: Option<Failure>) {
+    for item in items {
+        let err = item.poisoned.or(last).map_or(&NO_UPSTREAM, Failure::answer);
+        response::append_error(out, err, &core.date, Persist::KeepAlive);
     }
 }
 

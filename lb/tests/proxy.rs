@@ -22,6 +22,8 @@ enum Behaviour {
     Echo(&'static str),
     /// Read one request, then close without answering.
     HangUp,
+    /// Read requests and never answer, keeping the connection open.
+    Silent,
 }
 
 struct Peer {
@@ -67,6 +69,7 @@ fn peer(behaviour: Behaviour) -> Peer {
                                 );
                             }
                             Behaviour::HangUp => return,
+                            Behaviour::Silent => {}
                         }
                     }
                     if s.write_all(&out).is_err() {
@@ -253,6 +256,22 @@ fn a_failing_upstream_is_ejected_and_no_upstream_is_503() {
     let r: Response = read_response(&mut s, &mut Vec::new()).expect("an answer");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn an_upstream_that_does_not_answer_in_time_is_504_for_every_request() {
+    let silent = peer(Behaviour::Silent);
+    let lb = lb(&[silent.addr], |c| {
+        c.upstream_timeout = Duration::from_millis(300);
+    });
+    let mut s = TcpStream::connect(lb.addr).unwrap();
+    // A written POST is not sent again; the GET is, but no upstream is left.
+    let post = "POST /todos HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}";
+    s.write_all(format!("{post}{}", get("/")).as_bytes())
+        .unwrap();
+    let answers = read_responses(&mut s, 2);
+    assert_eq!((answers[0].0, answers[1].0), (504, 504), "{answers:?}");
+    assert!(answers[0].1.contains("gateway_timeout"));
 }
 
 fn lb_with_gone(gone: SocketAddr) -> Lb {

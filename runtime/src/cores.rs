@@ -31,14 +31,21 @@ impl Driver {
 /// io_uring submission queue entries per core.
 const URING_ENTRIES: u32 = 4096;
 
+/// The driver asked for cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("io_uring was required (driver `uring`) but this kernel or its seccomp profile does not allow it; `auto` falls back to epoll")]
+    UringUnavailable,
+}
+
 /// The driver `wanted` resolves to on this machine.
-pub fn resolve_driver(wanted: Driver) -> Result<Driver, &'static str> {
+pub fn resolve_driver(wanted: Driver) -> Result<Driver, DriverError> {
     let uring = monoio::utils::detect_uring();
     match wanted {
         Driver::Auto if uring => Ok(Driver::Uring),
         Driver::Auto | Driver::Legacy => Ok(Driver::Legacy),
         Driver::Uring if uring => Ok(Driver::Uring),
-        Driver::Uring => Err("io_uring was required (TODO_DRIVER=uring) but this kernel or its seccomp profile does not allow it"),
+        Driver::Uring => Err(DriverError::UringUnavailable),
     }
 }
 

@@ -19,7 +19,7 @@ pub mod listener;
 pub mod open_files;
 pub mod shutdown;
 
-pub use cores::{resolve_driver, spawn_core, Driver};
+pub use cores::{resolve_driver, spawn_core, Driver, DriverError};
 pub use listener::{bind_reuseport, ListenerConfig, Steer};
 pub use open_files::OpenFiles;
 pub use shutdown::{Shutdown, Trigger};

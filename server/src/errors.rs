@@ -13,3 +13,32 @@ pub const BAD_LIMIT: HttpError = HttpError::new(
     "limit must be an integer from 1 to 1000",
     false,
 );
+pub const UNSUPPORTED_MEDIA_TYPE: HttpError = HttpError::new(
+    415,
+    "unsupported_media_type",
+    "the body must be application/json",
+    false,
+);
+pub const BODY_REQUIRED: HttpError = HttpError::new(
+    400,
+    "body_required",
+    "this request needs a JSON body",
+    false,
+);
+pub const NOT_READY: HttpError =
+    HttpError::new(503, "not_ready", "the service is not ready", false);
+
+/// 400: the body is not JSON.
+pub fn bad_json(message: String) -> HttpError {
+    HttpError::with_message(400, "invalid_json", message)
+}
+
+/// 422: JSON, but not fields a todo accepts.
+pub fn invalid_field(message: String) -> HttpError {
+    HttpError::with_message(422, "invalid_field", message)
+}
+
+/// 401: no token, or one that does not verify.
+pub fn unauthorized(message: String) -> HttpError {
+    HttpError::with_message(401, "unauthorized", message)
+}

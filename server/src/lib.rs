@@ -12,6 +12,7 @@
 //! errors.rs    the server's own error answers (todo_http::HttpError)
 //! per_core.rs  per-core state: snapshot (Rc), Date cache, id generator, metrics
 //! auth.rs      HS256 bearer tokens (write path)
+//! config.rs    flags and environment variables (`ServeConfig`), subcommands
 //! backend.rs   where writes go: the embedded apply thread (embedded/) or
 //!              Kafka (distributed/)
 //! embedded/    the embedded default: command log + in-memory store + renderer
@@ -46,8 +47,8 @@ use todo_runtime::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
-    Driver(&'static str),
+    #[error(transparent)]
+    Driver(#[from] todo_runtime::DriverError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
@@ -88,7 +89,7 @@ pub fn run(
         return Err(StartError::NoListener);
     }
     let cores = listeners.len();
-    let driver = todo_runtime::resolve_driver(config.driver).map_err(StartError::Driver)?;
+    let driver = todo_runtime::resolve_driver(config.driver)?;
     let last_node = usize::from(config.instance) * cores + cores - 1;
     // The top node is reserved for seeded todos.
     let max = todo_model::ids::MAX_NODE - 1;

@@ -52,14 +52,21 @@ pub fn free_port() -> u16 {
 /// Check `cond` until it holds, for states a test can only observe from
 /// outside (a row in PostgreSQL, a version on every core); panics with
 /// `what` after `limit`. Returns the value `cond` produced.
-pub fn wait_until<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, limit: Duration, cond: impl FnMut() -> Option<T>) -> T {
+    poll_until(limit, cond).unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
+}
+
+/// [`wait_until`] that gives up quietly: `None` after `limit`.
+pub fn poll_until<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(v) = cond() {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }

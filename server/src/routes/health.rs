@@ -1,10 +1,10 @@
 //! `/livez`, `/readyz` and `/metrics`.
 
 use super::Reply;
+use crate::errors;
 use crate::metrics;
 use crate::per_core::Core;
 use todo_http::response;
-use todo_http::HttpError;
 
 /// The process is up and this core answers.
 pub fn livez(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
@@ -17,7 +17,7 @@ pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
     // Not ready while draining, or before any snapshot arrived (version 0).
     // A stale snapshot is still served, and said so.
     if core.draining.get() || core.snapshot().version() == 0 {
-        return reply.error(core, out, &HttpError::NOT_READY);
+        return reply.error(core, out, &errors::NOT_READY);
     }
     let body = format!(
         r#"{{"status":"ready","backend":"{}","core":{},"snapshot_version":{},"stale":{}}}"#,

@@ -75,7 +75,7 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<TodoComm
     let user = core
         .verifier
         .verify(req.authorization)
-        .map_err(|e| HttpError::unauthorized(e.to_string()))?;
+        .map_err(|e| errors::unauthorized(e.to_string()))?;
     let op = match (req.method, id) {
         (Method::Post, None) => Op::Create,
         (Method::Put, Some(_)) => Op::Update,
@@ -90,7 +90,7 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<TodoComm
     };
     fields
         .validate(op)
-        .map_err(|e| HttpError::invalid_field(e.to_string()))?;
+        .map_err(|e| errors::invalid_field(e.to_string()))?;
     let todo_id = match id {
         Some(id) => id,
         None => core.next_id(),
@@ -114,26 +114,24 @@ fn parse_fields(req: &Request<'_>) -> Result<Fields, HttpError> {
         essence.eq_ignore_ascii_case(b"application/json")
     });
     if !json {
-        return Err(HttpError::UNSUPPORTED_MEDIA_TYPE);
+        return Err(errors::UNSUPPORTED_MEDIA_TYPE);
     }
     let body = req.body.bytes();
     if body.trim_ascii().is_empty() {
-        return Err(HttpError::BODY_REQUIRED);
+        return Err(errors::BODY_REQUIRED);
     }
     // serde would also read a struct from a JSON array; only objects are todos.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return match sonic_rs::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => Err(HttpError::invalid_field(
-                "body must be a JSON object".into(),
-            )),
-            Err(e) => Err(HttpError::bad_json(format!("body is not valid JSON: {e}"))),
+            Ok(_) => Err(errors::invalid_field("body must be a JSON object".into())),
+            Err(e) => Err(errors::bad_json(format!("body is not valid JSON: {e}"))),
         };
     }
     sonic_rs::from_slice::<Fields>(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
-            HttpError::bad_json(format!("body is not valid JSON: {e}"))
+            errors::bad_json(format!("body is not valid JSON: {e}"))
         } else {
-            HttpError::invalid_field(format!("body does not match the todo fields: {e}"))
+            errors::invalid_field(format!("body does not match the todo fields: {e}"))
         }
     })
 }

@@ -7,10 +7,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use todo_testkit::http::{closed, read_answer, read_response, Response};
-pub use todo_testkit::process::{temp_dir, wait_until, Proc};
+pub use todo_testkit::process::{poll_until, temp_dir, wait_until, Proc};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_todo-server");
 
@@ -59,6 +59,8 @@ pub fn drivers() -> Vec<&'static str> {
 pub struct Server {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// Cores it runs (`--cores`): what a per-core check must see.
+    pub cores: usize,
     pub data_dir: PathBuf,
     pub driver: &'static str,
 }
@@ -93,7 +95,13 @@ impl Server {
         .args(extra)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
         let proc = Proc::spawn("server", cmd, Duration::from_secs(60));
+        let cores = extra
+            .windows(2)
+            .filter(|w| w[0] == "--cores")
+            .find_map(|w| w[1].parse().ok())
+            .unwrap_or(2);
         Server {
+            cores,
             addr: proc.addr(),
             proc,
             data_dir,
@@ -161,16 +169,14 @@ impl Server {
         secs: u64,
         accept: impl Fn(&Response) -> bool,
     ) -> Response {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut pause = Duration::from_millis(1);
-        loop {
+        let mut last = None;
+        poll_until(Duration::from_secs(secs), || {
             let r = self.get(path);
-            if accept(&r) || Instant::now() > deadline {
-                return r;
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+            let done = accept(&r);
+            last = Some(r);
+            done.then_some(())
+        });
+        last.expect("asked at least once")
     }
 
     /// `metric{core="i"}` for every core, from `/metrics`, in core order:
@@ -187,6 +193,12 @@ impl Server {
             })
             .collect();
         values.sort();
+        let cores: Vec<usize> = values.iter().map(|(c, _)| *c).collect();
+        assert_eq!(
+            cores,
+            (0..self.cores).collect::<Vec<_>>(),
+            "{metric}: one line per core"
+        );
         values.into_iter().map(|(_, v)| v).collect()
     }
 
@@ -203,7 +215,7 @@ impl Server {
             Duration::from_secs(secs),
             || {
                 let v = self.core_versions();
-                (!v.is_empty() && v.iter().all(|&c| c >= version)).then_some(())
+                v.iter().all(|&c| c >= version).then_some(())
             },
         )
     }
