@@ -8,6 +8,17 @@ use crate::distributed::{lookup::Lookups, producer::Producer};
 use crate::embedded;
 use todo_http::HttpError;
 
+/// A read the backend could not answer now (PostgreSQL away, the apply
+/// thread stopping): 503, never a false 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+impl Unavailable {
+    pub fn answer(self) -> HttpError {
+        HttpError::unavailable("the store cannot be read now", 1)
+    }
+}
+
 #[derive(Clone)]
 pub enum Backend {
     Embedded(embedded::Handle),
@@ -61,14 +72,14 @@ impl Backend {
     }
 
     /// The rendered JSON of one todo, if it exists.
-    pub async fn get(&self, id: u64) -> Option<Vec<u8>> {
+    pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
         match self {
             Backend::Embedded(h) => h.get(id).await,
             Backend::Distributed { lookups, .. } => lookups.get(id).await,
         }
     }
 
-    pub async fn outcome(&self, command_id: u64) -> Option<Outcome> {
+    pub async fn outcome(&self, command_id: u64) -> Result<Option<Outcome>, Unavailable> {
         match self {
             Backend::Embedded(h) => h.outcome(command_id).await,
             Backend::Distributed { lookups, .. } => lookups.outcome(command_id).await,

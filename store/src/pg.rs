@@ -19,6 +19,9 @@ const MIGRATION_LOCK: i64 = 0x746f_646f; // "todo"
 /// The schema, applied at every start-up (idempotent).
 pub const SCHEMA: &str = include_str!("../schema.sql");
 
+/// Longest wait for a new connection, a free one, or a health check.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A connection pool of `size` connections to `database_url`.
 pub fn pool(database_url: &str, size: usize) -> Result<Pool, StoreError> {
     let pg: tokio_postgres::Config = database_url.parse().map_err(StoreError::DatabaseUrl)?;
@@ -29,8 +32,14 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, StoreError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    // Bounded waits: with PostgreSQL away, a caller learns so within
+    // seconds and can say so (503, a retry with backoff) instead of hanging.
     Pool::builder(manager)
         .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
         .map_err(StoreError::BuildPool)
 }

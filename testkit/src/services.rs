@@ -43,10 +43,21 @@ impl Env {
 
     /// Like [`Env::new`], with this test's own broker and/or Redis.
     pub async fn with(partitions: i32, brokers: Option<String>, redis: Option<String>) -> Env {
+        Env::with_all(partitions, brokers, redis, None).await
+    }
+
+    /// Like [`Env::with`], with this test's own PostgreSQL too (the URL of a
+    /// database to create the test's database from, [`Private::database_url`]).
+    pub async fn with_all(
+        partitions: i32,
+        brokers: Option<String>,
+        redis: Option<String>,
+        database: Option<String>,
+    ) -> Env {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}_{n}", std::process::id());
         let brokers = brokers.unwrap_or_else(|| var("KAFKA_BROKERS"));
-        let base = var("DATABASE_URL");
+        let base = database.unwrap_or_else(|| var("DATABASE_URL"));
         let redis = redis.unwrap_or_else(|| var("REDIS_URL"));
 
         let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
@@ -331,6 +342,20 @@ impl Private {
         Private::new("redis")
     }
 
+    /// A PostgreSQL cluster of its own (initdb in its directory, as the
+    /// `postgres` user when run as root: PostgreSQL refuses root).
+    pub fn postgres() -> Private {
+        Private::new("postgres")
+    }
+
+    /// The URL of the `postgres` database of [`Private::postgres`].
+    pub fn database_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
     fn new(kind: &'static str) -> Private {
         let dir = std::env::temp_dir().join(format!(
             "todo-{kind}-{}-{}",
@@ -338,6 +363,21 @@ impl Private {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        if kind == "postgres" {
+            let data = dir.join("pg");
+            let out = as_postgres(&mut Command::new(format!("{PG_BIN}/initdb")), &dir)
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+                .stdout(Stdio::null())
+                .output()
+                .expect("initdb (PostgreSQL 15)");
+            assert!(
+                out.status.success(),
+                "initdb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut p = Private {
             child: None,
             port: crate::process::free_port(),
@@ -369,6 +409,15 @@ impl Private {
                     .spawn()
                     .expect("tansu on PATH (scripts/services.sh install)")
             }
+            "postgres" => as_postgres(&mut Command::new(format!("{PG_BIN}/postgres")), &self.dir)
+                .arg("-D")
+                .arg(self.dir.join("pg"))
+                .args(["-p", &port, "-c", "listen_addresses=127.0.0.1", "-k"])
+                .arg(&self.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("postgres"),
             _ => Command::new("redis-server")
                 .args([
                     "--port",
@@ -389,6 +438,16 @@ impl Private {
         wait_port(self.port);
     }
 
+    /// A clean stop (SIGINT: PostgreSQL's fast shutdown), waited for.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -402,8 +461,34 @@ impl Private {
     }
 }
 
+/// Where Debian's PostgreSQL 15 is (scripts/services.sh installs it).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// `cmd` run as the `postgres` user when this process is root, owning `dir`.
+fn as_postgres<'c>(cmd: &'c mut Command, dir: &std::path::Path) -> &'c mut Command {
+    use std::os::unix::process::CommandExt;
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if let (true, Some(uid), Some(gid)) = (root, id("-u"), id("-g")) {
+        for entry in [dir.to_path_buf(), dir.join("pg")] {
+            let _ = std::os::unix::fs::chown(&entry, Some(uid), Some(gid));
+        }
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
 impl Drop for Private {
     fn drop(&mut self) {
+        if self.kind == "postgres" {
+            self.stop();
+        }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -2,6 +2,13 @@
 //! Offsets are stored only after the batch's transaction committed
 //! (`enable.auto.offset.store=false`); the client commits stored offsets in
 //! the background.
+//!
+//! Outages: librdkafka reconnects to the broker by itself, so a consume error
+//! (`AllBrokersDown`, transport errors) is waited out; a batch whose
+//! transaction fails (PostgreSQL away) is applied again, the same batch,
+//! until it commits. Offsets that cannot be stored (the partition moved to
+//! another worker meanwhile) mean redelivery, which the processed-commands
+//! table makes harmless.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -14,12 +21,42 @@ use todo_model::TodoCommand;
 
 use todo_store::pg;
 
+use crate::outage::Outage;
 use crate::{WorkerConfig, WorkerError};
+use rdkafka::types::RDKafkaErrorCode;
 
-/// Create the commands topic if it does not exist yet.
+/// Create the commands topic if it does not exist yet, waiting for the
+/// broker as long as it takes.
 pub async fn ensure_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
+    let mut broker = Outage::new("the broker");
+    loop {
+        match create_topic(config).await {
+            Ok(()) => {
+                broker.ok();
+                return Ok(());
+            }
+            Err(WorkerError::CreateTopic { topic, code }) if !transient(code) => {
+                return Err(WorkerError::CreateTopic { topic, code })
+            }
+            Err(e) => broker.failed("creating the topic", &e).await,
+        }
+    }
+}
+
+/// Whether a topic creation error may go away by itself.
+fn transient(code: RDKafkaErrorCode) -> bool {
+    !matches!(
+        code,
+        RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+    )
+}
+
+async fn create_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_brokers)
         .create()?;
@@ -36,9 +73,7 @@ pub async fn ensure_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(WorkerError::CreateTopic { topic, code });
-            }
+            Err((topic, code)) => return Err(WorkerError::CreateTopic { topic, code }),
         }
     }
     Ok(())
@@ -74,13 +109,22 @@ pub async fn consume(
     latest: &tokio::sync::watch::Sender<std::sync::Arc<todo_model::Snapshot>>,
 ) -> Result<(), WorkerError> {
     let consumer = consumer(config)?;
+    let mut broker = Outage::new("the broker");
+    let mut postgres = Outage::new("PostgreSQL");
     let mut batch: Vec<TodoCommand> = Vec::with_capacity(config.max_batch);
     // Highest offset seen per partition in this batch.
     let mut offsets: HashMap<i32, i64> = HashMap::new();
     loop {
         batch.clear();
         offsets.clear();
-        let first = consumer.recv().await?;
+        let first = match consumer.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                broker.failed("consuming", &e).await;
+                continue;
+            }
+        };
+        broker.ok();
         let deadline = Instant::now() + config.batch_wait;
         take(&first, &mut batch, &mut offsets);
         drop(first);
@@ -88,21 +132,35 @@ pub async fn consume(
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => take(&m, &mut batch, &mut offsets),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => break,
+                // Apply what came; the next recv waits the error out.
+                Ok(Err(_)) | Err(_) => break,
             }
         }
-        let applied = {
-            let mut client = pool.get().await.map_err(todo_store::StoreError::from)?;
-            pg::apply_batch(&mut client, &batch).await?
+        // The same batch until it commits: its offsets are not stored, and
+        // the consumer has moved past it.
+        let applied = loop {
+            match apply(pool, &batch).await {
+                Ok(applied) => break applied,
+                Err(e) => postgres.failed("applying a batch", &e).await,
+            }
         };
+        postgres.ok();
         for (partition, offset) in &offsets {
-            consumer.store_offset(&config.topic, *partition, *offset)?;
+            if let Err(e) = consumer.store_offset(&config.topic, *partition, *offset) {
+                eprintln!(
+                    "todo-worker: offset {offset} of partition {partition} not stored ({e}); it will be delivered again and skipped"
+                );
+            }
         }
         if let Some(snapshot) = applied.snapshot {
             latest.send_replace(std::sync::Arc::new(snapshot));
         }
     }
+}
+
+async fn apply(pool: &Pool, batch: &[TodoCommand]) -> Result<pg::Applied, todo_store::StoreError> {
+    let mut client = pool.get().await?;
+    pg::apply_batch(&mut client, batch).await
 }
 
 /// Add one message to the batch and note its offset.

@@ -20,10 +20,13 @@
 
 pub mod config;
 pub mod consumer;
+pub mod outage;
 
 pub use config::WorkerConfig;
 
 use todo_store::{pg, Publisher, StoreError};
+
+use crate::outage::Outage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -41,21 +44,20 @@ pub enum WorkerError {
 }
 
 /// Run the worker until the process is stopped: migrate, seed, publish the
-/// current snapshot, then consume.
+/// current snapshot, then consume. The broker, PostgreSQL and Redis may be
+/// away at any point, for any time: the worker waits for them (see
+/// [`outage`]); it returns only on what a restart cannot fix.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let pool = pg::pool(&config.database_url, config.pool_size)?;
-    {
-        let mut client = pool.get().await.map_err(StoreError::from)?;
-        let seeded = pg::migrate_and_seed(&mut client, config.seed).await?;
-        if seeded > 0 {
-            eprintln!("todo-worker: seeded {seeded} todos");
-        }
-    }
     let publisher = Publisher::new(&config.redis_url, "todo-worker")?;
-    let current = {
-        let client = pool.get().await.map_err(StoreError::from)?;
-        pg::current_snapshot(&client).await?
+    let mut postgres = Outage::new("PostgreSQL");
+    let current = loop {
+        match prepare(&pool, config.seed).await {
+            Ok(snapshot) => break snapshot,
+            Err(e) => postgres.failed("migrating", &e).await,
+        }
     };
+    postgres.ok();
     // Publishing runs beside consumption: Redis being away delays readers but
     // never stalls the applying of commands (their durability is PostgreSQL's).
     let (latest, mut newest) = tokio::sync::watch::channel(std::sync::Arc::new(current));
@@ -68,4 +70,17 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     });
     consumer::ensure_topic(&config).await?;
     consumer::consume(&config, &pool, &latest).await
+}
+
+/// Migrate and seed, then read the committed state's snapshot.
+async fn prepare(
+    pool: &deadpool_postgres::Pool,
+    seed: usize,
+) -> Result<todo_model::Snapshot, StoreError> {
+    let mut client = pool.get().await?;
+    let seeded = pg::migrate_and_seed(&mut client, seed).await?;
+    if seeded > 0 {
+        eprintln!("todo-worker: seeded {seeded} todos");
+    }
+    pg::current_snapshot(&client).await
 }

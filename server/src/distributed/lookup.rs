@@ -9,14 +9,15 @@ use todo_model::{Outcome, Rejection};
 use todo_store::{pg, Publisher};
 
 use super::{DistributedError, Settings};
+use crate::backend::Unavailable;
 
 /// Connections in the lookup pool.
 const POOL_SIZE: usize = 4;
 const QUEUE_DEPTH: usize = 4096;
 
 pub enum Request {
-    Get(u64, flume::Sender<Option<Vec<u8>>>),
-    Outcome(u64, flume::Sender<Option<Outcome>>),
+    Get(u64, flume::Sender<Result<Option<Vec<u8>>, Unavailable>>),
+    Outcome(u64, flume::Sender<Result<Option<Outcome>, Unavailable>>),
     /// Render the committed state and store it in Redis if Redis has nothing
     /// newer. Concurrent fills from all cores collapse into one.
     Fill(flume::Sender<bool>),
@@ -45,16 +46,18 @@ impl Lookups {
         Ok(Lookups { tx })
     }
 
-    pub async fn get(&self, id: u64) -> Option<Vec<u8>> {
+    pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send_async(Request::Get(id, tx)).await.ok()?;
-        rx.recv_async().await.ok().flatten()
+        let asked = self.tx.send_async(Request::Get(id, tx)).await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)?
     }
 
-    pub async fn outcome(&self, id: u64) -> Option<Outcome> {
+    pub async fn outcome(&self, id: u64) -> Result<Option<Outcome>, Unavailable> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send_async(Request::Outcome(id, tx)).await.ok()?;
-        rx.recv_async().await.ok().flatten()
+        let asked = self.tx.send_async(Request::Outcome(id, tx)).await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)?
     }
 
     /// Ask for a fill; true once Redis holds a snapshot at least as new as
@@ -95,24 +98,34 @@ async fn serve(rx: flume::Receiver<Request>, pool: deadpool_postgres::Pool, cach
     }
 }
 
-async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Option<Vec<u8>> {
-    let client = pool.get().await.ok()?;
-    let todo = pg::todo(&client, id).await.ok()??;
-    let mut out = Vec::with_capacity(256);
-    todo_model::snapshot::render_todo(&todo, &mut out);
-    Some(out)
+/// PostgreSQL away or failing: the caller answers 503.
+fn unavailable(e: impl std::fmt::Display) -> Unavailable {
+    eprintln!("todo-server: PostgreSQL lookup: {e}");
+    Unavailable
 }
 
-async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Option<Outcome> {
-    let client = pool.get().await.ok()?;
-    let (status, reason) = pg::outcome(&client, id).await.ok()??;
-    match (status.as_str(), reason.as_deref()) {
+async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
+    let client = pool.get().await.map_err(unavailable)?;
+    let Some(todo) = pg::todo(&client, id).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(256);
+    todo_model::snapshot::render_todo(&todo, &mut out);
+    Ok(Some(out))
+}
+
+async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Outcome>, Unavailable> {
+    let client = pool.get().await.map_err(unavailable)?;
+    let Some((status, reason)) = pg::outcome(&client, id).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    Ok(match (status.as_str(), reason.as_deref()) {
         ("applied", _) => Some(Outcome::Applied),
         ("rejected", Some("not_owner")) => Some(Outcome::Rejected(Rejection::NotOwner)),
         ("rejected", Some("not_found")) => Some(Outcome::Rejected(Rejection::NotFound)),
         ("rejected", Some("already_exists")) => Some(Outcome::Rejected(Rejection::AlreadyExists)),
         _ => None,
-    }
+    })
 }
 
 async fn fill(pool: &deadpool_postgres::Pool, cache: &Publisher) -> bool {

@@ -22,6 +22,8 @@ use std::thread;
 
 use todo_model::{snapshot::render_todo, Outcome, Snapshot, TodoCommand};
 
+use crate::backend::Unavailable;
+
 use self::store::{Store, StoreImage};
 
 /// Longest queue of requests waiting for the apply thread; a full queue makes
@@ -96,19 +98,21 @@ impl Handle {
             .map_err(|_| ApplyError::Stopped)?
     }
 
-    pub async fn get(&self, id: u64) -> Option<Vec<u8>> {
+    pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send_async(ApplyRequest::Get(id, tx)).await.ok()?;
-        rx.recv_async().await.ok().flatten()
+        let asked = self.tx.send_async(ApplyRequest::Get(id, tx)).await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)
     }
 
-    pub async fn outcome(&self, command_id: u64) -> Option<Outcome> {
+    pub async fn outcome(&self, command_id: u64) -> Result<Option<Outcome>, Unavailable> {
         let (tx, rx) = flume::bounded(1);
-        self.tx
+        let asked = self
+            .tx
             .send_async(ApplyRequest::Outcome(command_id, tx))
-            .await
-            .ok()?;
-        rx.recv_async().await.ok().flatten()
+            .await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)
     }
 }
 

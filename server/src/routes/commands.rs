@@ -8,10 +8,13 @@ use crate::per_core::Core;
 
 /// 200 `{"command_id":..,"status":"applied"}` or
 /// `{"command_id":..,"status":"rejected","reason":"not_owner"}`; 404 when
-/// unknown (never accepted, or older than the outcomes kept).
+/// unknown (never accepted, or older than the outcomes kept); 503 when the
+/// store cannot be read now.
 pub async fn outcome(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    let Some(outcome) = core.backend.outcome(id).await else {
-        return reply.error(core, out, &errors::COMMAND_NOT_FOUND);
+    let outcome = match core.backend.outcome(id).await {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => return reply.error(core, out, &errors::COMMAND_NOT_FOUND),
+        Err(unavailable) => return reply.error(core, out, &unavailable.answer()),
     };
     let body = match outcome {
         Outcome::Applied => format!(r#"{{"command_id":{id},"status":"applied"}}"#),

@@ -61,11 +61,12 @@ pub fn get(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> Action {
 /// `GET /todos/{id}` for a todo older than the snapshot.
 pub async fn get_slow(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u16 {
     match core.backend.get(id).await {
-        Some(row) => {
+        Ok(Some(row)) => {
             reply.json(core, out, 200, &[&row]);
             200
         }
-        None => reply.error(core, out, &errors::TODO_NOT_FOUND),
+        Ok(None) => reply.error(core, out, &errors::TODO_NOT_FOUND),
+        Err(unavailable) => reply.error(core, out, &unavailable.answer()),
     }
 }
 

@@ -1,0 +1,71 @@
+//! Riding out a dependency that is away (the broker, PostgreSQL): wait with
+//! a growing backoff and try again, for as long as it takes. What a restart
+//! could not fix (a malformed URL, an invalid topic) is an error instead.
+//!
+//! The log says when an outage begins, every [`REMIND_EVERY`] while it
+//! lasts, and how long it lasted when it ends, so a long outage is a few
+//! lines, not one per attempt.
+
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const REMIND_EVERY: Duration = Duration::from_secs(30);
+
+/// One dependency's state as this worker sees it.
+pub struct Outage {
+    what: &'static str,
+    since: Option<Instant>,
+    said: Instant,
+    backoff: Duration,
+}
+
+impl Outage {
+    pub fn new(what: &'static str) -> Self {
+        Outage {
+            what,
+            since: None,
+            said: Instant::now(),
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    /// An attempt failed with `err`: say so when due, then wait the backoff.
+    pub async fn failed(&mut self, doing: &str, err: &dyn Display) {
+        let now = Instant::now();
+        match self.since {
+            None => {
+                self.since = Some(now);
+                self.said = now;
+                eprintln!(
+                    "todo-worker: {} is away ({doing}: {err}); retrying with backoff up to {BACKOFF_MAX:?}",
+                    self.what
+                );
+            }
+            Some(since) if now.duration_since(self.said) >= REMIND_EVERY => {
+                self.said = now;
+                eprintln!(
+                    "todo-worker: {} still away after {:.0?} ({doing}: {err})",
+                    self.what,
+                    now.duration_since(since)
+                );
+            }
+            Some(_) => {}
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// An attempt succeeded: say so if it had been away.
+    pub fn ok(&mut self) {
+        if let Some(since) = self.since.take() {
+            eprintln!(
+                "todo-worker: {} is back after {:.1?}",
+                self.what,
+                since.elapsed()
+            );
+        }
+        self.backoff = BACKOFF_MIN;
+    }
+}
