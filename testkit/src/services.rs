@@ -154,17 +154,18 @@ impl Env {
         ]
     }
 
-    pub fn start_worker(&self) -> Child {
-        Command::new(worker_bin())
-            .env("KAFKA_BROKERS", &self.brokers)
+    /// A todo-worker for this test's slice; killed when dropped, so a
+    /// failing test leaves none behind.
+    pub fn start_worker(&self) -> crate::process::Proc {
+        let mut cmd = Command::new(worker_bin());
+        cmd.env("KAFKA_BROKERS", &self.brokers)
             .env("REDIS_URL", &self.redis_url)
             .env("DATABASE_URL", &self.database_url)
             .env("TODO_COMMANDS_TOPIC", &self.topic)
             .env("TODO_WORKER_GROUP", &self.group)
             .env("TODO_SEED", "100")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn todo-worker")
+            .stdout(Stdio::null());
+        crate::process::Proc::start("worker", cmd)
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
@@ -436,6 +437,22 @@ impl Private {
         };
         self.child = Some(child);
         wait_port(self.port);
+        if self.kind == "postgres" {
+            // Listening is not ready: it refuses connections while it starts.
+            let port = self.port.to_string();
+            crate::process::wait_until(
+                "PostgreSQL accepting connections",
+                Duration::from_secs(30),
+                || {
+                    Command::new(format!("{PG_BIN}/pg_isready"))
+                        .args(["-q", "-h", "127.0.0.1", "-p", &port])
+                        .status()
+                        .ok()?
+                        .success()
+                        .then_some(())
+                },
+            );
+        }
     }
 
     /// A clean stop (SIGINT: PostgreSQL's fast shutdown), waited for.

@@ -117,7 +117,11 @@ fn parse_fields(req: &Request<'_>) -> Result<Fields, HttpError> {
     if !json {
         return Err(errors::UNSUPPORTED_MEDIA_TYPE);
     }
-    let body = req.body.bytes();
+    parse_body(req.body.bytes())
+}
+
+/// The fields of a write's JSON body (the media type already checked).
+pub fn parse_body(body: &[u8]) -> Result<Fields, HttpError> {
     if body.trim_ascii().is_empty() {
         return Err(errors::BODY_REQUIRED);
     }
