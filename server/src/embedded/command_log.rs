@@ -845,6 +845,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_read_as_intended() {
+        // Written by hand (fuzz/corpus), so they also check the format's
+        // description against the code.
+        let seed = |name: &str| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/corpus/command_log")
+                .join(name);
+            scan(&fs::read(path).unwrap())
+        };
+        let two = seed("two_records");
+        assert_eq!(
+            (ids(&two), two.tail, two.legacy),
+            (vec![1, 2], Tail::Clean, false)
+        );
+        let torn = seed("torn");
+        assert_eq!(ids(&torn), vec![1]);
+        assert!(matches!(torn.tail, Tail::Torn { .. }));
+        let lines = seed("json_lines");
+        assert_eq!(
+            (ids(&lines), lines.tail, lines.legacy),
+            (vec![1, 2], Tail::Clean, true)
+        );
+    }
+
+    #[test]
     fn a_state_file_that_fails_its_checksum_is_refused() {
         let d = dir("state");
         log_bytes(&d, 1);
