@@ -90,4 +90,54 @@ mod tests {
             }
         }
     }
+
+    /// Property: any bytes, and above all any damage to a good value, either
+    /// decode to a snapshot whose every slice is in bounds and that encodes
+    /// back to the same bytes, or are refused. (fuzz/ runs the same check,
+    /// coverage-guided.)
+    #[test]
+    fn whatever_decodes_is_servable_and_the_rest_is_refused() {
+        let mut todos = seed(6, 1_800_000_000_000);
+        todos.reverse();
+        let good = encode(&Snapshot::render(9, &todos));
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut decoded, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, next() as u8),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            match decode(&bytes) {
+                Some(s) => {
+                    decoded += 1;
+                    for n in 0..=s.len() + 1 {
+                        let _ = s.prefix(n);
+                    }
+                    for id in s.ids() {
+                        let _ = s.row_by_id(*id);
+                    }
+                    assert_eq!(encode(&s), bytes);
+                }
+                None => refused += 1,
+            }
+        }
+        assert!(
+            refused > 0 && decoded > 0,
+            "{decoded} decoded, {refused} refused"
+        );
+    }
 }
