@@ -381,3 +381,72 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
     assert_eq!(worker.child.try_wait().unwrap(), None, "never restarted");
     worker.kill();
 }
+
+#[test]
+fn the_worker_and_a_server_killed_at_once_lose_and_double_nothing() {
+    let rt = runtime();
+    let env = rt.block_on(Env::new(3));
+    let mut worker = env.start_worker();
+    let a = start_server(&env, 8, &[]);
+    let b = start_server(&env, 9, &[]);
+    let token = Server::token_with_secret(SECRET, "ivan");
+    let write = |server: &Server, title: String| {
+        let r = server.send_json(
+            "POST",
+            "/todos",
+            &token,
+            &format!(r#"{{"title":"{title}"}}"#),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        let v = r.json();
+        (
+            v["command_id"].as_u64().unwrap(),
+            v["todo_id"].as_u64().unwrap(),
+        )
+    };
+    let mut accepted: Vec<(u64, u64)> = (0..20).map(|i| write(&a, format!("a {i}"))).collect();
+
+    // SIGKILL both at once, whatever they were doing.
+    worker.kill();
+    let _ = a.kill();
+    // Writes go on through the other server meanwhile: durable in Kafka.
+    accepted.extend((0..20).map(|i| write(&b, format!("b {i}"))));
+    let _worker = env.start_worker();
+    let a = start_server(&env, 8, &[]);
+    accepted.extend((0..5).map(|i| write(&a, format!("a again {i}"))));
+
+    // Every accepted write applied, visible on both servers, each once.
+    for server in [&a, &b] {
+        common::wait_until(
+            "every accepted write visible",
+            Duration::from_secs(60),
+            || {
+                let ids = ids_in(server, 100);
+                accepted
+                    .iter()
+                    .all(|(_, todo)| ids.contains(todo))
+                    .then_some(())
+            },
+        );
+    }
+    let (outcomes, rows) = rt.block_on(async {
+        let db = env.db().await;
+        let commands: Vec<i64> = accepted.iter().map(|(c, _)| *c as i64).collect();
+        let todos: Vec<i64> = accepted.iter().map(|(_, t)| *t as i64).collect();
+        let applied: i64 = db
+            .query_one(
+                "SELECT count(*) FROM processed_commands WHERE command_id = ANY($1) AND outcome = 'applied'",
+                &[&commands],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let rows: i64 = db
+            .query_one("SELECT count(*) FROM todos WHERE id = ANY($1)", &[&todos])
+            .await
+            .unwrap()
+            .get(0);
+        (applied, rows)
+    });
+    assert_eq!((outcomes, rows), (45, 45));
+}
