@@ -36,6 +36,32 @@ fn ids_in(server: &Server, limit: usize) -> Vec<u64> {
         .collect()
 }
 
+/// How many of `accepted` (command id, todo id) are recorded as applied in
+/// PostgreSQL, and how many of their todos are rows there.
+fn applied_and_rows(
+    rt: &tokio::runtime::Runtime,
+    env: &Env,
+    accepted: &[(u64, u64)],
+) -> (i64, i64) {
+    rt.block_on(async {
+        let db = env.db().await;
+        let commands: Vec<i64> = accepted.iter().map(|(c, _)| *c as i64).collect();
+        let todos: Vec<i64> = accepted.iter().map(|(_, t)| *t as i64).collect();
+        let count = |sql: &'static str, ids: Vec<i64>| {
+            let db = &db;
+            async move { db.query_one(sql, &[&ids]).await.unwrap().get::<_, i64>(0) }
+        };
+        (
+            count(
+                "SELECT count(*) FROM processed_commands WHERE command_id = ANY($1) AND outcome = 'applied'",
+                commands,
+            )
+            .await,
+            count("SELECT count(*) FROM todos WHERE id = ANY($1)", todos).await,
+        )
+    })
+}
+
 /// Runtime for the harness's async parts (topic, database, Redis setup).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -309,20 +335,7 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
     let mut worker = env.start_worker();
     let server = start_server(&env, 5, &[]);
     let token = Server::token_with_secret(SECRET, "gina");
-    let write = |title: &str| {
-        let r = server.send_json(
-            "POST",
-            "/todos",
-            &token,
-            &format!(r#"{{"title":"{title}"}}"#),
-        );
-        assert_eq!(r.status, 202, "{}", r.text());
-        let v = r.json();
-        (
-            v["command_id"].as_u64().unwrap(),
-            v["todo_id"].as_u64().unwrap(),
-        )
-    };
+    let write = |title: &str| server.create(&token, title);
     // Outside the snapshot, PostgreSQL answers: a todo that is not there.
     assert_eq!(server.get("/todos/12345").status, 404);
     let (before, _) = write("before");
@@ -360,23 +373,7 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
         assert_eq!(server.get(&format!("/todos/{todo}")).status, 200);
     }
     // Each once: one recorded outcome and one row per command.
-    let (outcomes, rows) = rt.block_on(async {
-        let db = env.db().await;
-        let commands: Vec<i64> = during.iter().map(|(c, _)| *c as i64).collect();
-        let todos: Vec<i64> = during.iter().map(|(_, t)| *t as i64).collect();
-        let one = |sql: &'static str, ids: Vec<i64>| {
-            let db = &db;
-            async move { db.query_one(sql, &[&ids]).await.unwrap().get::<_, i64>(0) }
-        };
-        (
-            one(
-                "SELECT count(*) FROM processed_commands WHERE command_id = ANY($1)",
-                commands,
-            )
-            .await,
-            one("SELECT count(*) FROM todos WHERE id = ANY($1)", todos).await,
-        )
-    });
+    let (outcomes, rows) = applied_and_rows(&rt, &env, &during);
     assert_eq!((outcomes, rows), (10, 10));
     assert_eq!(worker.child.try_wait().unwrap(), None, "never restarted");
     worker.kill();
@@ -390,20 +387,7 @@ fn the_worker_and_a_server_killed_at_once_lose_and_double_nothing() {
     let a = start_server(&env, 8, &[]);
     let b = start_server(&env, 9, &[]);
     let token = Server::token_with_secret(SECRET, "ivan");
-    let write = |server: &Server, title: String| {
-        let r = server.send_json(
-            "POST",
-            "/todos",
-            &token,
-            &format!(r#"{{"title":"{title}"}}"#),
-        );
-        assert_eq!(r.status, 202, "{}", r.text());
-        let v = r.json();
-        (
-            v["command_id"].as_u64().unwrap(),
-            v["todo_id"].as_u64().unwrap(),
-        )
-    };
+    let write = |server: &Server, title: String| server.create(&token, &title);
     let mut accepted: Vec<(u64, u64)> = (0..20).map(|i| write(&a, format!("a {i}"))).collect();
 
     // SIGKILL both at once, whatever they were doing.
@@ -429,24 +413,6 @@ fn the_worker_and_a_server_killed_at_once_lose_and_double_nothing() {
             },
         );
     }
-    let (outcomes, rows) = rt.block_on(async {
-        let db = env.db().await;
-        let commands: Vec<i64> = accepted.iter().map(|(c, _)| *c as i64).collect();
-        let todos: Vec<i64> = accepted.iter().map(|(_, t)| *t as i64).collect();
-        let applied: i64 = db
-            .query_one(
-                "SELECT count(*) FROM processed_commands WHERE command_id = ANY($1) AND outcome = 'applied'",
-                &[&commands],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let rows: i64 = db
-            .query_one("SELECT count(*) FROM todos WHERE id = ANY($1)", &[&todos])
-            .await
-            .unwrap()
-            .get(0);
-        (applied, rows)
-    });
+    let (outcomes, rows) = applied_and_rows(&rt, &env, &accepted);
     assert_eq!((outcomes, rows), (45, 45));
 }

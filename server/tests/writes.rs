@@ -259,17 +259,6 @@ fn data(action: &str, dir: &std::path::Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn create(server: &Server, token: &str, title: &str) -> u64 {
-    let r = server.send_json(
-        "POST",
-        "/todos",
-        token,
-        &format!(r#"{{"title":"{title}"}}"#),
-    );
-    assert_eq!(r.status, 202, "{}", r.text());
-    r.json()["todo_id"].as_u64().unwrap()
-}
-
 fn newest_ids(server: &Server, n: usize) -> Vec<u64> {
     let list = server.get(&format!("/todos?limit={n}")).json();
     list.as_array()
@@ -285,7 +274,7 @@ fn a_damaged_command_log_stops_start_up_and_a_torn_tail_does_not() {
     let server = Server::start("legacy", &[]);
     let token = server.token("erin");
     let first: Vec<u64> = (0..5)
-        .map(|i| create(&server, &token, &format!("first {i}")))
+        .map(|i| server.create(&token, &format!("first {i}")).1)
         .collect();
     let dir = server.kill();
 
@@ -303,7 +292,7 @@ fn a_damaged_command_log_stops_start_up_and_a_torn_tail_does_not() {
         "every acknowledged write is served"
     );
     let second: Vec<u64> = (0..5)
-        .map(|i| create(&server, &token, &format!("second {i}")))
+        .map(|i| server.create(&token, &format!("second {i}")).1)
         .collect();
     let dir = server.kill();
 
@@ -395,17 +384,18 @@ fn a_full_disk_is_503_loses_no_acknowledged_write_and_writes_resume() {
     let server = Server::start_in("legacy", disk.dir.join("data"), &["--seed", "0"]);
     let token = server.token("hana");
     let description = "d".repeat(2000);
-    let mut accepted = Vec::new();
-    let refused = loop {
-        let r = server.send_json(
+    // Writes of about 2 KiB each, numbered by what was accepted so far.
+    let big = |n: usize| {
+        server.send_json(
             "POST",
             "/todos",
             &token,
-            &format!(
-                r#"{{"title":"t {}","description":"{description}"}}"#,
-                accepted.len()
-            ),
-        );
+            &format!(r#"{{"title":"t {n}","description":"{description}"}}"#),
+        )
+    };
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let r = big(accepted.len());
         match r.status {
             202 => accepted.push(r.json()["todo_id"].as_u64().unwrap()),
             _ => break r,
@@ -419,15 +409,7 @@ fn a_full_disk_is_503_loses_no_acknowledged_write_and_writes_resume() {
     // what a refused one left free), and reads go on.
     let mut refusals = 0;
     for _ in 0..20 {
-        let again = server.send_json(
-            "POST",
-            "/todos",
-            &token,
-            &format!(
-                r#"{{"title":"t {}","description":"{description}"}}"#,
-                accepted.len()
-            ),
-        );
+        let again = big(accepted.len());
         match again.status {
             202 => accepted.push(again.json()["todo_id"].as_u64().unwrap()),
             503 => refusals += 1,

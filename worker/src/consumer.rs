@@ -4,14 +4,14 @@
 //! the background.
 //!
 //! Outages: librdkafka reconnects to the broker by itself, so a consume error
-//! (`AllBrokersDown`, transport errors) is waited out; a batch whose
+//! (`AllBrokersDown`, transport errors) is logged and the next taken at once; a batch whose
 //! transaction fails (PostgreSQL away) is applied again, the same batch,
 //! until it commits. Offsets that cannot be stored (the partition moved to
 //! another worker meanwhile) mean redelivery, which the processed-commands
 //! table makes harmless.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use rdkafka::config::ClientConfig;
@@ -120,7 +120,13 @@ pub async fn consume(
         let first = match consumer.recv().await {
             Ok(m) => m,
             Err(e) => {
-                broker.failed("consuming", &e).await;
+                // An error event from librdkafka, which reconnects with its
+                // own backoff. Waiting here would only queue up more of
+                // them, and each would be waited for again after the broker
+                // is back: take the next at once (a short pause keeps a
+                // burst from spinning).
+                broker.seen("consuming", &e);
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };

@@ -33,6 +33,14 @@ impl Outage {
 
     /// An attempt failed with `err`: say so when due, then wait the backoff.
     pub async fn failed(&mut self, doing: &str, err: &dyn Display) {
+        self.seen(doing, err);
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// A failure reported by a client that retries by itself (librdkafka
+    /// reconnects with its own backoff): say so when due, wait nothing.
+    pub fn seen(&mut self, doing: &str, err: &dyn Display) {
         let now = Instant::now();
         match self.since {
             None => {
@@ -53,8 +61,6 @@ impl Outage {
             }
             Some(_) => {}
         }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     /// An attempt succeeded: say so if it had been away.

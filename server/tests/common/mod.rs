@@ -156,6 +156,24 @@ impl Server {
         )
     }
 
+    /// POST a todo titled `title`, which must be accepted: (command id,
+    /// todo id).
+    pub fn create(&self, token: &str, title: &str) -> (u64, u64) {
+        use sonic_rs::JsonValueTrait;
+        let r = self.send_json(
+            "POST",
+            "/todos",
+            token,
+            &format!(r#"{{"title":"{title}"}}"#),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        let v = r.json();
+        (
+            v["command_id"].as_u64().unwrap(),
+            v["todo_id"].as_u64().unwrap(),
+        )
+    }
+
     /// Check `GET path` until `accept` holds (2 s at most); the last answer.
     pub fn wait_for(&self, path: &str, accept: impl Fn(&Response) -> bool) -> Response {
         self.wait_for_secs(path, 2, accept)
