@@ -47,7 +47,7 @@ impl Outage {
                 self.since = Some(now);
                 self.said = now;
                 eprintln!(
-                    "todo-worker: {} is away ({doing}: {err}); retrying with backoff up to {BACKOFF_MAX:?}",
+                    "todo-worker: {} is away ({doing}: {err}); waiting for it (retries back off up to {BACKOFF_MAX:?})",
                     self.what
                 );
             }
