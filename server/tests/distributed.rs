@@ -25,17 +25,6 @@ fn start_server(env: &Env, instance: u16, extra: &[&str]) -> Server {
     server
 }
 
-fn ids_in(server: &Server, limit: usize) -> Vec<u64> {
-    let r = server.get(&format!("/todos?limit={limit}"));
-    assert_eq!(r.status, 200);
-    r.json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_u64().unwrap())
-        .collect()
-}
-
 /// How many of `accepted` (command id, todo id) are recorded as applied in
 /// PostgreSQL, and how many of their todos are rows there.
 fn applied_and_rows(
@@ -117,7 +106,7 @@ fn writes_from_many_clients_reach_every_server() {
             "{} writes never became visible",
             pending.len()
         );
-        let (on_a, on_b) = (ids_in(&a, 1000), ids_in(&b, 1000));
+        let (on_a, on_b) = (a.newest_ids(1000), b.newest_ids(1000));
         let now = Instant::now();
         pending.retain(|(id, started)| {
             let seen = on_a.contains(id) && on_b.contains(id);
@@ -158,7 +147,7 @@ fn writes_from_many_clients_reach_every_server() {
     }
     assert_eq!(bodies.len(), 1, "servers disagree at one version");
     // The outcome is recorded and served from PostgreSQL.
-    let id = ids_in(&a, 1)[0];
+    let id = a.newest_ids(1)[0];
     assert_eq!(
         a.get(&format!("/todos/{id}")).json()["owner"].as_str(),
         Some("alice")
@@ -232,13 +221,7 @@ fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
         "every accepted write visible",
         Duration::from_secs(60),
         || {
-            let list = server.get("/todos?limit=50").json();
-            let ids: Vec<u64> = list
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["id"].as_u64().unwrap())
-                .collect();
+            let ids = server.newest_ids(50);
             accepted.iter().all(|id| ids.contains(id)).then_some(())
         },
     );
@@ -318,7 +301,7 @@ fn redis_restarted_reads_never_fail_and_every_core_converges() {
                     .iter()
                     .all(|&s| s == 0);
                 let one = versions.windows(2).all(|w| w[0] == w[1]);
-                (fresh && one && ids_in(&server, 1).first() == Some(&id)).then_some(())
+                (fresh && one && server.newest_ids(1).first() == Some(&id)).then_some(())
             },
         );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -405,7 +388,7 @@ fn the_worker_and_a_server_killed_at_once_lose_and_double_nothing() {
             "every accepted write visible",
             Duration::from_secs(60),
             || {
-                let ids = ids_in(server, 100);
+                let ids = server.newest_ids(100);
                 accepted
                     .iter()
                     .all(|(_, todo)| ids.contains(todo))

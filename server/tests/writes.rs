@@ -221,13 +221,7 @@ fn accepted_writes_survive_sigkill_and_restart() {
         let data_dir = server.kill();
 
         let server = Server::start_in(driver, data_dir, &[]);
-        let list = server.get("/todos?limit=50").json();
-        let got: Vec<u64> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_u64().unwrap())
-            .collect();
+        let got = server.newest_ids(50);
         let mut want = ids.clone();
         want.reverse();
         assert_eq!(got, want, "newest first, every accepted write kept");
@@ -259,15 +253,6 @@ fn data(action: &str, dir: &std::path::Path) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn newest_ids(server: &Server, n: usize) -> Vec<u64> {
-    let list = server.get(&format!("/todos?limit={n}")).json();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn a_damaged_command_log_stops_start_up_and_a_torn_tail_does_not() {
     use std::time::Duration;
@@ -287,7 +272,7 @@ fn a_damaged_command_log_stops_start_up_and_a_torn_tail_does_not() {
     let mut want = first.clone();
     want.sort_unstable_by(|a, b| b.cmp(a)); // by id: two cores may interleave
     assert_eq!(
-        newest_ids(&server, 5),
+        server.newest_ids(5),
         want,
         "every acknowledged write is served"
     );
@@ -323,7 +308,7 @@ fn a_damaged_command_log_stops_start_up_and_a_torn_tail_does_not() {
 
     // What was before the damage is served; the original log is kept aside.
     let server = Server::start_in("legacy", dir.clone(), &[]);
-    let served = newest_ids(&server, 20);
+    let served = server.newest_ids(20);
     for id in &first {
         assert!(served.contains(id), "{id} from before the torn tail");
     }
@@ -431,7 +416,7 @@ fn a_full_disk_is_503_loses_no_acknowledged_write_and_writes_resume() {
     let (code, report) = data("check", &dir);
     assert_eq!(code, 0, "{report}");
     let server = Server::start_in("legacy", dir, &["--seed", "0"]);
-    let served = newest_ids(&server, 1000);
+    let served = server.newest_ids(1000);
     // Newest first by id (ids from the two cores interleave).
     let mut want = accepted.clone();
     want.sort_unstable_by(|a, b| b.cmp(a));

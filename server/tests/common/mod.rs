@@ -156,6 +156,19 @@ impl Server {
         )
     }
 
+    /// The ids `GET /todos?limit=N` lists, newest first.
+    pub fn newest_ids(&self, limit: usize) -> Vec<u64> {
+        use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+        let r = self.get(&format!("/todos?limit={limit}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect()
+    }
+
     /// POST a todo titled `title`, which must be accepted: (command id,
     /// todo id).
     pub fn create(&self, token: &str, title: &str) -> (u64, u64) {
