@@ -42,6 +42,12 @@ pub struct Plan {
 pub struct ShardResult {
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
+    /// Per connection, the longest any of its requests waited for its answer
+    /// (microseconds): one stalled connection among thousands shows here even
+    /// when the latency percentiles hide it.
+    pub longest_waits: Histogram<u64>,
+    /// Connections whose longest wait was over a second.
+    pub waited_over_1s: u64,
     pub responses: u64,
     pub bytes: u64,
     /// Responses whose status was not the expected one, by status.
@@ -63,6 +69,8 @@ impl ShardResult {
     fn new() -> Self {
         ShardResult {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            longest_waits: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            waited_over_1s: 0,
             responses: 0,
             bytes: 0,
             wrong_status: BTreeMap::new(),
@@ -133,8 +141,14 @@ pub async fn run_shard(plan: &Plan, shard: usize) -> ShardResult {
                     }
                 },
             };
+            let mut r = result.borrow_mut();
+            // Requests never answered waited until now.
+            let now = Instant::now();
+            let unanswered = conn.inflight.front().map(|(due, ..)| wait_us(now, *due));
+            let longest = conn.longest_wait_us.max(unanswered.unwrap_or(0));
+            let _ = r.longest_waits.record(longest.clamp(1, 60_000_000));
+            r.waited_over_1s += u64::from(longest > 1_000_000);
             if let Err(kind) = outcome {
-                let mut r = result.borrow_mut();
                 match kind {
                     Failure::Connect => r.connect_errors += 1,
                     Failure::Io => r.io_errors += 1,
@@ -169,6 +183,12 @@ struct Conn {
     rbuf: Vec<u8>,
     filled: usize,
     sent: u64,
+    /// The longest wait for an answer seen on this connection, microseconds.
+    longest_wait_us: u64,
+}
+
+fn wait_us(now: Instant, due: Instant) -> u64 {
+    now.saturating_duration_since(due).as_micros() as u64
 }
 
 impl Conn {
@@ -181,6 +201,7 @@ impl Conn {
             filled: 0,
             sent: 0,
             closing: false,
+            longest_wait_us: 0,
         }
     }
 
@@ -258,8 +279,9 @@ impl Conn {
             if status == expect {
                 r.responses += 1;
                 r.bytes += length as u64;
-                let us = now.saturating_duration_since(due).as_micros() as u64;
+                let us = wait_us(now, due);
                 let _ = r.latency.record(us.clamp(1, 60_000_000));
+                self.longest_wait_us = self.longest_wait_us.max(us);
                 counted += 1;
             } else {
                 *r.wrong_status.entry(status).or_default() += 1;

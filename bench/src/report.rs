@@ -18,6 +18,16 @@ pub struct Latency {
     pub mean_us: f64,
 }
 
+/// Across connections, each connection's longest wait for an answer.
+#[derive(Serialize)]
+pub struct LongestWaits {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// Connections that waited over a second for some answer.
+    pub over_1s: u64,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub url: String,
@@ -31,6 +41,7 @@ pub struct Report {
     pub bytes: u64,
     pub bytes_per_sec: f64,
     pub latency: Option<Latency>,
+    pub longest_waits: Option<LongestWaits>,
     pub wrong_status: BTreeMap<u16, u64>,
     pub framing_errors: u64,
     pub connect_errors: u64,
@@ -41,6 +52,10 @@ pub struct Report {
     pub resent: u64,
     #[serde(skip)]
     hist: Histogram<u64>,
+    #[serde(skip)]
+    waits: Histogram<u64>,
+    #[serde(skip)]
+    waited_over_1s: u64,
 }
 
 impl Report {
@@ -63,6 +78,7 @@ impl Report {
             bytes: 0,
             bytes_per_sec: 0.0,
             latency: None,
+            longest_waits: None,
             wrong_status: BTreeMap::new(),
             framing_errors: 0,
             connect_errors: 0,
@@ -70,12 +86,16 @@ impl Report {
             reconnects: 0,
             resent: 0,
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            waits: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            waited_over_1s: 0,
         }
     }
 
     pub fn merge(&mut self, r: ShardResult) {
         self.seconds = self.seconds.max(r.elapsed.as_secs_f64());
         let _ = self.hist.add(&r.latency);
+        let _ = self.waits.add(&r.longest_waits);
+        self.waited_over_1s += r.waited_over_1s;
         self.responses += r.responses;
         self.bytes += r.bytes;
         for (status, n) in r.wrong_status {
@@ -101,6 +121,15 @@ impl Report {
                 p999_us: h.value_at_quantile(0.999),
                 max_us: h.max(),
                 mean_us: h.mean(),
+            });
+        }
+        if !self.waits.is_empty() {
+            let w = &self.waits;
+            self.longest_waits = Some(LongestWaits {
+                p50_us: w.value_at_quantile(0.50),
+                p99_us: w.value_at_quantile(0.99),
+                max_us: w.max(),
+                over_1s: self.waited_over_1s,
             });
         }
     }
@@ -139,6 +168,13 @@ impl Report {
                 s,
                 "  latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}",
                 l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+            );
+        }
+        if let Some(w) = &self.longest_waits {
+            let _ = writeln!(
+                s,
+                "  longest wait per connection us: p50 {}  p99 {}  max {}  ({} connections waited over 1 s)",
+                w.p50_us, w.p99_us, w.max_us, w.over_1s
             );
         }
         let _ = writeln!(

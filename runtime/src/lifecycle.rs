@@ -4,12 +4,15 @@
 //! being destroyed by a reset.
 
 use std::cell::Cell;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
+use crate::cores::{current_driver, Driver};
 use crate::shutdown::Shutdown;
 
 /// After an error that closes the connection, unread input is drained for
@@ -17,10 +20,22 @@ use crate::shutdown::Shutdown;
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// Connections taken straight from the accept queue after each accept
+/// through io_uring, at most.
+const ACCEPT_BURST: usize = 1024;
+
 /// Accept on `listener` until `shutdown` fires, handing each connection to
 /// `on_conn`; then close the listener. Accept errors (EMFILE and friends)
 /// are said once a second as `{label}: accept: ...` and retried after a
 /// short pause, so the connections already open keep being served.
+///
+/// On io_uring every accept through the ring costs a full pass of the
+/// core's run queue before the next one is submitted, so under load a core
+/// took a few connections a second while its accept queue held hundreds,
+/// each with a request batch waiting (docs/front-tier.md, "io_uring and the
+/// accept queue"). So after each ring accept, the queue is emptied with
+/// plain non-blocking `accept4` calls (the listener is non-blocking and
+/// this core its only reader), as epoll does.
 pub async fn accept_until(
     listener: std::net::TcpListener,
     shutdown: &Shutdown,
@@ -41,7 +56,19 @@ pub async fn accept_until(
             _ = shutdown.wait() => break,
         };
         match accepted {
-            Ok((stream, peer)) => on_conn(stream, peer),
+            Ok((stream, peer)) => {
+                on_conn(stream, peer);
+                if current_driver() == Some(Driver::Uring) {
+                    for _ in 0..ACCEPT_BURST {
+                        match accept_queued(&listener) {
+                            Ok(Some((stream, peer))) => on_conn(stream, peer),
+                            Ok(None) => break,
+                            // Said by the ring accept that meets it next.
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
                     eprintln!("{label}: accept: {e}");
@@ -55,6 +82,24 @@ pub async fn accept_until(
     // another process on the same port when net.ipv4.tcp_migrate_req is 1;
     // otherwise the kernel resets them.
     drop(listener);
+}
+
+/// One connection from the accept queue of the non-blocking `listener`,
+/// without waiting: `None` when the queue is empty. The socket is blocking,
+/// as io_uring's own accept makes it.
+fn accept_queued(listener: &TcpListener) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    // SAFETY: the listener outlives this borrow of its descriptor.
+    let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+    let (socket, peer) = match socket2::SockRef::from(&fd).accept() {
+        Ok(accepted) => accepted,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP peer"))?;
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    Ok(Some((stream, peer)))
 }
 
 /// Wait until `open` is zero or `timeout` has passed; false on time-out.

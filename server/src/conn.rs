@@ -43,13 +43,6 @@ use todo_runtime::lifecycle;
 const READ_CHUNK: usize = 16 * 1024;
 /// Read space kept free before each read, bytes.
 const MIN_READ_SPACE: usize = 1024;
-/// Input buffer of a connection that turns busy, bytes; a read that fills
-/// it doubles it. Big enough for a depth-80 batch in one read: starting at
-/// 4 KiB (less than 80 requests) measured a fifth less throughput at depth
-/// 80 and, on io_uring, connections starved for seconds. What a burst of
-/// busy connections costs is returned to the system once they are quiet
-/// (buffers get their own pages, see main.rs).
-const FIRST_READ: usize = 16 * 1024;
 /// Output buffers larger than this are freed rather than pooled, bytes.
 const MAX_POOLED: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -92,7 +85,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     let mut active = Instant::now();
     // Cancels a read that waited too long, without losing what it read.
     let mut canceller = Canceller::new();
-    let mut input: Vec<u8> = core.take_buffer(FIRST_READ);
+    let mut input: Vec<u8> = core.take_buffer(config.read_buffer.max(MIN_READ_SPACE));
     // Grows to fit the batch's responses; pooled buffers already have.
     let mut out: Vec<u8> = core.take_buffer(0);
     // When the request still incomplete in `input` began arriving.
