@@ -142,3 +142,76 @@ pub async fn linger(stream: &mut TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cores::{block_on, resolve_driver};
+    use crate::listener::{bind_reuseport, ListenerConfig};
+    use std::cell::RefCell;
+
+    /// The drivers this machine can run.
+    fn drivers() -> Vec<Driver> {
+        let mut drivers = vec![Driver::Legacy];
+        if resolve_driver(Driver::Uring).is_ok() {
+            drivers.push(Driver::Uring);
+        }
+        drivers
+    }
+
+    /// `count` connections waiting in the accept queue of a new listener.
+    fn queued(count: usize) -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+        let addr = "127.0.0.1:0".parse().expect("address");
+        let listener = bind_reuseport(addr, 1, &ListenerConfig::default())
+            .expect("bind")
+            .remove(0);
+        let at = listener.local_addr().expect("local address");
+        let clients = (0..count)
+            .map(|_| std::net::TcpStream::connect(at).expect("connect"))
+            .collect();
+        (listener, clients)
+    }
+
+    #[test]
+    fn accept_queued_takes_each_queued_connection_and_never_waits() {
+        for driver in drivers() {
+            let (listener, clients) = queued(5);
+            let mut expected: Vec<SocketAddr> =
+                clients.iter().map(|c| c.local_addr().expect("addr")).collect();
+            block_on(driver, async move {
+                let listener = TcpListener::from_std(listener).expect("listener");
+                let mut peers = Vec::new();
+                while let Some((_, peer)) = accept_queued(&listener).expect("accept") {
+                    peers.push(peer);
+                }
+                peers.sort();
+                expected.sort();
+                assert_eq!(peers, expected, "{driver:?}");
+                // Empty now: None at once, not a wait.
+                assert!(accept_queued(&listener).expect("accept").is_none());
+            })
+            .expect("runtime");
+        }
+    }
+
+    #[test]
+    fn a_full_accept_queue_is_taken_whole_on_every_driver() {
+        for driver in drivers() {
+            let (listener, clients) = queued(300);
+            let (trigger, shutdown) = crate::shutdown::channel();
+            let trigger = RefCell::new(trigger);
+            let accepted = Cell::new(0);
+            block_on(driver, async {
+                accept_until(listener, &shutdown, "test", |_stream, _peer| {
+                    accepted.set(accepted.get() + 1);
+                    if accepted.get() == clients.len() {
+                        trigger.borrow_mut().fire();
+                    }
+                })
+                .await;
+            })
+            .expect("runtime");
+            assert_eq!(accepted.get(), clients.len(), "{driver:?}");
+        }
+    }
+}
