@@ -10,6 +10,7 @@
 //! ```
 
 mod hold;
+mod hostile;
 mod kafka;
 mod load;
 mod mix;
@@ -76,6 +77,15 @@ struct Cli {
     /// requests in flight is an error.
     #[arg(long)]
     reconnect: bool,
+    /// Instead of load: this many connections that send their request one
+    /// byte a second (reopened when the server ends them), for -d; with
+    /// --unread, in the same process. Prints JSON.
+    #[arg(long, default_value_t = 0)]
+    slow: usize,
+    /// Instead of load: this many connections that pipeline requests and
+    /// never read an answer, for -d. Prints JSON.
+    #[arg(long, default_value_t = 0)]
+    unread: usize,
     /// Instead of HTTP: produce straight to this Kafka topic (URL is then
     /// kafka://BROKERS/TOPIC) for the broker's own rate, with messages of
     /// --size bytes and -c messages in flight.
@@ -121,6 +131,30 @@ fn main() -> anyhow::Result<()> {
         println!(
             r#"{{"held":{},"failed":{},"answered_after":{},"connect_seconds":{}}}"#,
             h.held, h.failed, h.answered_after, h.connect_seconds
+        );
+        return Ok(());
+    }
+    if cli.slow > 0 || cli.unread > 0 {
+        let h = hostile::run(
+            target.addr,
+            &mix.kinds[0].bytes,
+            cli.slow,
+            cli.unread,
+            cli.duration,
+        );
+        println!(
+            r#"{{"slow":{},"slow_opened":{},"slow_ended_by_server":{},"slow_bytes":{},"slow_open_at_end":{},"unread":{},"unread_opened":{},"unread_ended_by_server":{},"unread_open_at_end":{},"unread_bytes":{},"connect_errors":{}}}"#,
+            cli.slow,
+            h.slow_opened,
+            h.slow_ended_by_server,
+            h.slow_bytes,
+            h.slow_open_at_end,
+            cli.unread,
+            h.unread_opened,
+            h.unread_ended_by_server,
+            h.unread_open_at_end,
+            h.unread_bytes,
+            h.connect_errors
         );
         return Ok(());
     }

@@ -111,6 +111,30 @@ pub async fn drained(open: &Cell<usize>, timeout: Duration) -> bool {
     open.get() == 0
 }
 
+/// The error of [`flush_within`] when the client did not take its answers.
+#[derive(Debug, thiserror::Error)]
+#[error("the client did not take its answers in time")]
+pub struct SendTimedOut;
+
+/// Whether `e` is [`flush_within`]'s time-out (not a socket's own ETIMEDOUT).
+pub fn is_send_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SendTimedOut>())
+}
+
+/// [`flush`], or a [`SendTimedOut`] error when the client has not taken it
+/// all within `timeout` (it does not read its answers): the caller closes.
+pub async fn flush_within(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> io::Result<()> {
+    match monoio::time::timeout(timeout, flush(stream, out)).await {
+        Ok(done) => done,
+        // The buffer went with the cancelled write; the connection closes.
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, SendTimedOut)),
+    }
+}
+
 /// Write and clear `out`, keeping its allocation for the next batch.
 pub async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
     if out.is_empty() {
@@ -176,8 +200,10 @@ mod tests {
     fn accept_queued_takes_each_queued_connection_and_never_waits() {
         for driver in drivers() {
             let (listener, clients) = queued(5);
-            let mut expected: Vec<SocketAddr> =
-                clients.iter().map(|c| c.local_addr().expect("addr")).collect();
+            let mut expected: Vec<SocketAddr> = clients
+                .iter()
+                .map(|c| c.local_addr().expect("addr"))
+                .collect();
             block_on(driver, async move {
                 let listener = TcpListener::from_std(listener).expect("listener");
                 let mut peers = Vec::new();

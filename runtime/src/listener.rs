@@ -23,6 +23,12 @@ pub struct ListenerConfig {
     /// How the kernel picks a listener for a new connection. Default
     /// [`Steer::Hash`].
     pub steer: Steer,
+    /// SO_SNDBUF and SO_RCVBUF of the listener, which accepted sockets
+    /// inherit (the kernel doubles the value for its bookkeeping); `None`
+    /// leaves the kernel's autotuning (up to `net.ipv4.tcp_wmem` /
+    /// `tcp_rmem`'s maximum per socket). Bounds what one connection that
+    /// does not read its answers holds in kernel memory.
+    pub socket_buffer: Option<usize>,
 }
 
 /// Connection steering within the SO_REUSEPORT group.
@@ -44,6 +50,7 @@ impl Default for ListenerConfig {
             backlog: 4096,
             nodelay: true,
             steer: Steer::Hash,
+            socket_buffer: None,
         }
     }
 }
@@ -116,6 +123,12 @@ fn bind_one(addr: SocketAddr, config: &ListenerConfig) -> io::Result<TcpListener
     socket.set_nonblocking(true)?;
     if config.nodelay {
         socket.set_nodelay(true)?;
+    }
+    if let Some(bytes) = config.socket_buffer {
+        // Before listen(): the receive window's scale is fixed at the
+        // handshake from the buffer then.
+        socket.set_send_buffer_size(bytes)?;
+        socket.set_recv_buffer_size(bytes)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(config.backlog)?;

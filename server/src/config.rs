@@ -153,9 +153,21 @@ pub struct ServeConfig {
     /// Longest wait for the broker to confirm a write (503 after).
     #[arg(long, env = "TODO_KAFKA_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub kafka_timeout: Duration,
-    /// Output bytes buffered before a batch is written early.
+    /// Output bytes buffered before a batch is written early. What a client
+    /// that does not read can hold of server memory, with the read buffer.
+    /// 64 KiB measured 0.9 of 256 KiB's rate for 21 KB answers pipelined 16
+    /// deep.
     #[arg(long, env = "TODO_WRITE_BUFFER", default_value_t = 256 * 1024)]
     pub write_buffer: usize,
+    /// A batch's answers must be taken by the client within this long, or
+    /// the connection is closed (a client that does not read).
+    #[arg(long, env = "TODO_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+    /// Kernel send and receive buffer of each connection, bytes (SO_SNDBUF
+    /// and SO_RCVBUF; the kernel doubles it); 0 leaves the kernel's
+    /// autotuning. Bounds the kernel memory of a client that does not read.
+    #[arg(long, env = "TODO_SOCKET_BUFFER", default_value_t = 128 * 1024)]
+    pub socket_buffer: usize,
 }
 
 impl ServeConfig {

@@ -43,6 +43,10 @@ use todo_runtime::lifecycle;
 const READ_CHUNK: usize = 16 * 1024;
 /// Read space kept free before each read, bytes.
 const MIN_READ_SPACE: usize = 1024;
+/// A buffer filled by one read doubles up to this, bytes: a read this size
+/// holds over a thousand pipelined GETs, more than one batch answers
+/// (`max_pipeline`). Larger requests grow it up to their limits.
+const MAX_READ_GROWTH: usize = 64 * 1024;
 /// Output buffers larger than this are freed rather than pooled, bytes.
 const MAX_POOLED: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -63,6 +67,10 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         match Box::pin(pipeline(&core, &mut stream)).await {
             Ok(Ending::Quiet(last)) => active = last,
             Ok(Ending::Linger) => return Box::pin(lifecycle::linger(&mut stream)).await,
+            Err(e) if lifecycle::is_send_timeout(&e) => {
+                core.metrics().send_timed_out();
+                return;
+            }
             Ok(Ending::Close) | Err(_) => return,
         }
     }
@@ -105,7 +113,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     persist,
                 );
                 core.metrics().request(Route::Other, 413);
-                lifecycle::flush(stream, &mut out).await?;
+                lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                 return Ok(Ending::Linger);
             }
             input.reserve(input.capacity().max(READ_CHUNK));
@@ -130,7 +138,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         Persist::Close,
                     );
                     core.metrics().request(Route::Other, 408);
-                    lifecycle::flush(stream, &mut out).await?;
+                    lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                     return Ok(Ending::Close);
                 }
                 if Instant::now() >= idle_until {
@@ -148,10 +156,11 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         if n == 0 {
             return Ok(Ending::Close);
         }
-        if input.len() == input.capacity() {
+        if input.len() == input.capacity() && input.capacity() < MAX_READ_GROWTH {
             // The read filled the buffer: this client sends more at once
             // than it holds, so double it for the next batch (a pipelining
-            // client's whole batch then arrives in one read).
+            // client's whole batch then arrives in one read), up to a
+            // bound: a client that sends without end must not grow it.
             input.reserve(input.capacity());
         }
 
@@ -163,7 +172,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         loop {
             if batch >= config.max_pipeline {
                 settle(core, stream, &mut out, &mut queued).await?;
-                lifecycle::flush(stream, &mut out).await?;
+                lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                 batch = 0;
             }
             match http1::parse(&input[at..], &limits) {
@@ -198,7 +207,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         }
                         Action::Await(pending) => {
                             settle(core, stream, &mut out, &mut queued).await?;
-                            lifecycle::flush(stream, &mut out).await?;
+                            lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                             let (route, status) =
                                 // Boxed: a rare wait whose state need not
                                 // be in every connection's future.
@@ -215,7 +224,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         break;
                     }
                     if out.len() >= config.write_buffer {
-                        lifecycle::flush(stream, &mut out).await?;
+                        lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                     }
                 }
                 Ok(Parsed::Partial { expect_continue }) => {
@@ -236,7 +245,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
             }
         }
         settle(core, stream, &mut out, &mut queued).await?;
-        lifecycle::flush(stream, &mut out).await?;
+        lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
         if served > 0 {
             core.metrics()
                 .batch(served, t0.elapsed().as_micros() as u64);
@@ -290,7 +299,7 @@ async fn settle_queued(
     queued: &mut VecDeque<Queued>,
 ) -> io::Result<()> {
     // What is answered already leaves before the wait.
-    lifecycle::flush(stream, out).await?;
+    lifecycle::flush_within(stream, out, core.config.send_timeout).await?;
     while let Some(slot) = queued.pop_front() {
         match slot {
             Queued::Write { sub, ids, reply } => {

@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let open_files = OpenFiles::raise_and_read().context("reading the open-files limit")?;
     let listener_config = ListenerConfig {
         steer: config.steer,
+        socket_buffer: (config.socket_buffer > 0).then_some(config.socket_buffer),
         ..ListenerConfig::default()
     };
     eprintln!(

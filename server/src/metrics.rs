@@ -64,6 +64,8 @@ pub struct CoreMetrics {
     accepted: AtomicU64,
     closed: AtomicU64,
     panics: AtomicU64,
+    /// Connections closed because the client did not take its answers.
+    send_timeouts: AtomicU64,
     /// Connections holding no buffer now (see `conn.rs`).
     quiet: AtomicU64,
     snapshot_version: AtomicU64,
@@ -105,6 +107,10 @@ impl CoreMetrics {
 
     pub fn panicked(&self) {
         bump(&self.panics, 1);
+    }
+
+    pub fn send_timed_out(&self) {
+        bump(&self.send_timeouts, 1);
     }
 
     pub fn set_stale(&self, stale: bool) {
@@ -178,6 +184,12 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
     let _ = writeln!(out, "todo_connections_quiet {}", sum(&|c| &c.quiet));
     out.push_str("# HELP todo_connection_panics_total Connections ended by a caught panic.\n# TYPE todo_connection_panics_total counter\n");
     let _ = writeln!(out, "todo_connection_panics_total {}", sum(&|c| &c.panics));
+    out.push_str("# HELP todo_send_timeouts_total Connections closed because the client did not take its answers within --send-timeout.\n# TYPE todo_send_timeouts_total counter\n");
+    let _ = writeln!(
+        out,
+        "todo_send_timeouts_total {}",
+        sum(&|c| &c.send_timeouts)
+    );
 
     out.push_str("# HELP todo_snapshot_version Version of the snapshot each core serves.\n# TYPE todo_snapshot_version gauge\n");
     for (i, c) in cores.iter().enumerate() {

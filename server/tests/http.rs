@@ -298,6 +298,48 @@ fn slow_and_idle_clients_are_timed_out() {
     }
 }
 
+/// A metric without labels, from `/metrics`.
+fn metric(server: &Server, name: &str) -> u64 {
+    let text = server.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_and_others_are_served() {
+    for driver in drivers() {
+        let server = Server::start(
+            driver,
+            &["--send-timeout", "300ms", "--socket-buffer", "16384"],
+        );
+        // Far more answer bytes than the two sockets' buffers hold: the
+        // server's write blocks, and this client never reads.
+        let mut s = server.connect();
+        let request = b"GET /todos?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(200);
+        s.write_all(&request).unwrap();
+        common::wait_until("the server closing it", Duration::from_secs(10), || {
+            (metric(&server, "todo_send_timeouts_total") == 1).then_some(())
+        });
+        // Gone from the server: only the connection asking is open.
+        assert_eq!(metric(&server, "todo_connections_open"), 1);
+        // Meanwhile, and after, others are answered.
+        assert_eq!(server.get("/todos?limit=1").status, 200);
+        // A client that reads its answers is not cut off.
+        let mut s = server.connect();
+        s.write_all(&b"GET /todos?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3))
+            .unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(
+                read_response(&mut s, &mut buf).expect("answered").status,
+                200
+            );
+        }
+        assert_eq!(metric(&server, "todo_send_timeouts_total"), 1);
+    }
+}
+
 #[test]
 fn head_livez_readyz_and_metrics() {
     for driver in drivers() {
