@@ -13,6 +13,7 @@
 //! Nothing here knows about todos or HTTP; a program hands each accepted
 //! connection to its own handler.
 
+pub mod alloc;
 pub mod cores;
 pub mod lifecycle;
 pub mod listener;
