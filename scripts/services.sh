@@ -94,8 +94,10 @@ up() {
   local secret; secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
   echo "export JWT_SECRET=$secret" >> "$dir/env"
   export JWT_SECRET=$secret
-  "$BIN/todo-worker" >"$dir/worker.log" 2>&1 &
+  local metrics; metrics=$(free_port)
+  TODO_WORKER_METRICS_LISTEN=127.0.0.1:$metrics "$BIN/todo-worker" >"$dir/worker.log" 2>&1 &
   echo $! > "$dir/worker.pid"
+  echo "export TODO_WORKER_METRICS=http://127.0.0.1:$metrics/metrics" >> "$dir/env"
   local urls=() i port
   for i in $(seq "$n"); do
     port=$(free_port)

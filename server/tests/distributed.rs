@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{read_response, Server};
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+use todo_testkit::http::scrape;
 use todo_testkit::services::{self, Env};
 
 const SECRET: &str = "distributed-test-secret-0123456789abcdef";
@@ -204,6 +205,15 @@ fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
         None,
         "the worker rides the outage out"
     );
+    // ... and says so in its metrics.
+    let kafka_up = r#"todo_worker_dependency_up{dependency="kafka"}"#;
+    let kafka_outages = r#"todo_worker_outages_total{dependency="kafka"}"#;
+    common::wait_until(
+        "the worker reporting the broker away",
+        Duration::from_secs(30),
+        || (scrape(worker.addr(), kafka_up) == Some(0)).then_some(()),
+    );
+    assert!(scrape(worker.addr(), kafka_outages) >= Some(1));
 
     broker.start();
     common::wait_until("writes flow again", Duration::from_secs(60), || {
@@ -233,6 +243,13 @@ fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
         .iter()
         .all(|t| t["title"].as_str() != Some("during")));
     assert_eq!(worker.child.try_wait().unwrap(), None, "never restarted");
+    assert_eq!(
+        scrape(worker.addr(), kafka_up),
+        Some(1),
+        "back in the metrics"
+    );
+    let applied = r#"todo_worker_commands_total{result="applied"}"#;
+    assert!(scrape(worker.addr(), applied) >= Some(accepted.len() as u64));
     worker.kill();
 }
 
@@ -348,6 +365,12 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
         "the snapshot is served"
     );
     assert_eq!(worker.child.try_wait().unwrap(), None, "the worker waits");
+    let pg_up = r#"todo_worker_dependency_up{dependency="postgresql"}"#;
+    common::wait_until(
+        "the worker reporting PostgreSQL away",
+        Duration::from_secs(30),
+        || (scrape(worker.addr(), pg_up) == Some(0)).then_some(()),
+    );
 
     postgres.start();
     for (command, todo) in &during {
@@ -359,6 +382,9 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
     let (outcomes, rows) = applied_and_rows(&rt, &env, &during);
     assert_eq!((outcomes, rows), (10, 10));
     assert_eq!(worker.child.try_wait().unwrap(), None, "never restarted");
+    assert_eq!(scrape(worker.addr(), pg_up), Some(1), "back in the metrics");
+    let outages = r#"todo_worker_outages_total{dependency="postgresql"}"#;
+    assert!(scrape(worker.addr(), outages) >= Some(1));
     worker.kill();
 }
 

@@ -2,8 +2,6 @@
 //! replaced only by a newer version (checked inside Redis, so several workers
 //! can publish concurrently), and `todos:changed` announces the version.
 
-use std::time::Duration;
-
 use todo_model::Snapshot;
 use tokio::sync::Mutex;
 
@@ -27,17 +25,14 @@ return 0";
 /// Redis is empty).
 pub struct Publisher {
     url: String,
-    /// Names the program in log lines (`todo-worker`, `todo-server`).
-    label: &'static str,
     conn: Mutex<Option<Connection>>,
 }
 
 impl Publisher {
-    pub fn new(url: &str, label: &'static str) -> Result<Publisher, RespError> {
+    pub fn new(url: &str) -> Result<Publisher, RespError> {
         crate::resp::parse_url(url)?;
         Ok(Publisher {
             url: url.to_string(),
-            label,
             conn: Mutex::new(None),
         })
     }
@@ -69,26 +64,6 @@ impl Publisher {
                 // Drop the connection; the next call reconnects.
                 *guard = None;
                 Err(e)
-            }
-        }
-    }
-
-    /// Publish, retrying with backoff (50 ms doubling to 2 s) until Redis
-    /// takes it. Data is already committed; this only delays readers.
-    pub async fn publish_with_retry(&self, snapshot: &Snapshot) {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.publish(snapshot).await {
-                Ok(_) => return,
-                Err(e) => {
-                    eprintln!(
-                        "{}: publishing snapshot {}: {e}; retrying in {delay:?}",
-                        self.label,
-                        snapshot.version()
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
             }
         }
     }

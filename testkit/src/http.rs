@@ -294,6 +294,27 @@ pub fn closed(s: &mut std::net::TcpStream) -> bool {
     }
 }
 
+/// `GET /metrics` from `addr` and the value of the line named exactly
+/// `series` (a metric name with its labels, e.g.
+/// `todo_worker_dependency_up{dependency="kafka"}`); `None` when the
+/// process does not answer or has no such line.
+pub fn scrape(addr: std::net::SocketAddr, series: &str) -> Option<u64> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\n\r\n")
+        .ok()?;
+    let r = read_response(&mut s, &mut Vec::new())?;
+    let text = String::from_utf8(r.body).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

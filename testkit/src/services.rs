@@ -156,16 +156,18 @@ impl Env {
 
     /// A todo-worker for this test's slice; killed when dropped, so a
     /// failing test leaves none behind.
+    /// Ready once its metrics listener is (its `addr`: `GET /metrics`).
     pub fn start_worker(&self) -> crate::process::Proc {
         let mut cmd = Command::new(worker_bin());
-        cmd.env("KAFKA_BROKERS", &self.brokers)
+        cmd.env("TODO_WORKER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("KAFKA_BROKERS", &self.brokers)
             .env("REDIS_URL", &self.redis_url)
             .env("DATABASE_URL", &self.database_url)
             .env("TODO_COMMANDS_TOPIC", &self.topic)
             .env("TODO_WORKER_GROUP", &self.group)
             .env("TODO_SEED", "100")
             .stdout(Stdio::null());
-        crate::process::Proc::start("worker", cmd)
+        crate::process::Proc::spawn("worker", cmd, Duration::from_secs(30))
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {

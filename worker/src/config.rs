@@ -39,7 +39,20 @@ pub struct WorkerConfig {
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "TODO_DB_POOL", default_value_t = 4)]
     pub pool_size: usize,
+    /// Where `GET /metrics` and `GET /livez` are answered (Prometheus
+    /// text); `off` for none.
+    #[arg(long, env = "TODO_WORKER_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Todos seeded into an empty database.
     #[arg(long, env = "TODO_SEED", default_value_t = todo_model::seed::SEED_COUNT)]
     pub seed: usize,
+}
+
+fn parse_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:9464, or off)"))
 }

@@ -21,14 +21,19 @@ use todo_model::TodoCommand;
 
 use todo_store::pg;
 
+use crate::metrics::{Dependency, Metrics};
 use crate::outage::Outage;
 use crate::{WorkerConfig, WorkerError};
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
 
 /// Create the commands topic if it does not exist yet, waiting for the
 /// broker as long as it takes.
-pub async fn ensure_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
-    let mut broker = Outage::new("the broker");
+pub async fn ensure_topic(
+    config: &WorkerConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<(), WorkerError> {
+    let mut broker = Outage::new(Dependency::Broker, metrics);
     loop {
         match create_topic(config).await {
             Ok(()) => {
@@ -107,10 +112,11 @@ pub async fn consume(
     config: &WorkerConfig,
     pool: &Pool,
     latest: &tokio::sync::watch::Sender<std::sync::Arc<todo_model::Snapshot>>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(), WorkerError> {
     let consumer = consumer(config)?;
-    let mut broker = Outage::new("the broker");
-    let mut postgres = Outage::new("PostgreSQL");
+    let mut broker = Outage::new(Dependency::Broker, metrics);
+    let mut postgres = Outage::new(Dependency::Postgres, metrics);
     let mut batch: Vec<TodoCommand> = Vec::with_capacity(config.max_batch);
     // Highest offset seen per partition in this batch.
     let mut offsets: HashMap<i32, i64> = HashMap::new();
@@ -132,12 +138,12 @@ pub async fn consume(
         };
         broker.ok();
         let deadline = Instant::now() + config.batch_wait;
-        take(&first, &mut batch, &mut offsets);
+        take(&first, &mut batch, &mut offsets, metrics);
         drop(first);
         while batch.len() < config.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, consumer.recv()).await {
-                Ok(Ok(m)) => take(&m, &mut batch, &mut offsets),
+                Ok(Ok(m)) => take(&m, &mut batch, &mut offsets, metrics),
                 // Apply what came; the next recv waits the error out.
                 Ok(Err(_)) | Err(_) => break,
             }
@@ -151,6 +157,12 @@ pub async fn consume(
             }
         };
         postgres.ok();
+        let fresh = applied.outcomes.iter().filter(|o| o.is_some()).count() as u64;
+        metrics.committed(
+            fresh,
+            applied.outcomes.len() as u64 - fresh,
+            applied.snapshot.as_ref().map(|s| s.version()),
+        );
         for (partition, offset) in &offsets {
             if let Err(e) = consumer.store_offset(&config.topic, *partition, *offset) {
                 eprintln!(
@@ -174,17 +186,21 @@ fn take(
     m: &rdkafka::message::BorrowedMessage<'_>,
     batch: &mut Vec<TodoCommand>,
     offsets: &mut HashMap<i32, i64>,
+    metrics: &Metrics,
 ) {
     offsets.insert(m.partition(), m.offset());
     match m.payload().map(sonic_rs::from_slice::<TodoCommand>) {
         Some(Ok(cmd)) => batch.push(cmd),
         // A command no server could have produced: skipped, and its offset
         // stored with the batch so it is not retried forever.
-        other => eprintln!(
-            "todo-worker: skipping unreadable message at {}/{}: {:?}",
-            m.partition(),
-            m.offset(),
-            other.map(|r| r.err())
-        ),
+        other => {
+            metrics.unreadable();
+            eprintln!(
+                "todo-worker: skipping unreadable message at {}/{}: {:?}",
+                m.partition(),
+                m.offset(),
+                other.map(|r| r.err())
+            )
+        }
     }
 }

@@ -20,12 +20,14 @@
 
 pub mod config;
 pub mod consumer;
+pub mod metrics;
 pub mod outage;
 
 pub use config::WorkerConfig;
 
 use todo_store::{pg, Publisher, StoreError};
 
+use crate::metrics::{Dependency, Metrics};
 use crate::outage::Outage;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub enum WorkerError {
     },
     #[error("REDIS_URL: {0}")]
     RedisUrl(#[from] todo_store::resp::RespError),
+    #[error("metrics listener: {0}")]
+    Metrics(#[from] std::io::Error),
 }
 
 /// Run the worker until the process is stopped: migrate, seed, publish the
@@ -48,9 +52,13 @@ pub enum WorkerError {
 /// away at any point, for any time: the worker waits for them (see
 /// [`outage`]); it returns only on what a restart cannot fix.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics_listen {
+        metrics::serve(addr, metrics.clone()).await?;
+    }
     let pool = pg::pool(&config.database_url, config.pool_size)?;
-    let publisher = Publisher::new(&config.redis_url, "todo-worker")?;
-    let mut postgres = Outage::new("PostgreSQL");
+    let publisher = Publisher::new(&config.redis_url)?;
+    let mut postgres = Outage::new(Dependency::Postgres, &metrics);
     let current = loop {
         match prepare(&pool, config.seed).await {
             Ok(snapshot) => break snapshot,
@@ -60,16 +68,28 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     postgres.ok();
     // Publishing runs beside consumption: Redis being away delays readers but
     // never stalls the applying of commands (their durability is PostgreSQL's).
+    // Retries take the newest snapshot each time (latest wins).
     let (latest, mut newest) = tokio::sync::watch::channel(std::sync::Arc::new(current));
     newest.mark_changed();
+    let mut redis = Outage::new(Dependency::Redis, &metrics);
+    let published = metrics.clone();
     tokio::spawn(async move {
         while newest.changed().await.is_ok() {
-            let snapshot = newest.borrow_and_update().clone();
-            publisher.publish_with_retry(&snapshot).await;
+            loop {
+                let snapshot = newest.borrow_and_update().clone();
+                match publisher.publish(&snapshot).await {
+                    Ok(_) => {
+                        redis.ok();
+                        published.published(snapshot.version());
+                        break;
+                    }
+                    Err(e) => redis.failed("publishing a snapshot", &e).await,
+                }
+            }
         }
     });
-    consumer::ensure_topic(&config).await?;
-    consumer::consume(&config, &pool, &latest).await
+    consumer::ensure_topic(&config, &metrics).await?;
+    consumer::consume(&config, &pool, &latest, &metrics).await
 }
 
 /// Migrate and seed, then read the committed state's snapshot.

@@ -4,10 +4,14 @@
 //!
 //! The log says when an outage begins, every [`REMIND_EVERY`] while it
 //! lasts, and how long it lasted when it ends, so a long outage is a few
-//! lines, not one per attempt.
+//! lines, not one per attempt; the metrics say it too
+//! (`todo_worker_dependency_up`, `todo_worker_outages_total`).
 
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::metrics::{Dependency, Metrics};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -15,16 +19,18 @@ const REMIND_EVERY: Duration = Duration::from_secs(30);
 
 /// One dependency's state as this worker sees it.
 pub struct Outage {
-    what: &'static str,
+    what: Dependency,
+    metrics: Arc<Metrics>,
     since: Option<Instant>,
     said: Instant,
     backoff: Duration,
 }
 
 impl Outage {
-    pub fn new(what: &'static str) -> Self {
+    pub fn new(what: Dependency, metrics: &Arc<Metrics>) -> Self {
         Outage {
             what,
+            metrics: metrics.clone(),
             since: None,
             said: Instant::now(),
             backoff: BACKOFF_MIN,
@@ -32,7 +38,7 @@ impl Outage {
     }
 
     /// An attempt failed with `err`: say so when due, then wait the backoff.
-    pub async fn failed(&mut self, doing: &str, err: &dyn Display) {
+    pub async fn failed(&mut self, doing: &str, err: &(dyn Display + Sync)) {
         self.seen(doing, err);
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -46,16 +52,17 @@ impl Outage {
             None => {
                 self.since = Some(now);
                 self.said = now;
+                self.metrics.away(self.what);
                 eprintln!(
                     "todo-worker: {} is away ({doing}: {err}); waiting for it (retries back off up to {BACKOFF_MAX:?})",
-                    self.what
+                    self.what.name()
                 );
             }
             Some(since) if now.duration_since(self.said) >= REMIND_EVERY => {
                 self.said = now;
                 eprintln!(
                     "todo-worker: {} still away after {:.0?} ({doing}: {err})",
-                    self.what,
+                    self.what.name(),
                     now.duration_since(since)
                 );
             }
@@ -66,9 +73,10 @@ impl Outage {
     /// An attempt succeeded: say so if it had been away.
     pub fn ok(&mut self) {
         if let Some(since) = self.since.take() {
+            self.metrics.back(self.what);
             eprintln!(
                 "todo-worker: {} is back after {:.1?}",
-                self.what,
+                self.what.name(),
                 since.elapsed()
             );
         }

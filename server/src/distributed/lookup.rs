@@ -31,7 +31,7 @@ pub struct Lookups {
 impl Lookups {
     pub fn start(settings: &Settings) -> Result<Lookups, DistributedError> {
         let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
-        let cache = Publisher::new(&settings.redis_url, "todo-server")?;
+        let cache = Publisher::new(&settings.redis_url)?;
         let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
         thread::Builder::new()
             .name("todo-db".into())
