@@ -42,17 +42,21 @@ pub struct WorkerConfig {
     /// Where `GET /metrics` and `GET /livez` are answered (Prometheus
     /// text); `off` for none.
     #[arg(long, env = "TODO_WORKER_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_listen: MetricsListen,
     /// Todos seeded into an empty database.
     #[arg(long, env = "TODO_SEED", default_value_t = todo_model::seed::SEED_COUNT)]
     pub seed: usize,
 }
 
-fn parse_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+/// Where the metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<MetricsListen, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(MetricsListen(None));
     }
     s.parse()
-        .map(Some)
+        .map(|addr| MetricsListen(Some(addr)))
         .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:9464, or off)"))
 }

@@ -53,7 +53,7 @@ pub enum WorkerError {
 /// [`outage`]); it returns only on what a restart cannot fix.
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let metrics = Metrics::new();
-    if let Some(addr) = config.metrics_listen {
+    if let Some(addr) = config.metrics_listen.0 {
         metrics::serve(addr, metrics.clone()).await?;
     }
     let pool = pg::pool(&config.database_url, config.pool_size)?;
