@@ -142,12 +142,15 @@ pub async fn run_shard(plan: &Plan, shard: usize) -> ShardResult {
                 },
             };
             let mut r = result.borrow_mut();
-            // Requests never answered waited until now.
-            let now = Instant::now();
-            let unanswered = conn.inflight.front().map(|(due, ..)| wait_us(now, *due));
-            let longest = conn.longest_wait_us.max(unanswered.unwrap_or(0));
-            let _ = r.longest_waits.record(longest.clamp(1, 60_000_000));
-            r.waited_over_1s += u64::from(longest > 1_000_000);
+            // A connection that never connected waited for nothing.
+            if !matches!(outcome, Err(Failure::Connect)) {
+                // Requests never answered waited until now.
+                let now = Instant::now();
+                let unanswered = conn.inflight.front().map(|(due, ..)| wait_us(now, *due));
+                let longest = conn.longest_wait_us.max(unanswered.unwrap_or(0));
+                let _ = r.longest_waits.record(longest.clamp(1, 60_000_000));
+                r.waited_over_1s += u64::from(longest > 1_000_000);
+            }
             if let Err(kind) = outcome {
                 match kind {
                     Failure::Connect => r.connect_errors += 1,
@@ -276,12 +279,13 @@ impl Conn {
                 r.framing_errors += 1;
                 return Err(Failure::Io);
             };
+            // Any answer ends a wait, a wrong one included.
+            self.longest_wait_us = self.longest_wait_us.max(wait_us(now, due));
             if status == expect {
                 r.responses += 1;
                 r.bytes += length as u64;
                 let us = wait_us(now, due);
                 let _ = r.latency.record(us.clamp(1, 60_000_000));
-                self.longest_wait_us = self.longest_wait_us.max(us);
                 counted += 1;
             } else {
                 *r.wrong_status.entry(status).or_default() += 1;

@@ -2,7 +2,6 @@
 //! per core, pinned to its CPU, running its own monoio runtime (io_uring where
 //! the kernel allows it, epoll otherwise).
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::thread::{self, JoinHandle};
@@ -61,19 +60,8 @@ fn tuned_ring() -> io_uring::Builder {
     b
 }
 
-thread_local! {
-    /// The driver of the runtime [`block_on`] runs on this thread.
-    static CURRENT: Cell<Option<Driver>> = const { Cell::new(None) };
-}
-
-/// The driver of this thread's runtime, when [`block_on`] started it.
-pub fn current_driver() -> Option<Driver> {
-    CURRENT.get()
-}
-
 /// Run `main` on a runtime of `driver` on the current thread.
 pub fn block_on(driver: Driver, main: impl Future<Output = ()>) -> io::Result<()> {
-    CURRENT.set(Some(driver));
     match driver {
         Driver::Uring => {
             let tuned = RuntimeBuilder::<IoUringDriver>::new()

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::cores::{current_driver, Driver};
 use crate::shutdown::Shutdown;
 
 /// After an error that closes the connection, unread input is drained for
@@ -42,6 +41,11 @@ pub async fn accept_until(
     label: &str,
     mut on_conn: impl FnMut(TcpStream, SocketAddr),
 ) {
+    // The queue is emptied without waiting only on a non-blocking socket.
+    if let Err(e) = listener.set_nonblocking(true) {
+        eprintln!("{label}: listener: {e}");
+        return;
+    }
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -58,7 +62,7 @@ pub async fn accept_until(
         match accepted {
             Ok((stream, peer)) => {
                 on_conn(stream, peer);
-                if current_driver() == Some(Driver::Uring) {
+                if !monoio::utils::is_legacy() {
                     for _ in 0..ACCEPT_BURST {
                         match accept_queued(&listener) {
                             Ok(Some((stream, peer))) => on_conn(stream, peer),
@@ -170,7 +174,7 @@ pub async fn linger(stream: &mut TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cores::{block_on, resolve_driver};
+    use crate::cores::{block_on, resolve_driver, Driver};
     use crate::listener::{bind_reuseport, ListenerConfig};
     use std::cell::RefCell;
 

@@ -161,7 +161,7 @@ pub struct ServeConfig {
     pub write_buffer: usize,
     /// A batch's answers must be taken by the client within this long, or
     /// the connection is closed (a client that does not read).
-    #[arg(long, env = "TODO_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TODO_SEND_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub send_timeout: Duration,
     /// Kernel send and receive buffer of each connection, bytes (SO_SNDBUF
     /// and SO_RCVBUF; the kernel doubles it); 0 leaves the kernel's
@@ -216,4 +216,14 @@ impl ServeConfig {
 
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
+}
+
+/// A duration above zero (a zero send timeout would close every connection
+/// whose write is not done at once).
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s}: must be more than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
 }

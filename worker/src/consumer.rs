@@ -157,10 +157,8 @@ pub async fn consume(
             }
         };
         postgres.ok();
-        let fresh = applied.outcomes.iter().filter(|o| o.is_some()).count() as u64;
         metrics.committed(
-            fresh,
-            applied.outcomes.len() as u64 - fresh,
+            &applied.outcomes,
             applied.snapshot.as_ref().map(|s| s.version()),
         );
         for (partition, offset) in &offsets {

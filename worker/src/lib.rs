@@ -43,8 +43,6 @@ pub enum WorkerError {
     },
     #[error("REDIS_URL: {0}")]
     RedisUrl(#[from] todo_store::resp::RespError),
-    #[error("metrics listener: {0}")]
-    Metrics(#[from] std::io::Error),
 }
 
 /// Run the worker until the process is stopped: migrate, seed, publish the
@@ -54,7 +52,10 @@ pub enum WorkerError {
 pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics_listen.0 {
-        metrics::serve(addr, metrics.clone()).await?;
+        // Metrics are not worth stopping the applying of writes for.
+        if let Err(e) = metrics::serve(addr, metrics.clone()).await {
+            eprintln!("todo-worker: metrics: cannot listen on {addr} ({e}); running without them");
+        }
     }
     let pool = pg::pool(&config.database_url, config.pool_size)?;
     let publisher = Publisher::new(&config.redis_url)?;
@@ -66,6 +67,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         }
     };
     postgres.ok();
+    metrics.started(current.version());
     // Publishing runs beside consumption: Redis being away delays readers but
     // never stalls the applying of commands (their durability is PostgreSQL's).
     // Retries take the newest snapshot each time (latest wins).
@@ -78,9 +80,12 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
             loop {
                 let snapshot = newest.borrow_and_update().clone();
                 match publisher.publish(&snapshot).await {
-                    Ok(_) => {
+                    Ok(stored) => {
                         redis.ok();
-                        published.published(snapshot.version());
+                        // Not stored: Redis already held a newer one.
+                        if stored {
+                            published.published(snapshot.version());
+                        }
                         break;
                     }
                     Err(e) => redis.failed("publishing a snapshot", &e).await,

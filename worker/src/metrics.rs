@@ -5,7 +5,7 @@
 //! todo_worker_dependency_up{dependency}      1 reachable, 0 away (the broker, PostgreSQL, Redis)
 //! todo_worker_outages_total{dependency}      outages begun
 //! todo_worker_batches_total                  transactions committed
-//! todo_worker_commands_total{result}         applied, duplicate (processed before), unreadable
+//! todo_worker_commands_total{result}         applied, rejected, duplicate (processed before), unreadable
 //! todo_worker_snapshot_version               last committed
 //! todo_worker_published_version              last written to Redis
 //! ```
@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use todo_http::http1::{self, Parsed, RequestLimits};
+use todo_model::Outcome;
 
 /// The dependencies the worker waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,7 @@ pub struct Metrics {
     outages: [AtomicU64; 3],
     batches: AtomicU64,
     applied: AtomicU64,
+    rejected: AtomicU64,
     duplicates: AtomicU64,
     unreadable: AtomicU64,
     snapshot_version: AtomicU64,
@@ -84,15 +86,26 @@ impl Metrics {
         self.away[dep as usize].store(0, Relaxed);
     }
 
-    /// A batch committed: `applied` commands took effect, `duplicates` had
-    /// been processed before.
-    pub fn committed(&self, applied: u64, duplicates: u64, version: Option<u64>) {
+    /// A batch committed with these outcomes (`None`: processed before)
+    /// and, when anything changed, this snapshot version.
+    pub fn committed(&self, outcomes: &[Option<Outcome>], version: Option<u64>) {
         self.batches.fetch_add(1, Relaxed);
-        self.applied.fetch_add(applied, Relaxed);
-        self.duplicates.fetch_add(duplicates, Relaxed);
+        for outcome in outcomes {
+            let counter = match outcome {
+                Some(Outcome::Applied) => &self.applied,
+                Some(Outcome::Rejected(_)) => &self.rejected,
+                None => &self.duplicates,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
         if let Some(v) = version {
             self.snapshot_version.fetch_max(v, Relaxed);
         }
+    }
+
+    /// The committed state's version at start-up.
+    pub fn started(&self, version: u64) {
+        self.snapshot_version.fetch_max(version, Relaxed);
     }
 
     pub fn unreadable(&self) {
@@ -132,6 +145,7 @@ impl Metrics {
         out.push_str("# HELP todo_worker_commands_total Commands taken from the topic, by result.\n# TYPE todo_worker_commands_total counter\n");
         for (result, n) in [
             ("applied", &self.applied),
+            ("rejected", &self.rejected),
             ("duplicate", &self.duplicates),
             ("unreadable", &self.unreadable),
         ] {
