@@ -25,13 +25,8 @@ PORT=$(free_port)
 start_server "$PORT" "$WORK/data" --cores 1 --pin false
 pin "$SERVER_CPU" "$SERVER_PID"
 URL="http://127.0.0.1:$PORT/todos?limit=1"
-rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status"; }
-run() { # run -> req/s
-  local out
-  out=$("$BIN/todo-bench" "$URL" -c 200 -p 80 -d "$DURATION" --cpus "$CLIENT_CPU" --json)
-  [ "$(bench_errors "$out")" = 0 ] || { echo "todo-bench counted errors: $out" >&2; return 1; }
-  json_field "$out" requests_per_sec
-}
+rss() { rss_bytes "$SERVER_PID"; }
+run() { pipelined_rate "$URL" "$DURATION" "$CLIENT_CPU"; }
 
 log "warm-up"; run >/dev/null
 A1=$(run); log "alone: $A1 req/s"

@@ -29,7 +29,7 @@ start_server "$PORT" "$WORK/data" --cores 1 --pin false
 pin "$SERVER_CPU" "$SERVER_PID"
 URL="http://127.0.0.1:$PORT/todos?limit=1"
 METRICS="http://127.0.0.1:$PORT/metrics"
-rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status"; }
+rss() { rss_bytes "$SERVER_PID"; }
 fds() { ls "/proc/$SERVER_PID/fd" | wc -l; }
 # The kernel's TCP buffer memory, bytes (all sockets: both ends of loopback).
 tcp_mem() { awk -v page="$(getconf PAGESIZE)" '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) * page }' /proc/net/sockstat; }
@@ -40,12 +40,7 @@ server_skmem() {
     python3 -c 'import re, sys
 print(sum(int(v) for l in sys.stdin for k, v in re.findall(r"([a-z]+)(\d+)", l) if k in ("r", "w")))'
 }
-run() { # run -> req/s
-  local out
-  out=$("$BIN/todo-bench" "$URL" -c 200 -p 80 -d "$DURATION" --cpus "$CLIENT_CPU" --json)
-  [ "$(bench_errors "$out")" = 0 ] || { echo "todo-bench counted errors: $out" >&2; return 1; }
-  json_field "$out" requests_per_sec
-}
+run() { pipelined_rate "$URL" "$DURATION" "$CLIENT_CPU"; }
 
 log "warm-up"; run >/dev/null
 A1=$(run); log "alone: $A1 req/s"

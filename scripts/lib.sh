@@ -88,6 +88,20 @@ bench_errors() {
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(sum(r["wrong_status"].values())+r["framing_errors"]+r["io_errors"]+r["connect_errors"])' "$1"
 }
 
+# rss_bytes PID: resident memory of PID, bytes.
+rss_bytes() {
+  awk '/VmRSS/ {print $2 * 1024}' "/proc/$1/status"
+}
+
+# pipelined_rate URL DURATION CPU: todo-bench -c 200 -p 80 on CPU for
+# DURATION; prints req/s, fails when it counted any error.
+pipelined_rate() {
+  local out
+  out=$("$BIN/todo-bench" "$1" -c 200 -p 80 -d "$2" --cpus "$3" --json)
+  [ "$(bench_errors "$out")" = 0 ] || { echo "todo-bench counted errors: $out" >&2; return 1; }
+  json_field "$out" requests_per_sec
+}
+
 # parse_flags "$@": each `--some-flag VALUE` sets SOME_FLAG, for the variables
 # the calling script gave a default before calling (any other flag is
 # refused); -d, -c and -p stand for --duration, --connections and

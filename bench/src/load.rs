@@ -280,11 +280,11 @@ impl Conn {
                 return Err(Failure::Io);
             };
             // Any answer ends a wait, a wrong one included.
-            self.longest_wait_us = self.longest_wait_us.max(wait_us(now, due));
+            let us = wait_us(now, due);
+            self.longest_wait_us = self.longest_wait_us.max(us);
             if status == expect {
                 r.responses += 1;
                 r.bytes += length as u64;
-                let us = wait_us(now, due);
                 let _ = r.latency.record(us.clamp(1, 60_000_000));
                 counted += 1;
             } else {

@@ -298,11 +298,9 @@ fn slow_and_idle_clients_are_timed_out() {
     }
 }
 
-/// A metric without labels, from `/metrics`.
+/// A metric without labels, from `/metrics` (todo-testkit's scrape).
 fn metric(server: &Server, name: &str) -> u64 {
-    let text = server.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    todo_testkit::http::scrape(server.addr, name)
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 

@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use todo_http::http1::{self, Parsed, RequestLimits};
+use todo_http::response::{self, Head, Persist};
+use todo_http::DateCache;
 use todo_model::Outcome;
 
 /// The dependencies the worker waits for.
@@ -202,11 +204,13 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
     Ok(())
 }
 
-/// Read one request, write one answer, close.
+/// Read one request, write one answer (framed by todo-http), close.
 async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let limits = RequestLimits::default();
+    let date = DateCache::default();
     let mut buf = Vec::with_capacity(1024);
-    let (status, body) = loop {
+    let mut out = Vec::new();
+    loop {
         let mut chunk = [0u8; 1024];
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -215,24 +219,29 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         buf.extend_from_slice(&chunk[..n]);
         match http1::parse(&buf, &limits) {
             Ok(Parsed::Complete(req, _)) => {
-                break match (req.method, req.path) {
-                    (http1::Method::Get, "/metrics") => ("200 OK", metrics.render()),
-                    (http1::Method::Get, "/livez") => ("200 OK", "ok\n".to_string()),
-                    _ => (
-                        "404 Not Found",
-                        "not found: GET /metrics or /livez\n".to_string(),
-                    ),
+                let (status, body) = match (req.method, req.path) {
+                    (http1::Method::Get, "/metrics") => (200, metrics.render()),
+                    (http1::Method::Get, "/livez") => (200, "ok\n".to_string()),
+                    _ => (404, "not found: GET /metrics or /livez\n".to_string()),
                 };
+                let head = Head {
+                    status,
+                    date: &date,
+                    persist: Persist::Close,
+                    head_only: false,
+                    text: true,
+                    extra: b"",
+                };
+                response::append(&mut out, head, &[body.as_bytes()]);
+                break;
             }
             Ok(Parsed::Partial { .. }) => continue,
-            Err(e) => break ("400 Bad Request", format!("{}\n", e.message)),
+            Err(e) => {
+                response::append_error(&mut out, &e, &date, Persist::Close);
+                break;
+            }
         }
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    }
+    stream.write_all(&out).await?;
     stream.shutdown().await
 }
