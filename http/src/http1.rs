@@ -99,6 +99,8 @@ pub struct Request<'b> {
     pub content_type: Option<&'b [u8]>,
     /// `X-Request-Id`, when the client sent one (todo-lb keeps it).
     pub request_id: Option<&'b [u8]>,
+    /// `If-None-Match` (RFC 9110 §13.1.2), for lists' `ETag`s.
+    pub if_none_match: Option<&'b [u8]>,
     /// Bytes of the head, request line to the blank line included.
     pub head_len: usize,
     pub body: Body<'b>,
@@ -158,6 +160,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
     let mut authorization = None;
     let mut content_type = None;
     let mut request_id = None;
+    let mut if_none_match = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -192,6 +195,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
             content_type = Some(value);
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
             request_id = Some(value);
+        } else if name.eq_ignore_ascii_case(b"if-none-match") {
+            if_none_match = Some(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if trim(value).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = !http10;
@@ -244,6 +249,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
             authorization,
             content_type,
             request_id,
+            if_none_match,
             head_len,
             body,
         },

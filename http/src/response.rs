@@ -20,7 +20,11 @@ pub fn status_line(status: u16) -> &'static [u8] {
     match status {
         100 => b"HTTP/1.1 100 Continue",
         200 => b"HTTP/1.1 200 OK",
+        201 => b"HTTP/1.1 201 Created",
         202 => b"HTTP/1.1 202 Accepted",
+        204 => b"HTTP/1.1 204 No Content",
+        304 => b"HTTP/1.1 304 Not Modified",
+        409 => b"HTTP/1.1 409 Conflict",
         400 => b"HTTP/1.1 400 Bad Request",
         401 => b"HTTP/1.1 401 Unauthorized",
         403 => b"HTTP/1.1 403 Forbidden",
@@ -67,10 +71,19 @@ pub struct Head<'a> {
     pub extra: &'a [u8],
 }
 
-/// Append a response whose body is `parts` concatenated.
+/// Append a response whose body is `parts` concatenated. 204 and 304 carry
+/// no body and no Content-Length (RFC 9110 §8.6: a 304's would have to be
+/// the 200's length, which is not known here).
 #[inline]
 pub fn append(out: &mut Vec<u8>, head: Head<'_>, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
+    if head.status == 204 || head.status == 304 {
+        out.extend_from_slice(status_line(head.status));
+        out.extend_from_slice(SERVER);
+        out.extend_from_slice(&head.date.get());
+        persist_and_extra(out, head);
+        return;
+    }
     if head.status == 200 && !head.text {
         head.date.with_ok_json_head(|h| out.extend_from_slice(h));
     } else {
@@ -81,6 +94,16 @@ pub fn append(out: &mut Vec<u8>, head: Head<'_>, parts: &[&[u8]]) {
     }
     let mut n = itoa::Buffer::new();
     out.extend_from_slice(n.format(len).as_bytes());
+    persist_and_extra(out, head);
+    if !head.head_only {
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+    }
+}
+
+#[inline]
+fn persist_and_extra(out: &mut Vec<u8>, head: Head<'_>) {
     match head.persist {
         Persist::KeepAlive => {}
         Persist::KeepAlive10 => out.extend_from_slice(b"\r\nConnection: keep-alive"),
@@ -88,11 +111,6 @@ pub fn append(out: &mut Vec<u8>, head: Head<'_>, parts: &[&[u8]]) {
     }
     out.extend_from_slice(head.extra);
     out.extend_from_slice(b"\r\n\r\n");
-    if !head.head_only {
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-    }
 }
 
 /// Append an error response.

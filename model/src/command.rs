@@ -1,26 +1,49 @@
 //! The write path's unit of work: one [`TodoCommand`] per accepted write, and
-//! [`decide`], the rule that turns a command and the current row into a
-//! [`Change`] or a [`Rejection`].
+//! [`decide`], the rule that turns a command and the facts it depends on into
+//! a [`Change`] or a [`Rejection`].
 //!
-//! Every applier (the embedded store, the Kafka worker) calls [`decide`], so
-//! ownership and existence are enforced in one place. Applying the same
-//! command twice is prevented by the applier recording `command_id`; [`decide`]
-//! itself is a pure function of its inputs, which makes replay deterministic.
+//! Every applier (the embedded store, the Kafka worker) asks the command
+//! which facts it [`needs`](TodoCommand::needs), looks them up in its own
+//! storage, and calls [`decide`], so ownership, existence, uniqueness and the
+//! category rules are enforced in one place. Applying the same command twice
+//! is prevented by the applier recording `command_id`; [`decide`] itself is a
+//! pure function of its inputs, which makes replay deterministic.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::account::{Category, User};
 use crate::todo::{check_description, check_title, FieldError, Todo};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// What a command does. The first three act on todos; the rest on accounts
+/// and categories (design section 11), through the same log and worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     Create,
     Update,
     Delete,
+    CreateUser,
+    CreateCategory,
+    UpdateCategory,
+    DeleteCategory,
 }
 
-/// The client-supplied fields of a write. Unknown fields are refused when the
-/// body is parsed (`deny_unknown_fields`), so a typo is a 422, not a no-op.
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::CreateUser => "create_user",
+            Op::CreateCategory => "create_category",
+            Op::UpdateCategory => "update_category",
+            Op::DeleteCategory => "delete_category",
+        }
+    }
+}
+
+/// The client-supplied fields of a todo write. Unknown fields are refused when
+/// the body is parsed (`deny_unknown_fields`), so a typo is a 422, not a no-op.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fields {
@@ -30,18 +53,34 @@ pub struct Fields {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<bool>,
+    /// Absent: unchanged. `null`: no category. A number: that category,
+    /// which must be one of the writer's own.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub category_id: Option<Option<u64>>,
+}
+
+/// A field that is present deserializes to `Some`, even when it is `null`
+/// (absent fields take the `default`, `None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl Fields {
-    /// Field rules for `op`: a create needs a title; an update needs at least
-    /// one field; a delete takes none (its body, if any, is ignored upstream).
+    /// Field rules for a todo `op`: a create needs a title; an update needs
+    /// at least one field; a delete takes none (its body, if any, is ignored
+    /// upstream).
     pub fn validate(&self, op: Op) -> Result<(), FieldError> {
         match op {
             Op::Create if self.title.is_none() => return Err(FieldError::TitleMissing),
             Op::Update
                 if self.title.is_none()
                     && self.description.is_none()
-                    && self.completed.is_none() =>
+                    && self.completed.is_none()
+                    && self.category_id.is_none() =>
             {
                 return Err(FieldError::NothingToChange)
             }
@@ -64,14 +103,73 @@ pub struct TodoCommand {
     /// Unique per command; the applier's idempotency key.
     pub command_id: u64,
     pub op: Op,
-    /// Chosen by the server for a create, so the client knows it at once.
+    /// The id the command acts on, chosen by the server for a create so the
+    /// client knows it at once: a todo's, or for the account ops the new
+    /// user's or the category's. (The name is the wire format's.)
     pub todo_id: u64,
-    /// The token's `sub`: the owner of a created todo, the caller otherwise.
+    /// The token's `sub`: the owner of a created todo or category, the
+    /// caller otherwise; for [`Op::CreateUser`], the username registered.
     pub user: String,
     #[serde(default)]
     pub fields: Fields,
     /// Milliseconds since the Unix epoch; becomes `created_at`/`updated_at`.
     pub issued_at: u64,
+    /// A category's name ([`Op::CreateCategory`], [`Op::UpdateCategory`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The argon2id PHC string of a new user's password ([`Op::CreateUser`]);
+    /// the password itself is never written anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+/// What an applier must look up before calling [`decide`] for a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs<'a> {
+    /// The todo row with this id.
+    pub todo: Option<u64>,
+    /// The category row with this id.
+    pub category: Option<u64>,
+    /// Whether `owner` has a category called `name` other than `except`.
+    pub category_name: Option<(&'a str, &'a str, u64)>,
+    /// Whether this username is registered.
+    pub username: Option<&'a str>,
+    /// How many todos are in this category.
+    pub category_todos: Option<u64>,
+}
+
+/// The answers to [`Needs`], as the applier found them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    pub todo: Option<&'a Todo>,
+    pub category: Option<&'a Category>,
+    pub name_taken: bool,
+    pub username_taken: bool,
+    pub category_todos: u64,
+}
+
+impl TodoCommand {
+    /// The facts [`decide`] reads for this command.
+    pub fn needs(&self) -> Needs<'_> {
+        let mut needs = Needs::default();
+        match self.op {
+            Op::Create | Op::Update | Op::Delete => {
+                needs.todo = Some(self.todo_id);
+                needs.category = self.fields.category_id.flatten();
+            }
+            Op::CreateUser => needs.username = Some(&self.user),
+            Op::CreateCategory | Op::UpdateCategory => {
+                needs.category = Some(self.todo_id);
+                let name = self.name.as_deref().unwrap_or("");
+                needs.category_name = Some((&self.user, name, self.todo_id));
+            }
+            Op::DeleteCategory => {
+                needs.category = Some(self.todo_id);
+                needs.category_todos = Some(self.todo_id);
+            }
+        }
+        needs
+    }
 }
 
 /// What applying a command does to the store.
@@ -80,27 +178,59 @@ pub enum Change {
     Insert(Todo),
     Update(Todo),
     Delete(u64),
+    InsertUser(User),
+    /// A category created or renamed.
+    PutCategory(Category),
+    DeleteCategory(u64),
 }
 
 /// Why a command changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rejection {
-    /// Update or delete of a todo that does not exist (or no longer does).
+    /// Update or delete of a todo or category that does not exist (or no
+    /// longer does).
     NotFound,
-    /// Update or delete by someone other than the todo's owner.
+    /// Update or delete by someone other than the owner.
     NotOwner,
     /// A create whose id is already taken (only a replayed or forged command).
     AlreadyExists,
+    /// The username is registered already.
+    UsernameTaken,
+    /// The writer has another category with that name.
+    NameTaken,
+    /// `category_id` names no category of the writer's.
+    UnknownCategory,
+    /// The category still holds todos (safe delete).
+    CategoryNotEmpty,
 }
 
 impl Rejection {
+    pub const ALL: [Rejection; 7] = [
+        Rejection::NotFound,
+        Rejection::NotOwner,
+        Rejection::AlreadyExists,
+        Rejection::UsernameTaken,
+        Rejection::NameTaken,
+        Rejection::UnknownCategory,
+        Rejection::CategoryNotEmpty,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::NotFound => "not_found",
             Rejection::NotOwner => "not_owner",
             Rejection::AlreadyExists => "already_exists",
+            Rejection::UsernameTaken => "username_taken",
+            Rejection::NameTaken => "name_taken",
+            Rejection::UnknownCategory => "unknown_category",
+            Rejection::CategoryNotEmpty => "category_not_empty",
         }
+    }
+
+    /// The inverse of [`Rejection::as_str`] (a reason read back from storage).
+    pub fn parse(reason: &str) -> Option<Rejection> {
+        Rejection::ALL.into_iter().find(|r| r.as_str() == reason)
     }
 }
 
@@ -112,23 +242,37 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-/// The one apply rule. `existing` is the current row for `cmd.todo_id`.
-pub fn decide(existing: Option<&Todo>, cmd: &TodoCommand) -> Result<Change, Rejection> {
-    match (cmd.op, existing) {
+/// The one apply rule, over the facts [`TodoCommand::needs`] asked for.
+pub fn decide(facts: &Facts<'_>, cmd: &TodoCommand) -> Result<Change, Rejection> {
+    // A todo may only be put in one of its writer's own categories.
+    let category_ok = || match cmd.fields.category_id {
+        Some(Some(_)) => facts
+            .category
+            .is_some_and(|c| c.owner == cmd.user)
+            .then_some(())
+            .ok_or(Rejection::UnknownCategory),
+        _ => Ok(()),
+    };
+    match (cmd.op, facts.todo) {
         (Op::Create, Some(_)) => Err(Rejection::AlreadyExists),
-        (Op::Create, None) => Ok(Change::Insert(Todo {
-            id: cmd.todo_id,
-            owner: cmd.user.clone(),
-            title: cmd.fields.title.clone().unwrap_or_default(),
-            description: cmd.fields.description.clone().unwrap_or_default(),
-            completed: cmd.fields.completed.unwrap_or(false),
-            created_at: cmd.issued_at,
-            updated_at: cmd.issued_at,
-        })),
+        (Op::Create, None) => {
+            category_ok()?;
+            Ok(Change::Insert(Todo {
+                id: cmd.todo_id,
+                owner: cmd.user.clone(),
+                title: cmd.fields.title.clone().unwrap_or_default(),
+                description: cmd.fields.description.clone().unwrap_or_default(),
+                completed: cmd.fields.completed.unwrap_or(false),
+                created_at: cmd.issued_at,
+                updated_at: cmd.issued_at,
+                category_id: cmd.fields.category_id.flatten(),
+            }))
+        }
         (Op::Update | Op::Delete, None) => Err(Rejection::NotFound),
-        (_, Some(todo)) if todo.owner != cmd.user => Err(Rejection::NotOwner),
+        (Op::Update | Op::Delete, Some(todo)) if todo.owner != cmd.user => Err(Rejection::NotOwner),
         (Op::Delete, Some(todo)) => Ok(Change::Delete(todo.id)),
         (Op::Update, Some(todo)) => {
+            category_ok()?;
             let mut next = todo.clone();
             if let Some(title) = &cmd.fields.title {
                 next.title = title.clone();
@@ -139,10 +283,61 @@ pub fn decide(existing: Option<&Todo>, cmd: &TodoCommand) -> Result<Change, Reje
             if let Some(completed) = cmd.fields.completed {
                 next.completed = completed;
             }
+            if let Some(category) = cmd.fields.category_id {
+                next.category_id = category;
+            }
             // Never move time backwards, even if a command was issued by a
             // server whose clock is behind the one that created the row.
             next.updated_at = cmd.issued_at.max(todo.updated_at);
             Ok(Change::Update(next))
+        }
+        (Op::CreateUser, _) => {
+            if facts.username_taken {
+                return Err(Rejection::UsernameTaken);
+            }
+            Ok(Change::InsertUser(User {
+                id: cmd.todo_id,
+                username: cmd.user.clone(),
+                password_hash: cmd.password_hash.clone().unwrap_or_default(),
+                created_at: cmd.issued_at,
+            }))
+        }
+        (Op::CreateCategory, _) => {
+            if facts.category.is_some() {
+                return Err(Rejection::AlreadyExists);
+            }
+            if facts.name_taken {
+                return Err(Rejection::NameTaken);
+            }
+            Ok(Change::PutCategory(Category {
+                id: cmd.todo_id,
+                owner: cmd.user.clone(),
+                name: cmd.name.clone().unwrap_or_default(),
+                created_at: cmd.issued_at,
+                updated_at: cmd.issued_at,
+            }))
+        }
+        (Op::UpdateCategory | Op::DeleteCategory, _) => {
+            let Some(category) = facts.category else {
+                return Err(Rejection::NotFound);
+            };
+            if category.owner != cmd.user {
+                return Err(Rejection::NotOwner);
+            }
+            if cmd.op == Op::DeleteCategory {
+                return if facts.category_todos > 0 {
+                    Err(Rejection::CategoryNotEmpty)
+                } else {
+                    Ok(Change::DeleteCategory(category.id))
+                };
+            }
+            if facts.name_taken {
+                return Err(Rejection::NameTaken);
+            }
+            let mut next = category.clone();
+            next.name = cmd.name.clone().unwrap_or_default();
+            next.updated_at = cmd.issued_at.max(category.updated_at);
+            Ok(Change::PutCategory(next))
         }
     }
 }
@@ -159,6 +354,15 @@ mod tests {
             user: user.into(),
             fields,
             issued_at: 1_000,
+            name: None,
+            password_hash: None,
+        }
+    }
+
+    fn with_todo(todo: &Todo) -> Facts<'_> {
+        Facts {
+            todo: Some(todo),
+            ..Facts::default()
         }
     }
 
@@ -171,33 +375,42 @@ mod tests {
 
     #[test]
     fn create_then_owner_rules() {
-        let Ok(Change::Insert(todo)) = decide(None, &cmd(Op::Create, "alice", title("a"))) else {
+        let Ok(Change::Insert(todo)) =
+            decide(&Facts::default(), &cmd(Op::Create, "alice", title("a")))
+        else {
             panic!("create must insert")
         };
         assert_eq!(todo.owner, "alice");
         assert_eq!(
-            decide(Some(&todo), &cmd(Op::Update, "bob", title("b"))),
+            decide(&with_todo(&todo), &cmd(Op::Update, "bob", title("b"))),
             Err(Rejection::NotOwner)
         );
         assert_eq!(
-            decide(Some(&todo), &cmd(Op::Delete, "bob", Fields::default())),
+            decide(
+                &with_todo(&todo),
+                &cmd(Op::Delete, "bob", Fields::default())
+            ),
             Err(Rejection::NotOwner)
         );
         assert_eq!(
-            decide(Some(&todo), &cmd(Op::Delete, "alice", Fields::default())),
+            decide(
+                &with_todo(&todo),
+                &cmd(Op::Delete, "alice", Fields::default())
+            ),
             Ok(Change::Delete(7))
         );
-        let Ok(Change::Update(next)) = decide(Some(&todo), &cmd(Op::Update, "alice", title("b")))
+        let Ok(Change::Update(next)) =
+            decide(&with_todo(&todo), &cmd(Op::Update, "alice", title("b")))
         else {
             panic!("owner update must apply")
         };
         assert_eq!(next.title, "b");
         assert_eq!(
-            decide(Some(&todo), &cmd(Op::Create, "alice", title("a"))),
+            decide(&with_todo(&todo), &cmd(Op::Create, "alice", title("a"))),
             Err(Rejection::AlreadyExists)
         );
         assert_eq!(
-            decide(None, &cmd(Op::Update, "alice", title("a"))),
+            decide(&Facts::default(), &cmd(Op::Update, "alice", title("a"))),
             Err(Rejection::NotFound)
         );
     }
@@ -226,6 +439,108 @@ mod tests {
         );
         assert_eq!(title("ok").validate(Op::Create), Ok(()));
         assert_eq!(Fields::default().validate(Op::Delete), Ok(()));
+    }
+
+    fn category(id: u64, owner: &str) -> Category {
+        Category {
+            id,
+            owner: owner.into(),
+            name: "work".into(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn category_rules() {
+        let mine = category(5, "alice");
+        let theirs = category(6, "bob");
+        let mut create = cmd(Op::Create, "alice", title("a"));
+        create.fields.category_id = Some(Some(5));
+        assert_eq!(create.needs().category, Some(5));
+        let in_mine = Facts {
+            category: Some(&mine),
+            ..Facts::default()
+        };
+        let Ok(Change::Insert(todo)) = decide(&in_mine, &create) else {
+            panic!("a todo in one's own category is created")
+        };
+        assert_eq!(todo.category_id, Some(5));
+        let in_theirs = Facts {
+            category: Some(&theirs),
+            ..Facts::default()
+        };
+        assert_eq!(decide(&in_theirs, &create), Err(Rejection::UnknownCategory));
+        assert_eq!(
+            decide(&Facts::default(), &create),
+            Err(Rejection::UnknownCategory)
+        );
+
+        let mut delete = cmd(Op::DeleteCategory, "alice", Fields::default());
+        delete.todo_id = 5;
+        let busy = Facts {
+            category: Some(&mine),
+            category_todos: 3,
+            ..Facts::default()
+        };
+        assert_eq!(decide(&busy, &delete), Err(Rejection::CategoryNotEmpty));
+        let empty = Facts {
+            category_todos: 0,
+            ..busy
+        };
+        assert_eq!(decide(&empty, &delete), Ok(Change::DeleteCategory(5)));
+        delete.user = "bob".into();
+        assert_eq!(decide(&empty, &delete), Err(Rejection::NotOwner));
+
+        let mut rename = cmd(Op::UpdateCategory, "alice", Fields::default());
+        rename.todo_id = 5;
+        rename.name = Some("home".into());
+        let taken = Facts {
+            category: Some(&mine),
+            name_taken: true,
+            ..Facts::default()
+        };
+        assert_eq!(decide(&taken, &rename), Err(Rejection::NameTaken));
+        let Ok(Change::PutCategory(renamed)) = decide(
+            &Facts {
+                name_taken: false,
+                ..taken
+            },
+            &rename,
+        ) else {
+            panic!("rename applies")
+        };
+        assert_eq!(renamed.name, "home");
+    }
+
+    #[test]
+    fn usernames_are_unique() {
+        let mut register = cmd(Op::CreateUser, "carol", Fields::default());
+        register.password_hash = Some("$argon2id$...".into());
+        let taken = Facts {
+            username_taken: true,
+            ..Facts::default()
+        };
+        assert_eq!(decide(&taken, &register), Err(Rejection::UsernameTaken));
+        let Ok(Change::InsertUser(user)) = decide(&Facts::default(), &register) else {
+            panic!("a free username registers")
+        };
+        assert_eq!(user.username, "carol");
+        for r in Rejection::ALL {
+            assert_eq!(Rejection::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn category_id_absent_null_and_set_differ() {
+        let absent: Fields = sonic_rs::from_str(r#"{"title":"a"}"#).unwrap();
+        let null: Fields = sonic_rs::from_str(r#"{"category_id":null}"#).unwrap();
+        let set: Fields = sonic_rs::from_str(r#"{"category_id":7}"#).unwrap();
+        assert_eq!(absent.category_id, None);
+        assert_eq!(null.category_id, Some(None));
+        assert_eq!(set.category_id, Some(Some(7)));
+        let back: Fields = sonic_rs::from_str(&sonic_rs::to_string(&null).unwrap()).unwrap();
+        assert_eq!(back, null);
     }
 
     #[test]

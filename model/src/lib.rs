@@ -3,9 +3,11 @@
 //! the distributed path).
 //!
 //! - [`todo`]: [`Todo`], the stored row, and its field rules.
+//! - [`account`]: [`User`] and [`Category`], their field rules and JSON.
 //! - [`command`]: [`TodoCommand`], the write path's wire format (one command per
-//!   accepted `POST`/`PUT`/`DELETE`), and [`decide`], the ONE apply rule
-//!   (ownership, existence) every applier calls.
+//!   accepted write: todos, registrations, categories), and [`decide`], the
+//!   ONE apply rule (ownership, existence, uniqueness, categories) every
+//!   applier calls.
 //! - [`snapshot`]: [`Snapshot`], the ONE renderer of the served JSON bytes: the
 //!   newest [`SNAPSHOT_MAX`] todos rendered once, sliced per `limit=N`.
 //! - [`ids`]: [`IdGenerator`], time-ordered ids made without coordination.
@@ -15,13 +17,15 @@
 //! (how snapshots are stored in Redis and rows in PostgreSQL is
 //! `todo-store`'s).
 
+pub mod account;
 pub mod command;
 pub mod ids;
 pub mod seed;
 pub mod snapshot;
 pub mod todo;
 
-pub use command::{decide, Change, Fields, Op, Outcome, Rejection, TodoCommand};
+pub use account::{Category, User};
+pub use command::{decide, Change, Facts, Fields, Needs, Op, Outcome, Rejection, TodoCommand};
 pub use ids::IdGenerator;
 pub use snapshot::{Snapshot, SNAPSHOT_MAX};
 pub use todo::{FieldError, Todo};

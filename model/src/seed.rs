@@ -25,6 +25,7 @@ pub fn seed(count: usize, now_ms: u64) -> Vec<Todo> {
                 completed: i % 3 == 0,
                 created_at: at,
                 updated_at: at,
+                category_id: None,
             }
         })
         .collect()

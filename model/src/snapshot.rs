@@ -28,9 +28,10 @@ struct TodoJson<'a> {
     created_at: u64,
     #[serde(serialize_with = "rfc3339")]
     updated_at: u64,
+    category_id: Option<u64>,
 }
 
-fn rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_rfc3339_millis(
         UNIX_EPOCH + Duration::from_millis(*ms),
     ))
@@ -46,6 +47,7 @@ pub fn render_todo(todo: &Todo, out: &mut Vec<u8>) {
         owner: &todo.owner,
         created_at: todo.created_at,
         updated_at: todo.updated_at,
+        category_id: todo.category_id,
     };
     // Writing a derived Serialize of strings, numbers and bools into a Vec
     // cannot fail.

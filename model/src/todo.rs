@@ -20,6 +20,10 @@ pub struct Todo {
     pub completed: bool,
     pub created_at: u64,
     pub updated_at: u64,
+    /// One of the owner's categories, or none. Absent in rows written before
+    /// categories existed, which read back as none.
+    #[serde(default)]
+    pub category_id: Option<u64>,
 }
 
 /// A field that breaks its rule; the server answers it with 422.
@@ -33,7 +37,7 @@ pub enum FieldError {
     TitleTooLong,
     #[error("description is longer than {DESCRIPTION_MAX_CHARS} characters")]
     DescriptionTooLong,
-    #[error("no field to change: give title, description or completed")]
+    #[error("no field to change: give title, description, completed or category_id")]
     NothingToChange,
     #[error("text must not contain control characters")]
     ControlCharacter,

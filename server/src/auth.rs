@@ -100,6 +100,11 @@ impl Verifier {
 
     /// The token's subject, from an `Authorization` header value.
     pub fn verify(&self, authorization: Option<&[u8]>) -> Result<String, TokenError> {
+        self.verify_claims(authorization).map(|(sub, _)| sub)
+    }
+
+    /// The token's subject and expiry (Unix seconds).
+    pub fn verify_claims(&self, authorization: Option<&[u8]>) -> Result<(String, u64), TokenError> {
         let value = authorization.ok_or(TokenError::Missing)?;
         let value = std::str::from_utf8(value).map_err(|_| TokenError::NotUtf8)?;
         let token = value
@@ -113,7 +118,7 @@ impl Verifier {
         if sub.is_empty() || sub.len() > OWNER_MAX_BYTES {
             return Err(TokenError::BadSubject);
         }
-        Ok(sub)
+        Ok((sub, data.claims.exp))
     }
 }
 

@@ -2,11 +2,19 @@
 //! the embedded apply thread, or the distributed path (Kafka producer,
 //! PostgreSQL lookups). Routes do not know which.
 
-use todo_model::{Outcome, TodoCommand};
+use std::time::{Duration, Instant};
+
+use todo_model::{Category, Outcome, TodoCommand, User};
 
 use crate::distributed::{lookup::Lookups, producer::Producer};
 use crate::embedded;
+use crate::read_model::Shared;
 use todo_http::HttpError;
+
+/// Longest wait for the outcome of a command whose answer depends on it
+/// (registrations, categories) on the distributed path; past it the
+/// answer is 202 with the command's link.
+pub const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 
 /// A read the backend could not answer now (PostgreSQL away, the apply
 /// thread stopping): 503, never a false 404.
@@ -68,6 +76,63 @@ impl Backend {
             _ => Err(HttpError::internal(
                 "submission finished on another backend",
             )),
+        }
+    }
+
+    /// Submit `cmd` and wait for its outcome: `None` when it is durable but
+    /// not applied within [`OUTCOME_WAIT`] (the worker is behind or away).
+    pub async fn apply(&self, cmd: TodoCommand) -> Result<Option<Outcome>, HttpError> {
+        let command_id = cmd.command_id;
+        match (self, self.start(cmd)) {
+            (_, Submission::Refused(e)) => Err(e),
+            (Backend::Embedded(h), Submission::Embedded(sub)) => {
+                h.finish(sub).await.map(Some).map_err(|e| match e {
+                    embedded::ApplyError::Durability => {
+                        HttpError::unavailable("the command log cannot be written", 1)
+                    }
+                    embedded::ApplyError::Stopped => HttpError::unavailable("shutting down", 1),
+                })
+            }
+            (Backend::Distributed { producer, lookups }, Submission::Kafka(delivery)) => {
+                producer.finish(delivery).await?;
+                let until = Instant::now() + OUTCOME_WAIT;
+                let mut pause = Duration::from_millis(2);
+                while Instant::now() < until {
+                    if let Ok(Some(outcome)) = lookups.outcome(command_id).await {
+                        return Ok(Some(outcome));
+                    }
+                    monoio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(None)
+            }
+            _ => Err(HttpError::internal(
+                "submission finished on another backend",
+            )),
+        }
+    }
+
+    /// The account `username`, from the read model, or on the distributed
+    /// path from PostgreSQL when the model has not seen it yet (a user
+    /// registered a moment ago on another server can log in at once).
+    pub async fn user(&self, model: &Shared, username: &str) -> Result<Option<User>, Unavailable> {
+        if let Some(u) = model.read().user(username) {
+            return Ok(Some(u.clone()));
+        }
+        match self {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Distributed { lookups, .. } => lookups.user(username.to_string()).await,
+        }
+    }
+
+    /// Category `id`, from the read model or (distributed) PostgreSQL.
+    pub async fn category(&self, model: &Shared, id: u64) -> Result<Option<Category>, Unavailable> {
+        if let Some(c) = model.read().category(id) {
+            return Ok(Some(c.clone()));
+        }
+        match self {
+            Backend::Embedded(_) => Ok(None),
+            Backend::Distributed { lookups, .. } => lookups.category(id).await,
         }
     }
 

@@ -93,6 +93,13 @@ pub struct ServeConfig {
     #[arg(long, env = "TODO_INSTANCE", default_value_t = 0)]
     pub instance: u16,
     /// `limit` when a request gives none.
+    /// Lifetime of the tokens `POST /sessions` issues.
+    #[arg(long, env = "TODO_SESSION_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub session_ttl: Duration,
+    /// Threads hashing and checking passwords (argon2id, ~19 MiB and tens of
+    /// milliseconds each).
+    #[arg(long, env = "TODO_AUTH_THREADS", default_value_t = 1)]
+    pub auth_threads: usize,
     #[arg(long, env = "TODO_DEFAULT_LIMIT", default_value_t = 20)]
     pub default_limit: usize,
     /// Todos seeded into an empty data directory.

@@ -23,8 +23,10 @@
 //! [`run`] is the entry point; the binary only parses configuration, binds
 //! and calls it, so tests can bind `127.0.0.1:0`.
 
+pub mod accounts;
 pub mod auth;
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod distributed;
@@ -32,8 +34,11 @@ pub mod embedded;
 pub mod errors;
 pub mod metrics;
 pub mod per_core;
+pub mod query;
+pub mod read_model;
 pub mod routes;
 pub mod runtime;
+pub mod search;
 
 use std::net::TcpListener;
 use std::rc::Rc;
@@ -111,9 +116,10 @@ pub fn run(
 
     // Per mode: the backend every core uses, where each core's snapshot
     // updates come from, and what to say at start-up.
-    let (backend, refreshes, first, apply_thread, summary) = match &settings {
+    let (backend, refreshes, first, apply_thread, summary, model) = match &settings {
         None => {
             let store = embedded::start(&config.data_dir, cores, config.seed)?;
+            let model = store.model.clone();
             let summary = format!(
                 "embedded backend, {} todos, {} commands replayed, data in {}",
                 store.todos,
@@ -131,11 +137,14 @@ pub fn run(
                 store.snapshot,
                 Some(store.thread),
                 summary,
+                model,
             )
         }
         Some(settings) => {
             let producer = distributed::producer::Producer::new(settings)?;
-            let lookups = distributed::lookup::Lookups::start(settings)?;
+            // Empty until the follower's first load; queries answer 503 meanwhile.
+            let model = read_model::Shared::new(read_model::ReadModel::new(0), false);
+            let lookups = distributed::lookup::Lookups::start(settings, model.clone())?;
             let refreshes = (0..cores)
                 .map(|_| runtime::Refresh::Redis {
                     url: settings.redis_url.clone(),
@@ -154,8 +163,16 @@ pub fn run(
                 empty,
                 None,
                 summary,
+                model,
             )
         }
+    };
+    let services = per_core::Services {
+        search: search::Search::start(model.clone()).map_err(StartError::Thread)?,
+        accounts: accounts::Accounts::start(config.auth_threads).map_err(StartError::Thread)?,
+        model,
+        secret: secret.clone().into(),
+        rules: rules.clone(),
     };
     let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
     let config = Arc::new(config);
@@ -169,6 +186,7 @@ pub fn run(
         let secret = secret.clone();
         let rules = rules.clone();
         let shutdown = shutdown.clone();
+        let services = services.clone();
         let node = (usize::from(config.instance) * cores + index) as u16;
         let pin = config.pin;
         let thread = todo_runtime::spawn_core("todo-core", index, pin, driver, move || {
@@ -181,6 +199,7 @@ pub fn run(
                 backend,
                 verifier,
                 node,
+                services,
             ));
             runtime::core_main(core, listener, refresh, shutdown)
         })

@@ -13,28 +13,37 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     TodosList = 0,
+    /// `GET /todos` with filters, sort or a cursor (the read model).
+    TodosQuery,
     TodosGet,
     TodosWrite,
     Commands,
+    Users,
+    Sessions,
+    Categories,
     Health,
     Metrics,
     Other,
 }
 
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 11] = [
     "todos_list",
+    "todos_query",
     "todos_get",
     "todos_write",
     "commands",
+    "users",
+    "sessions",
+    "categories",
     "health",
     "metrics",
     "other",
 ];
 
 /// Statuses counted individually; anything else counts as the last slot (500).
-const STATUSES: [u16; 21] = [
-    200, 202, 400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 417, 422, 429, 431, 501, 503, 505,
-    100, 500,
+const STATUSES: [u16; 25] = [
+    200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 414, 415, 417, 422, 429,
+    431, 501, 503, 505, 100, 500,
 ];
 
 /// Upper bounds of the batch service-time histogram, in microseconds.

@@ -11,16 +11,40 @@ use std::time::Instant;
 
 use todo_model::{IdGenerator, Snapshot};
 
+use crate::accounts::Accounts;
 use crate::auth::Verifier;
 use crate::backend::Backend;
+use crate::cache::{PageCache, TokenCache};
 use crate::config::ServeConfig;
 use crate::metrics::CoreMetrics;
+use crate::read_model::Shared;
+use crate::search::Search;
 use todo_http::DateCache;
+
+/// What every core shares with the others (each a handle built for it):
+/// the read model, the password threads, the search thread, the secret that
+/// signs session tokens.
+#[derive(Clone)]
+pub struct Services {
+    pub model: Shared,
+    pub accounts: Accounts,
+    pub search: Search,
+    pub secret: Arc<[u8]>,
+    pub rules: crate::auth::TokenRules,
+}
 
 pub struct Core {
     pub index: usize,
     /// The snapshot this core serves; replaced whole when a newer one arrives.
     snapshot: RefCell<Rc<Snapshot>>,
+    /// `ETag` and `Cache-Control` lines of the snapshot's lists, made once
+    /// per snapshot.
+    hot_headers: RefCell<Rc<[u8]>>,
+    pub services: Services,
+    pub tokens: RefCell<TokenCache>,
+    pub pages: RefCell<PageCache>,
+    /// Scratch space for building a page cache key without allocating.
+    pub scratch: RefCell<Vec<u8>>,
     pub date: DateCache,
     pub config: Arc<ServeConfig>,
     /// All cores' metrics; this core writes only `metrics[index]`.
@@ -54,10 +78,16 @@ impl Core {
         backend: Backend,
         verifier: Verifier,
         id_node: u16,
+        services: Services,
     ) -> Self {
         let core = Core {
             index,
             snapshot: RefCell::new(Rc::new(snapshot.clone())),
+            hot_headers: RefCell::new(list_headers(snapshot.version(), true).into()),
+            services,
+            tokens: RefCell::default(),
+            pages: RefCell::default(),
+            scratch: RefCell::new(Vec::with_capacity(256)),
             date: DateCache::default(),
             config,
             all_metrics,
@@ -100,9 +130,16 @@ impl Core {
         }
         let version = next.version();
         *self.snapshot.borrow_mut() = Rc::new(next);
+        *self.hot_headers.borrow_mut() = list_headers(version, true).into();
         self.metrics()
             .snapshot(version, todo_model::now_ms(), self.stale.get());
         true
+    }
+
+    /// The `ETag` and `Cache-Control` lines of the snapshot's lists.
+    #[inline]
+    pub fn hot_headers(&self) -> Rc<[u8]> {
+        self.hot_headers.borrow().clone()
     }
 
     pub fn stale(&self) -> bool {
@@ -159,4 +196,38 @@ impl Core {
     pub fn next_id(&self) -> u64 {
         self.ids.borrow_mut().next_id(todo_model::now_ms())
     }
+}
+
+/// `\r\nETag: W/"<version>"\r\nCache-Control: ...` for a list built from
+/// `version`: public lists may be kept by shared caches for a second;
+/// lists that depend on the token only by the client.
+pub fn list_headers(version: u64, public: bool) -> Vec<u8> {
+    let mut h = Vec::with_capacity(80);
+    h.extend_from_slice(b"\r\nETag: W/\"");
+    h.extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
+    h.extend_from_slice(if public {
+        b"\"\r\nCache-Control: public, max-age=1".as_slice()
+    } else {
+        b"\"\r\nCache-Control: private, max-age=1\r\nVary: Authorization".as_slice()
+    });
+    h
+}
+
+/// Whether an `If-None-Match` value names the list of `version` (weak
+/// comparison, RFC 9110 §13.1.2; `*` matches any).
+pub fn not_modified(if_none_match: Option<&[u8]>, version: u64) -> bool {
+    let Some(value) = if_none_match else {
+        return false;
+    };
+    let mut n = itoa::Buffer::new();
+    let want = n.format(version).as_bytes();
+    value.split(|&b| b == b',').any(|tag| {
+        let tag = tag.trim_ascii();
+        let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+        tag == b"*"
+            || (tag.len() == want.len() + 2
+                && tag[0] == b'"'
+                && tag[tag.len() - 1] == b'"'
+                && &tag[1..tag.len() - 1] == want)
+    })
 }

@@ -1,15 +1,18 @@
 //! The lookup thread: a tokio runtime with a PostgreSQL pool, for the reads
 //! that are not in the snapshot and for filling an empty Redis. Cores send
 //! requests over a bounded channel and await the reply; nothing here is on
-//! the read hot path.
+//! the read hot path. The read model's follower ([`super::follow`]) runs on
+//! the same runtime.
 
+use std::sync::Arc;
 use std::thread;
 
-use todo_model::{Outcome, Rejection};
+use todo_model::{Category, Outcome, User};
 use todo_store::{pg, Publisher};
 
 use super::{DistributedError, Settings};
 use crate::backend::Unavailable;
+use crate::read_model::Shared;
 
 /// Connections in the lookup pool.
 const POOL_SIZE: usize = 4;
@@ -18,6 +21,8 @@ const QUEUE_DEPTH: usize = 4096;
 pub enum Request {
     Get(u64, flume::Sender<Result<Option<Vec<u8>>, Unavailable>>),
     Outcome(u64, flume::Sender<Result<Option<Outcome>, Unavailable>>),
+    User(String, flume::Sender<Result<Option<User>, Unavailable>>),
+    Category(u64, flume::Sender<Result<Option<Category>, Unavailable>>),
     /// Render the committed state and store it in Redis if Redis has nothing
     /// newer. Concurrent fills from all cores collapse into one.
     Fill(flume::Sender<bool>),
@@ -26,13 +31,18 @@ pub enum Request {
 #[derive(Clone)]
 pub struct Lookups {
     tx: flume::Sender<Request>,
+    /// Wakes the follower: a newer snapshot version was seen.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Lookups {
-    pub fn start(settings: &Settings) -> Result<Lookups, DistributedError> {
+    /// Start the thread; the follower keeps `model` current from PostgreSQL.
+    pub fn start(settings: &Settings, model: Shared) -> Result<Lookups, DistributedError> {
         let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
         let cache = Publisher::new(&settings.redis_url)?;
         let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let wake = changed.clone();
         thread::Builder::new()
             .name("todo-db".into())
             .spawn(move || {
@@ -40,10 +50,31 @@ impl Lookups {
                     .enable_all()
                     .build()
                     .expect("tokio runtime for lookups");
+                rt.spawn(super::follow::run(pool.clone(), model, wake));
                 rt.block_on(serve(rx, pool, cache));
             })
             .map_err(DistributedError::Thread)?;
-        Ok(Lookups { tx })
+        Ok(Lookups { tx, changed })
+    }
+
+    /// A core installed a newer snapshot: the read model has changes to
+    /// fetch. Cheap and callable from any thread.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    pub async fn user(&self, username: String) -> Result<Option<User>, Unavailable> {
+        let (tx, rx) = flume::bounded(1);
+        let asked = self.tx.send_async(Request::User(username, tx)).await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)?
+    }
+
+    pub async fn category(&self, id: u64) -> Result<Option<Category>, Unavailable> {
+        let (tx, rx) = flume::bounded(1);
+        let asked = self.tx.send_async(Request::Category(id, tx)).await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)?
     }
 
     pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
@@ -86,6 +117,20 @@ async fn serve(rx: flume::Receiver<Request>, pool: deadpool_postgres::Pool, cach
                 Request::Outcome(id, reply) => {
                     let _ = reply.send(outcome(&pool, id).await);
                 }
+                Request::User(name, reply) => {
+                    let user = async {
+                        let client = pool.get().await.map_err(unavailable)?;
+                        pg::user_by_name(&client, &name).await.map_err(unavailable)
+                    };
+                    let _ = reply.send(user.await);
+                }
+                Request::Category(id, reply) => {
+                    let category = async {
+                        let client = pool.get().await.map_err(unavailable)?;
+                        pg::category(&client, id).await.map_err(unavailable)
+                    };
+                    let _ = reply.send(category.await);
+                }
             }
             next = rx.try_recv().ok();
         }
@@ -121,9 +166,7 @@ async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Outco
     };
     Ok(match (status.as_str(), reason.as_deref()) {
         ("applied", _) => Some(Outcome::Applied),
-        ("rejected", Some("not_owner")) => Some(Outcome::Rejected(Rejection::NotOwner)),
-        ("rejected", Some("not_found")) => Some(Outcome::Rejected(Rejection::NotFound)),
-        ("rejected", Some("already_exists")) => Some(Outcome::Rejected(Rejection::AlreadyExists)),
+        ("rejected", Some(reason)) => todo_model::Rejection::parse(reason).map(Outcome::Rejected),
         _ => None,
     })
 }

@@ -9,13 +9,17 @@
 //!          newer versions only; stale while Redis is away
 //! lookups: core -> lookup.rs: one tokio thread ("todo-db") with a
 //!          PostgreSQL pool for GET /todos/{id} outside the snapshot,
-//!          GET /commands/{id}, and the single-flight fill of an empty Redis
+//!          GET /commands/{id}, accounts and categories the read model has
+//!          not seen yet, and the single-flight fill of an empty Redis
+//! queries: follow.rs (on the same thread): the read model, loaded from
+//!          PostgreSQL and kept current from the rows each batch stamped
 //! ```
 //!
 //! The cores share two things here, both built for it: the librdkafka
 //! producer (thread-safe; its own threads send and report) and the lookup
 //! thread's request queue. The read hot path touches neither.
 
+pub mod follow;
 pub mod lookup;
 pub mod producer;
 pub mod refresh;

@@ -81,7 +81,10 @@ async fn resync(core: &Core, cmd: &mut Conn, lookups: &Lookups) -> io::Result<()
                         "todos:snapshot is not a snapshot",
                     )
                 })?;
-                core.install_owned(snapshot);
+                if core.install_owned(snapshot) {
+                    // The read model follows the same versions.
+                    lookups.changed();
+                }
                 return Ok(());
             }
             Frame::Null if attempt == 0 => {

@@ -635,6 +635,8 @@ mod tests {
                 ..Fields::default()
             },
             issued_at: 1,
+            name: None,
+            password_hash: None,
         }
     }
 
@@ -642,6 +644,8 @@ mod tests {
         StoreImage {
             version: 0,
             todos: vec![],
+            users: vec![],
+            categories: vec![],
         }
     }
 

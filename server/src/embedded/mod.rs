@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
-use todo_model::{snapshot::render_todo, Outcome, Snapshot, TodoCommand};
+use todo_model::{Outcome, Snapshot, TodoCommand};
 
 use crate::backend::Unavailable;
 
@@ -119,6 +119,8 @@ impl Handle {
 /// What starting the embedded store gives the server.
 pub struct Started {
     pub handle: Handle,
+    /// The read model the apply thread keeps and the cores query.
+    pub model: crate::read_model::Shared,
     /// The snapshot every core starts with.
     pub snapshot: Arc<Snapshot>,
     /// One receiver per core for newer snapshots.
@@ -136,12 +138,12 @@ pub fn start(
     seed_count: usize,
 ) -> Result<Started, command_log::LogError> {
     let lock = command_log::lock(data_dir)?;
-    let (mut store, mut log, replayed) = command_log::open(data_dir, || StoreImage {
-        version: 1,
-        todos: todo_model::seed::seed(seed_count, todo_model::now_ms()),
+    let (mut store, mut log, replayed) = command_log::open(data_dir, || {
+        StoreImage::seeded(todo_model::seed::seed(seed_count, todo_model::now_ms()))
     })?;
     let snapshot = Arc::new(store.snapshot());
     let todos = store.len();
+    let model = store.shared().clone();
     let (tx, rx) = flume::bounded(QUEUE_DEPTH);
     let (senders, updates): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded()).unzip();
     let thread = thread::Builder::new()
@@ -154,6 +156,7 @@ pub fn start(
         .expect("spawning the apply thread");
     Ok(Started {
         handle: Handle { tx },
+        model,
         snapshot,
         updates,
         thread,
@@ -178,12 +181,7 @@ fn apply_loop(
             match req {
                 ApplyRequest::Submit(cmd, reply) => batch.push((cmd, reply)),
                 ApplyRequest::Get(id, reply) => {
-                    let row = store.get(id).map(|t| {
-                        let mut out = Vec::with_capacity(256);
-                        render_todo(t, &mut out);
-                        out
-                    });
-                    let _ = reply.send(row);
+                    let _ = reply.send(store.render(id));
                 }
                 ApplyRequest::Outcome(id, reply) => {
                     let _ = reply.send(store.outcome(id));
@@ -205,9 +203,10 @@ fn apply_loop(
             }
             continue;
         }
-        let outcomes: Vec<Outcome> = batch.iter().map(|(c, _)| store.apply(c)).collect();
+        let cmds: Vec<TodoCommand> = batch.iter().map(|(c, _)| c.clone()).collect();
+        let outcomes = store.apply_batch(&cmds, true);
         if outcomes.contains(&Outcome::Applied) {
-            let snapshot = Arc::new(store.next_snapshot());
+            let snapshot = Arc::new(store.snapshot());
             for core in cores {
                 let _ = core.send(snapshot.clone());
             }

@@ -1,106 +1,179 @@
-//! The embedded default's in-memory store: every todo, the recent outcomes,
-//! and the snapshot version. Changes go through [`todo_model::decide`], the
-//! same rule the Kafka worker applies in PostgreSQL.
+//! The embedded default's store: the read model (every todo, user and
+//! category, see [`crate::read_model`]), the recent outcomes, and the
+//! snapshot version. Changes go through [`todo_model::decide`], the same
+//! rule the Kafka worker applies in PostgreSQL, over facts read from the
+//! model.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use todo_model::{decide, Change, Outcome, Snapshot, Todo, TodoCommand};
+use todo_model::{decide, Category, Change, Outcome, Snapshot, Todo, TodoCommand, User};
+
+use crate::read_model::{ReadModel, Shared};
 
 /// How many command outcomes are remembered for `GET /commands/{id}`.
 pub const OUTCOMES_KEPT: usize = 100_000;
 
-#[derive(Debug, Default)]
 pub struct Store {
-    todos: BTreeMap<u64, Todo>,
+    /// Shared with the cores, which answer queries from it.
+    model: Shared,
     outcomes: HashMap<u64, Outcome>,
     outcome_order: VecDeque<u64>,
-    version: u64,
 }
 
-/// The durable form of a [`Store`] (the state file).
+/// The durable form of a [`Store`] (the state file). Users and categories
+/// are absent from state files written before they existed.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoreImage {
     pub version: u64,
     pub todos: Vec<Todo>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub categories: Vec<Category>,
+}
+
+impl StoreImage {
+    pub fn seeded(todos: Vec<Todo>) -> Self {
+        StoreImage {
+            version: 1,
+            todos,
+            users: Vec::new(),
+            categories: Vec::new(),
+        }
+    }
 }
 
 impl Store {
     pub fn from_image(image: StoreImage) -> Self {
+        let mut model = ReadModel::new(image.version);
+        // Categories first: todos refer to them.
+        for c in image.categories {
+            model.apply(Change::PutCategory(c));
+        }
+        for u in image.users {
+            model.apply(Change::InsertUser(u));
+        }
+        for t in image.todos {
+            model.apply(Change::Insert(t));
+        }
         Store {
-            todos: image.todos.into_iter().map(|t| (t.id, t)).collect(),
-            version: image.version,
-            ..Store::default()
+            model: Shared::new(model, true),
+            outcomes: HashMap::new(),
+            outcome_order: VecDeque::new(),
         }
     }
 
+    /// The model the cores read.
+    pub fn shared(&self) -> &Shared {
+        &self.model
+    }
+
     pub fn image(&self) -> StoreImage {
+        let m = self.model.read();
         StoreImage {
-            version: self.version,
-            todos: self.todos.values().cloned().collect(),
+            version: m.version(),
+            todos: m.todos().cloned().collect(),
+            users: m.users().cloned().collect(),
+            categories: m.categories().cloned().collect(),
         }
     }
 
     /// Apply one command once; a command id seen before keeps its first
     /// outcome and changes nothing.
     pub fn apply(&mut self, cmd: &TodoCommand) -> Outcome {
-        if let Some(outcome) = self.outcomes.get(&cmd.command_id) {
-            return *outcome;
-        }
-        let outcome = match decide(self.todos.get(&cmd.todo_id), cmd) {
-            Ok(Change::Insert(todo) | Change::Update(todo)) => {
-                self.todos.insert(todo.id, todo);
-                Outcome::Applied
-            }
-            Ok(Change::Delete(id)) => {
-                self.todos.remove(&id);
-                Outcome::Applied
-            }
-            Err(rejection) => Outcome::Rejected(rejection),
-        };
-        self.remember(cmd.command_id, outcome);
-        outcome
+        self.apply_batch(std::slice::from_ref(cmd), false)[0]
     }
 
-    fn remember(&mut self, command_id: u64, outcome: Outcome) {
-        self.outcomes.insert(command_id, outcome);
-        self.outcome_order.push_back(command_id);
-        while self.outcome_order.len() > OUTCOMES_KEPT {
-            if let Some(old) = self.outcome_order.pop_front() {
-                self.outcomes.remove(&old);
+    /// Apply `cmds` in order under one write lock; with `advance`, a batch
+    /// that changed anything moves the version on before the lock is given
+    /// back, so readers never see the new state under the old version.
+    pub fn apply_batch(&mut self, cmds: &[TodoCommand], advance: bool) -> Vec<Outcome> {
+        let mut model = self.model.write();
+        let mut outcomes = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            if let Some(outcome) = self.outcomes.get(&cmd.command_id) {
+                outcomes.push(*outcome);
+                continue;
             }
+            let decided = decide(&model.facts(cmd), cmd);
+            let outcome = match decided {
+                Ok(change) => {
+                    model.apply(change);
+                    Outcome::Applied
+                }
+                Err(rejection) => Outcome::Rejected(rejection),
+            };
+            remember(
+                &mut self.outcomes,
+                &mut self.outcome_order,
+                cmd.command_id,
+                outcome,
+            );
+            outcomes.push(outcome);
         }
+        if advance && outcomes.contains(&Outcome::Applied) {
+            let next = model.version() + 1;
+            model.set_version(next);
+        }
+        outcomes
     }
 
     pub fn outcome(&self, command_id: u64) -> Option<Outcome> {
         self.outcomes.get(&command_id).copied()
     }
 
-    pub fn get(&self, id: u64) -> Option<&Todo> {
-        self.todos.get(&id)
+    /// The rendered JSON of one todo.
+    pub fn render(&self, id: u64) -> Option<Vec<u8>> {
+        let m = self.model.read();
+        m.todo(id).map(|t| {
+            let mut out = Vec::with_capacity(256);
+            todo_model::snapshot::render_todo(t, &mut out);
+            out
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.todos.len()
+        self.model.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.todos.is_empty()
+        self.len() == 0
     }
 
     pub fn version(&self) -> u64 {
-        self.version
+        self.model.read().version()
     }
 
-    /// Advance the version and render the newest todos (ids are
-    /// time-ordered, so the largest ids are the newest).
+    /// Advance the version and render the newest todos.
     pub fn next_snapshot(&mut self) -> Snapshot {
-        self.version += 1;
+        {
+            let mut m = self.model.write();
+            let next = m.version() + 1;
+            m.set_version(next);
+        }
         self.snapshot()
     }
 
+    /// Render the newest todos at the current version.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::render(self.version, self.todos.values().rev())
+        let m = self.model.read();
+        Snapshot::render(m.version(), m.newest())
+    }
+}
+
+fn remember(
+    outcomes: &mut HashMap<u64, Outcome>,
+    order: &mut VecDeque<u64>,
+    command_id: u64,
+    outcome: Outcome,
+) {
+    outcomes.insert(command_id, outcome);
+    order.push_back(command_id);
+    while order.len() > OUTCOMES_KEPT {
+        if let Some(old) = order.pop_front() {
+            outcomes.remove(&old);
+        }
     }
 }
 
@@ -120,12 +193,19 @@ mod tests {
                 ..Fields::default()
             },
             issued_at: 1,
+            name: None,
+            password_hash: None,
         }
     }
 
     #[test]
     fn a_command_applies_once() {
-        let mut s = Store::default();
+        let mut s = Store::from_image(StoreImage {
+            version: 0,
+            todos: vec![],
+            users: vec![],
+            categories: vec![],
+        });
         assert_eq!(s.apply(&create(1, 10, "a")), Outcome::Applied);
         assert_eq!(s.apply(&create(1, 10, "a")), Outcome::Applied);
         assert_eq!(s.len(), 1);
@@ -137,7 +217,12 @@ mod tests {
 
     #[test]
     fn snapshot_is_newest_first() {
-        let mut s = Store::default();
+        let mut s = Store::from_image(StoreImage {
+            version: 0,
+            todos: vec![],
+            users: vec![],
+            categories: vec![],
+        });
         for i in 1..=5 {
             s.apply(&create(i, i * 100, "a"));
         }

@@ -32,7 +32,29 @@ pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
 
 /// Prometheus text format, all cores summed.
 pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    let text = metrics::render(&core.all_metrics, todo_model::now_ms());
+    let mut text = metrics::render(&core.all_metrics, todo_model::now_ms());
+    let services = &core.services;
+    let (todos, users, categories) = {
+        let m = services.model.read();
+        (m.len(), m.users().count(), m.categories().count())
+    };
+    use std::fmt::Write;
+    let _ = write!(
+        text,
+        "# HELP todo_password_hashes_total Argon2id runs (registrations and login checks, unknown users included).\n\
+         # TYPE todo_password_hashes_total counter\n\
+         todo_password_hashes_total {}\n\
+         # HELP todo_read_model_version Version of the state the read model holds (0 until loaded).\n\
+         # TYPE todo_read_model_version gauge\n\
+         todo_read_model_version {}\n\
+         # HELP todo_read_model_rows Rows the read model holds, by kind.\n\
+         # TYPE todo_read_model_rows gauge\n\
+         todo_read_model_rows{{kind=\"todos\"}} {todos}\n\
+         todo_read_model_rows{{kind=\"users\"}} {users}\n\
+         todo_read_model_rows{{kind=\"categories\"}} {categories}\n",
+        services.accounts.hashes(),
+        services.model.version(),
+    );
     response::append(
         out,
         response::Head {

@@ -6,9 +6,13 @@
 //! back as [`Action::Await`]; the connection loop flushes what it has, awaits
 //! [`complete`], and carries on, so responses stay in request order.
 
+pub mod accounts;
+pub mod categories;
 pub mod commands;
 pub mod health;
 pub mod todos;
+
+use std::net::IpAddr;
 
 use todo_model::TodoCommand;
 
@@ -30,8 +34,17 @@ pub enum Action {
 /// Work that needs the backend before it can be answered.
 pub enum Pending {
     Submit(TodoCommand),
+    /// A todo write naming a category this server's read model does not
+    /// know (yet): asked of the backend before the command is submitted.
+    SubmitChecked(TodoCommand),
     GetTodo(u64),
     Outcome(u64),
+    /// A `q=` search, and its page cache key (boxed: rare and large).
+    Search(Box<(crate::query::ListQuery, Box<[u8]>)>),
+    Register(accounts::Credentials),
+    Login(accounts::Credentials, Option<IpAddr>),
+    Me(String),
+    Category(categories::Pending),
 }
 
 /// Per-request response options.
@@ -77,8 +90,16 @@ impl Reply {
 const TODOS_ALLOW: &str = "GET, HEAD, POST";
 const TODO_ALLOW: &str = "GET, HEAD, PUT, DELETE";
 const READ_ALLOW: &str = "GET, HEAD";
+const POST_ALLOW: &str = "POST";
 
-pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Persist) -> Action {
+/// Route one request. `peer` is the client's address (login limits).
+pub fn dispatch(
+    core: &Core,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+    persist: Persist,
+    peer: Option<IpAddr>,
+) -> Action {
     let reply = Reply {
         persist,
         head_only: req.method == Method::Head,
@@ -91,9 +112,9 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
     // The hot route first.
     if req.path == "/todos" {
         return match req.method {
-            Method::Get | Method::Head => todos::list(core, req.query, out, reply),
+            Method::Get | Method::Head => todos::list(core, req, out, reply),
             Method::Post => match todos::write(core, req, None) {
-                Ok(cmd) => Action::Await(Pending::Submit(cmd)),
+                Ok(pending) => Action::Await(pending),
                 Err(e) => done(Route::TodosWrite, e, out),
             },
             _ => done(
@@ -110,7 +131,7 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
         return match req.method {
             Method::Get | Method::Head => todos::get(core, id, out, reply),
             Method::Put | Method::Delete => match todos::write(core, req, Some(id)) {
-                Ok(cmd) => Action::Await(Pending::Submit(cmd)),
+                Ok(pending) => Action::Await(pending),
                 Err(e) => done(Route::TodosWrite, e, out),
             },
             _ => done(Route::Other, HttpError::method_not_allowed(TODO_ALLOW), out),
@@ -121,6 +142,84 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
             (false, _) => done(Route::Other, HttpError::method_not_allowed(READ_ALLOW), out),
             (true, None) => done(Route::Commands, errors::COMMAND_NOT_FOUND, out),
             (true, Some(id)) => Action::Await(Pending::Outcome(id)),
+        };
+    }
+    match req.path {
+        "/users" => {
+            return match req.method {
+                Method::Post => match accounts::register(core, req) {
+                    Ok(c) => Action::Await(Pending::Register(c)),
+                    Err(e) => done(Route::Users, e, out),
+                },
+                _ => done(Route::Users, HttpError::method_not_allowed(POST_ALLOW), out),
+            }
+        }
+        "/sessions" => {
+            return match req.method {
+                Method::Post => match accounts::login(req) {
+                    Ok(c) => Action::Await(Pending::Login(c, peer)),
+                    Err(e) => done(Route::Sessions, e, out),
+                },
+                _ => done(
+                    Route::Sessions,
+                    HttpError::method_not_allowed(POST_ALLOW),
+                    out,
+                ),
+            }
+        }
+        "/users/me" => {
+            if !read {
+                return done(Route::Users, HttpError::method_not_allowed(READ_ALLOW), out);
+            }
+            return match subject(core, req) {
+                Ok(s) => Action::Await(Pending::Me(s)),
+                Err(e) => done(Route::Users, e, out),
+            };
+        }
+        "/categories" => {
+            let subject = match subject(core, req) {
+                Ok(s) => s,
+                Err(e) => return done(Route::Categories, e, out),
+            };
+            return match req.method {
+                Method::Get | Method::Head => Action::Done(
+                    Route::Categories,
+                    categories::list(core, &subject, out, reply),
+                ),
+                Method::Post => match categories::request(core, req, subject, None) {
+                    Ok(p) => Action::Await(Pending::Category(p)),
+                    Err(e) => done(Route::Categories, e, out),
+                },
+                _ => done(
+                    Route::Categories,
+                    HttpError::method_not_allowed(TODOS_ALLOW),
+                    out,
+                ),
+            };
+        }
+        _ => {}
+    }
+    if let Some(id) = req.path.strip_prefix("/categories/") {
+        if !matches!(
+            req.method,
+            Method::Get | Method::Head | Method::Put | Method::Delete
+        ) {
+            return done(
+                Route::Categories,
+                HttpError::method_not_allowed(TODO_ALLOW),
+                out,
+            );
+        }
+        let subject = match subject(core, req) {
+            Ok(s) => s,
+            Err(e) => return done(Route::Categories, e, out),
+        };
+        let Some(id) = parse_id(id) else {
+            return done(Route::Categories, categories::CATEGORY_NOT_FOUND, out);
+        };
+        return match categories::request(core, req, subject, Some(id)) {
+            Ok(p) => Action::Await(Pending::Category(p)),
+            Err(e) => done(Route::Categories, e, out),
         };
     }
     let route = match req.path {
@@ -155,12 +254,81 @@ pub async fn complete(
                 todos::accepted(core, ids, result, out, reply),
             )
         }
+        Pending::SubmitChecked(cmd) => (
+            Route::TodosWrite,
+            todos::submit_checked(core, cmd, out, reply).await,
+        ),
         Pending::GetTodo(id) => (Route::TodosGet, todos::get_slow(core, id, out, reply).await),
+        Pending::Search(search) => (
+            Route::TodosQuery,
+            todos::search(core, *search, out, reply).await,
+        ),
+        Pending::Register(c) => (
+            Route::Users,
+            accounts::complete_register(core, c, out, reply).await,
+        ),
+        Pending::Login(c, peer) => (
+            Route::Sessions,
+            accounts::complete_login(core, c, peer, out, reply).await,
+        ),
+        Pending::Me(subject) => (Route::Users, accounts::me(core, subject, out, reply).await),
+        Pending::Category(p) => (
+            Route::Categories,
+            categories::complete(core, p, out, reply).await,
+        ),
         Pending::Outcome(id) => (
             Route::Commands,
             commands::outcome(core, id, out, reply).await,
         ),
     }
+}
+
+/// The subject of the request's bearer token (401 without a valid one).
+pub fn subject(core: &Core, req: &Request<'_>) -> Result<String, HttpError> {
+    let now = todo_model::now_ms() / 1000;
+    core.tokens
+        .borrow_mut()
+        .subject(&core.verifier, req.authorization, now)
+        .map(|s| s.to_string())
+        .map_err(|e| errors::unauthorized(e.to_string()))
+}
+
+/// A JSON object body of type `T` (`what` names it in errors): 411
+/// without a body, 415 unless `application/json`, 400 unless JSON, 422
+/// unless the fields fit.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    req: &Request<'_>,
+    what: &str,
+) -> Result<T, HttpError> {
+    if !req.body.is_present() {
+        return Err(HttpError::LENGTH_REQUIRED);
+    }
+    let json = req.content_type.is_some_and(|ct| {
+        let essence = ct.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+        essence.eq_ignore_ascii_case(b"application/json")
+    });
+    if !json {
+        return Err(errors::UNSUPPORTED_MEDIA_TYPE);
+    }
+    let body = req.body.bytes();
+    if body.trim_ascii().is_empty() {
+        return Err(errors::BODY_REQUIRED);
+    }
+    // serde would also read a struct from a JSON array; only objects are
+    // accepted.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return match sonic_rs::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Err(errors::invalid_field("body must be a JSON object".into())),
+            Err(e) => Err(errors::bad_json(format!("body is not valid JSON: {e}"))),
+        };
+    }
+    sonic_rs::from_slice::<T>(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            errors::bad_json(format!("body is not valid JSON: {e}"))
+        } else {
+            errors::invalid_field(format!("body does not match the fields of {what}: {e}"))
+        }
+    })
 }
 
 /// Ids are plain decimal u64s; anything else names no resource (404).

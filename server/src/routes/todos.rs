@@ -1,29 +1,162 @@
 //! `/todos` and `/todos/{id}`: the read hot path and the write entry point.
 
+use std::rc::Rc;
+
 use todo_model::{Fields, Op, TodoCommand, SNAPSHOT_MAX};
 
-use super::{Action, Reply};
+use super::{Action, Pending, Reply};
+use crate::cache::CachedPage;
 use crate::errors;
 use crate::metrics::Route;
-use crate::per_core::Core;
+use crate::per_core::{list_headers, not_modified, Core};
+use crate::query::{Cursor, ListQuery};
+use crate::search::{render_page, Rendered};
 use todo_http::http1::{Method, Request};
 use todo_http::HttpError;
 
-/// `GET /todos?limit=N`: head plus a prefix of the snapshot and one `]`.
-/// No rendering, no allocation: two memcpys and an itoa.
+/// `GET /todos`: the hot path when the query is empty or only `limit=N`,
+/// the read model otherwise ([`query`]).
 #[inline]
-pub fn list(core: &Core, query: &str, out: &mut Vec<u8>, reply: Reply) -> Action {
-    let limit = match parse_limit(query, core.config.default_limit) {
+pub fn list(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
+    let q = req.query;
+    if q.is_empty() || (q.starts_with("limit=") && !q.contains('&')) {
+        hot(core, req, out, reply)
+    } else {
+        query(core, req, out, reply)
+    }
+}
+
+/// `GET /todos?limit=N`: head plus a prefix of the snapshot and one `]`.
+/// No rendering, no allocation: memcpys and an itoa. The `Link` to the next
+/// page names the last row's id (a keyset cursor of the default sort).
+#[inline]
+fn hot(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
+    let limit = match parse_limit(req.query, core.config.default_limit) {
         Some(n) => n,
         None => return Action::Done(Route::TodosList, reply.error(core, out, &errors::BAD_LIMIT)),
     };
     let snapshot = core.snapshot();
-    reply.json(core, out, 200, &[snapshot.prefix(limit), b"]"]);
+    let headers = core.hot_headers();
+    if not_modified(req.if_none_match, snapshot.version()) {
+        reply.with_headers(core, out, 304, &headers, &[]);
+        return Action::Done(Route::TodosList, 304);
+    }
+    let held = snapshot.len();
+    let more = limit < held
+        || (held == SNAPSHOT_MAX && limit == held && core.services.model.read().len() > held);
+    if !more {
+        reply.with_headers(core, out, 200, &headers, &[snapshot.prefix(limit), b"]"]);
+        return Action::Done(Route::TodosList, 200);
+    }
+    // ETag, Cache-Control and Link, on the stack.
+    let mut extra = [0u8; 256];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        extra[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
+    };
+    put(&headers);
+    put(b"\r\nLink: </todos?limit=");
+    put(itoa::Buffer::new().format(limit).as_bytes());
+    put(b"&cursor=");
+    let mut cursor = [0u8; 16];
+    let len = Cursor::encode_created_desc(snapshot.ids()[limit - 1], &mut cursor);
+    put(&cursor[..len]);
+    put(b">; rel=\"next\"");
+    reply.with_headers(core, out, 200, &extra[..n], &[snapshot.prefix(limit), b"]"]);
     Action::Done(Route::TodosList, 200)
 }
 
-/// `limit` from a query string: absent means `default`; present must be an
-/// integer in 1..=SNAPSHOT_MAX. Other parameters are ignored.
+/// `GET /todos` with filters, a sort or a cursor: from the core's page
+/// cache when the model has not changed since the page was rendered, else
+/// rendered from the read model (searches on the search thread).
+pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
+    let done = |status| Action::Done(Route::TodosQuery, status);
+    // A token that does not verify leaves a public query public; `mine`
+    // below says 401.
+    let subject = req.authorization.and_then(|auth| {
+        let now = todo_model::now_ms() / 1000;
+        core.tokens
+            .borrow_mut()
+            .subject(&core.verifier, Some(auth), now)
+            .ok()
+    });
+    let version = core.services.model.version();
+    {
+        let mut key = core.scratch.borrow_mut();
+        key.clear();
+        key.extend_from_slice(req.query.as_bytes());
+        if let Some(s) = &subject {
+            key.push(0);
+            key.extend_from_slice(s.as_bytes());
+        }
+        if let Some(page) = core.pages.borrow().get(&key, version) {
+            return done(answer_page(core, req, page, out, reply));
+        }
+    }
+    if !core.services.model.loaded() {
+        return done(reply.error(core, out, &errors::NOT_READY));
+    }
+    let mut q = match ListQuery::parse(req.query, None, core.config.default_limit) {
+        Ok(q) => q,
+        Err(e) => return done(reply.error(core, out, &e)),
+    };
+    if q.mine {
+        match &subject {
+            Some(s) => q.owner = Some(s.to_string()),
+            None => {
+                let e = core
+                    .verifier
+                    .verify(req.authorization)
+                    .err()
+                    .map_or_else(|| "invalid token".to_string(), |e| e.to_string());
+                return done(reply.error(core, out, &errors::unauthorized(e)));
+            }
+        }
+    }
+    let key = crate::cache::page_key(req.query, subject.as_deref());
+    if q.is_search() {
+        return Action::Await(super::Pending::Search(Box::new((q, key))));
+    }
+    let rendered = render_page(&core.services.model.read(), &q);
+    let page = cache_page(core, key, rendered, !q.mine);
+    done(answer_page(core, req, &page, out, reply))
+}
+
+/// Keep a rendered page in the core's cache; returns what to answer with.
+pub fn cache_page(core: &Core, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<CachedPage> {
+    let mut headers = list_headers(r.version, public);
+    if let Some(link) = &r.link {
+        headers.extend_from_slice(b"\r\nLink: ");
+        headers.extend_from_slice(link.as_bytes());
+    }
+    let page = Rc::new(CachedPage {
+        version: r.version,
+        body: r.body.into(),
+        headers: headers.into(),
+    });
+    core.pages.borrow_mut().put(key, page.clone());
+    page
+}
+
+/// 200 with the page, or 304 when the client holds this version.
+pub fn answer_page(
+    core: &Core,
+    req: &Request<'_>,
+    page: &CachedPage,
+    out: &mut Vec<u8>,
+    reply: Reply,
+) -> u16 {
+    if not_modified(req.if_none_match, page.version) {
+        reply.with_headers(core, out, 304, &page.headers, &[]);
+        return 304;
+    }
+    reply.with_headers(core, out, 200, &page.headers, &[&page.body]);
+    200
+}
+
+/// `limit` from a hot-path query string (empty, or `limit=N` alone): absent
+/// means `default`; present must be an integer in 1..=SNAPSHOT_MAX.
 pub fn parse_limit(query: &str, default: usize) -> Option<usize> {
     // Byte-wise on purpose: this runs for every read request.
     let Some(value) = query
@@ -70,13 +203,10 @@ pub async fn get_slow(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> 
     }
 }
 
-/// Check a write: token, body framing, media type, JSON, field rules. Returns
-/// the command to submit. `id` is `None` for a create.
-pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<TodoCommand, HttpError> {
-    let user = core
-        .verifier
-        .verify(req.authorization)
-        .map_err(|e| errors::unauthorized(e.to_string()))?;
+/// Check a write: token, body framing, media type, JSON, field rules, the
+/// category. Returns what to await. `id` is `None` for a create.
+pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending, HttpError> {
+    let user = super::subject(core, req)?;
     let op = match (req.method, id) {
         (Method::Post, None) => Op::Create,
         (Method::Put, Some(_)) => Op::Update,
@@ -96,14 +226,68 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<TodoComm
         Some(id) => id,
         None => core.next_id(),
     };
-    Ok(TodoCommand {
+    let category = fields.category_id.flatten();
+    let cmd = TodoCommand {
         command_id: core.next_id(),
         op,
         todo_id,
         user,
         fields,
         issued_at: todo_model::now_ms(),
-    })
+        name: None,
+        password_hash: None,
+    };
+    let Some(category) = category else {
+        return Ok(Pending::Submit(cmd));
+    };
+    // The category must be one of the writer's own: 422 now when this
+    // server knows; the apply rule holds it either way.
+    match core.services.model.read().category(category) {
+        Some(c) if c.owner == cmd.user => Ok(Pending::Submit(cmd)),
+        Some(_) => Err(UNKNOWN_CATEGORY),
+        // Made on another server a moment ago, perhaps: ask the backend.
+        None if core.backend.name() == "distributed" => Ok(Pending::SubmitChecked(cmd)),
+        None => Err(UNKNOWN_CATEGORY),
+    }
+}
+
+pub const UNKNOWN_CATEGORY: HttpError = HttpError::new(
+    422,
+    "invalid_field",
+    "category_id must be the id of one of your categories",
+    false,
+);
+
+/// Submit a todo write once the backend confirmed its category.
+pub async fn submit_checked(core: &Core, cmd: TodoCommand, out: &mut Vec<u8>, reply: Reply) -> u16 {
+    let category = cmd.fields.category_id.flatten().unwrap_or(0);
+    match core.backend.category(&core.services.model, category).await {
+        Ok(Some(c)) if c.owner == cmd.user => {
+            let ids = (cmd.command_id, cmd.todo_id);
+            let result = core.backend.finish(core.backend.start(cmd)).await;
+            accepted(core, ids, result, out, reply)
+        }
+        Ok(_) => reply.error(core, out, &UNKNOWN_CATEGORY),
+        Err(unavailable) => reply.error(core, out, &unavailable.answer()),
+    }
+}
+
+/// A `q=` search, rendered on the search thread.
+pub async fn search(
+    core: &Core,
+    (query, key): (ListQuery, Box<[u8]>),
+    out: &mut Vec<u8>,
+    reply: Reply,
+) -> u16 {
+    let public = !query.mine;
+    let Some(rendered) = core.services.search.page(query).await else {
+        return reply.error(core, out, &HttpError::unavailable("search stopped", 1));
+    };
+    let page = cache_page(core, key, rendered, public);
+    // The request's If-None-Match was checked against the cache; a search
+    // answers the page in full.
+    reply.with_headers(core, out, 200, &page.headers, &[&page.body]);
+    200
 }
 
 fn parse_fields(req: &Request<'_>) -> Result<Fields, HttpError> {

@@ -3,6 +3,8 @@
 //! which shares no code with the server's parser.
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,112 @@
+//! Keeping the read model current on the distributed path.
+//!
+//! ```text
+//! start:  pg::load_all          -> the whole state, under one version
+//! then:   wake (a core saw a newer snapshot, or FALLBACK_POLL passed)
+//!         pg::changes_since(v)  -> rows and tombstones stamped after v
+//!         -> applied under the model's write lock, version moved to the new v
+//! ```
+//!
+//! The worker stamps every row it changes with the snapshot version of its
+//! transaction, so "what changed since v" is an indexed range read; the
+//! snapshot version's row lock orders those transactions, so a reader that
+//! sees version v sees every change up to v (`todo_store::pg`). Wake-ups
+//! come from the cores' Redis subscriptions (each new snapshot); the poll is
+//! there for when Redis is away. PostgreSQL away: keep the last state (still
+//! served), retry with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use todo_model::Change;
+use todo_store::pg;
+
+use crate::read_model::{ReadModel, Shared};
+
+/// Changes are fetched at least this often without a wake-up.
+const FALLBACK_POLL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub async fn run(pool: deadpool_postgres::Pool, model: Shared, wake: Arc<tokio::sync::Notify>) {
+    let mut backoff = Duration::from_millis(50);
+    // The first load.
+    loop {
+        match load(&pool).await {
+            Ok(loaded) => {
+                eprintln!(
+                    "todo-server: read model loaded: {} todos at version {}",
+                    loaded.len(),
+                    loaded.version()
+                );
+                model.replace(loaded);
+                break;
+            }
+            Err(e) => {
+                eprintln!("todo-server: loading the read model: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    backoff = Duration::from_millis(50);
+    loop {
+        let _ = tokio::time::timeout(FALLBACK_POLL, wake.notified()).await;
+        match catch_up(&pool, &model).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                eprintln!("todo-server: following PostgreSQL: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn load(pool: &deadpool_postgres::Pool) -> Result<ReadModel, todo_store::StoreError> {
+    let mut client = pool.get().await?;
+    let state = pg::load_all(&mut client).await?;
+    let mut model = ReadModel::new(state.version);
+    for c in state.categories {
+        model.apply(Change::PutCategory(c));
+    }
+    for u in state.users {
+        model.apply(Change::InsertUser(u));
+    }
+    for t in state.todos {
+        model.apply(Change::Insert(t));
+    }
+    Ok(model)
+}
+
+/// Fetch and apply what changed since the model's version.
+async fn catch_up(
+    pool: &deadpool_postgres::Pool,
+    model: &Shared,
+) -> Result<(), todo_store::StoreError> {
+    let since = model.version();
+    let mut client = pool.get().await?;
+    let changes = pg::changes_since(&mut client, since).await?;
+    if changes.version <= since {
+        return Ok(());
+    }
+    let mut m = model.write();
+    // Categories before the todos that may name them; deletes of todos
+    // before deletes of their categories.
+    for c in changes.categories {
+        m.apply(Change::PutCategory(c));
+    }
+    for u in changes.users {
+        m.apply(Change::InsertUser(u));
+    }
+    for t in changes.todos {
+        m.apply(Change::Update(t));
+    }
+    for id in changes.deleted_todos {
+        m.apply(Change::Delete(id));
+    }
+    for id in changes.deleted_categories {
+        m.apply(Change::DeleteCategory(id));
+    }
+    m.set_version(changes.version);
+    Ok(())
+}
