@@ -55,7 +55,8 @@ struct Cli {
     /// "90:GET /todos?limit=1,9:GET /todos?limit=100,1:POST /todos".
     #[arg(long)]
     mix: Option<String>,
-    /// Bearer token for writes in the mix.
+    /// Bearer token, sent with every request (writes in the mix need one;
+    /// `mine=true` lists too).
     #[arg(long, env = "TODO_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the report as JSON.
@@ -118,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     let target = mix::Target::parse(&cli.url)?;
     let mix = match &cli.mix {
         Some(spec) => mix::Mix::parse(spec, &target, cli.token.as_deref())?,
-        None => mix::Mix::single_get(&target),
+        None => mix::Mix::single_get(&target, cli.token.as_deref()),
     };
     if let Some(count) = cli.hold {
         let h = hold::hold(

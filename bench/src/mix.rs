@@ -59,10 +59,12 @@ pub struct Mix {
 }
 
 impl Mix {
-    pub fn single_get(target: &Target) -> Mix {
+    /// GETs of the target's path (with the bearer token when given: lists
+    /// such as `mine=true` depend on it).
+    pub fn single_get(target: &Target, token: Option<&str>) -> Mix {
         Mix {
             kinds: vec![Kind {
-                bytes: get(&target.host, &target.path),
+                bytes: get(&target.host, &target.path, token),
                 expect: 200,
                 idempotent: true,
                 upto: 1,
@@ -88,7 +90,7 @@ impl Mix {
                 .split_once(' ')
                 .with_context(|| format!("mix entry {entry:?} needs METHOD PATH"))?;
             let (bytes, expect) = match method {
-                "GET" => (get(&target.host, path), 200),
+                "GET" => (get(&target.host, path, token), 200),
                 "POST" => {
                     let token = token.context("a POST in the mix needs --token (or TODO_TOKEN)")?;
                     (post(&target.host, path, token), 202)
@@ -120,8 +122,14 @@ impl Mix {
     }
 }
 
-fn get(host: &str, path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+fn get(host: &str, path: &str, token: Option<&str>) -> Vec<u8> {
+    match token {
+        Some(t) => {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {t}\r\n\r\n")
+        }
+        None => format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    }
+    .into_bytes()
 }
 
 fn post(host: &str, path: &str, token: &str) -> Vec<u8> {

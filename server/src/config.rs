@@ -93,6 +93,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TODO_INSTANCE", default_value_t = 0)]
     pub instance: u16,
     /// `limit` when a request gives none.
+    /// Keep rendered pages of `GET /todos?...` per core until the data
+    /// changes. Off: every query is computed (for measuring that cost).
+    #[arg(long, env = "TODO_PAGE_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub page_cache: bool,
     /// Lifetime of the tokens `POST /sessions` issues.
     #[arg(long, env = "TODO_SESSION_TTL", default_value = "1h", value_parser = parse_duration)]
     pub session_ttl: Duration,

@@ -168,7 +168,7 @@ pub fn run(
         }
     };
     let services = per_core::Services {
-        search: search::Search::start(model.clone()).map_err(StartError::Thread)?,
+        search: search::Search::start(model.clone(), cores).map_err(StartError::Thread)?,
         accounts: accounts::Accounts::start(config.auth_threads).map_err(StartError::Thread)?,
         model,
         secret: secret.clone().into(),

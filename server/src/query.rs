@@ -167,6 +167,8 @@ pub struct ListQuery {
     pub created_before: Option<u64>,
     /// Lowercased words, each of which must appear in title or description.
     pub words: Vec<String>,
+    /// A SIMD substring finder per word, built once per query.
+    finders: Vec<memchr::memmem::Finder<'static>>,
     pub sort: Sort,
     pub limit: usize,
     pub cursor: Option<Cursor>,
@@ -195,6 +197,7 @@ impl ListQuery {
             created_after: None,
             created_before: None,
             words: Vec::new(),
+            finders: Vec::new(),
             sort: Sort::CreatedDesc,
             limit: default_limit,
             cursor: None,
@@ -241,7 +244,14 @@ impl ListQuery {
                 "category" => q.category = Some(parse_id(name, &value)?),
                 "created_after" => q.created_after = Some(parse_time(name, &value)?),
                 "created_before" => q.created_before = Some(parse_time(name, &value)?),
-                "q" => q.words = parse_words(&value)?,
+                "q" => {
+                    q.words = parse_words(&value)?;
+                    q.finders = q
+                        .words
+                        .iter()
+                        .map(|w| memchr::memmem::Finder::new(w.as_bytes()).into_owned())
+                        .collect();
+                }
                 "sort" => {
                     q.sort = Sort::parse(&value).ok_or_else(|| {
                         bad_param(
@@ -277,7 +287,10 @@ impl ListQuery {
             && self.category.is_none_or(|c| todo.category_id == Some(c))
             && self.created_after.is_none_or(|t| todo.created_at > t)
             && self.created_before.is_none_or(|t| todo.created_at < t)
-            && self.words.iter().all(|w| text.contains(w.as_str()))
+            && self
+                .finders
+                .iter()
+                .all(|f| f.find(text.as_bytes()).is_some())
     }
 
     /// Whether `todo` comes after the cursor in this sort.

@@ -5,7 +5,7 @@
 //! `todo-search` thread. A `q=` search may read every todo (every word must
 //! be found in the text), tens of milliseconds over a million todos, which
 //! must not hold up the other connections of a core: cores hand searches
-//! to this thread and await the page.
+//! to these threads (`todo-search-N`, one per core) and await the page.
 
 use std::rc::Rc;
 use std::thread;
@@ -52,16 +52,20 @@ pub struct Search {
 }
 
 impl Search {
-    pub fn start(model: Shared) -> std::io::Result<Search> {
+    /// Start `threads` search threads reading one queue.
+    pub fn start(model: Shared, threads: usize) -> std::io::Result<Search> {
         let (tx, rx) = flume::bounded::<Job>(QUEUE_DEPTH);
-        thread::Builder::new()
-            .name("todo-search".into())
-            .spawn(move || {
-                while let Ok((query, reply)) = rx.recv() {
-                    let page = render_page(&model.read(), &query);
-                    let _ = reply.send(page);
-                }
-            })?;
+        for i in 0..threads.max(1) {
+            let (rx, model) = (rx.clone(), model.clone());
+            thread::Builder::new()
+                .name(format!("todo-search-{i}"))
+                .spawn(move || {
+                    while let Ok((query, reply)) = rx.recv() {
+                        let page = render_page(&model.read(), &query);
+                        let _ = reply.send(page);
+                    }
+                })?;
+        }
         Ok(Search { tx })
     }
 

@@ -2,13 +2,19 @@
 //! see it (todo-worker writes it, todo-server reads it):
 //!
 //! ```text
-//! PostgreSQL  pg.rs       pool, schema.sql + seed, the batch transaction,
-//!                         the newest rows, lookups by todo and command id
-//! Redis       codec.rs    the stored form of a Snapshot (todos:snapshot)
-//!             resp.rs     URLs, RESP2 commands and replies (no I/O: the
-//!                         server's cores speak it over monoio)
-//!             redis.rs    a connection on tokio
-//!             publish.rs  SET todos:snapshot only if newer + PUBLISH todos:changed
+//! PostgreSQL  pg.rs          pool, schema.sql + seed + indexes.sql, lookups
+//!                            (todo, user by name, category, command outcome)
+//!             pg/apply.rs    the worker's batch transaction: facts, decide,
+//!                            the change (todos, users, categories), outcomes,
+//!                            version stamps and tombstones, the snapshot
+//!             pg/changes.rs  the follower's feed: load_all, changes_since
+//!             pg/list.rs     GET /todos as SQL (filters, sorts, keyset pages)
+//! Redis       codec.rs       the stored form of a Snapshot (todos:snapshot)
+//!             resp.rs        URLs, RESP2 commands and replies (no I/O: the
+//!                            server's cores speak it over monoio)
+//!             redis.rs       a connection on tokio
+//!             publish.rs     SET todos:snapshot only if newer + PUBLISH
+//!                            todos:changed
 //! ```
 
 pub mod codec;
@@ -35,4 +41,20 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("PostgreSQL pool: {0}")]
     BuildPool(deadpool_postgres::BuildError),
+}
+
+impl StoreError {
+    /// The transaction lost to a concurrent one (a deadlock PostgreSQL broke,
+    /// a serialization failure): nothing is wrong with PostgreSQL, and doing
+    /// the same work again at once is the remedy.
+    pub fn is_conflict(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        )
+    }
 }

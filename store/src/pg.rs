@@ -1,14 +1,33 @@
-//! PostgreSQL: the pool, the schema (`schema.sql`) and seed, the batch
-//! transaction the worker applies commands in, the newest rows, and the
-//! lookups the server answers `GET /todos/{id}` and `/commands/{id}` with.
+//! PostgreSQL: the pool, the schema (`schema.sql`, `indexes.sql`) and seed,
+//! and the reads both programs make. The write path and the feeds are
+//! submodules:
 //!
-//! Every query here is served by a primary key: `todos(id)` for the row
-//! lookups and for `ORDER BY id DESC LIMIT n` (ids are time-ordered, so the
-//! newest todos are the largest ids), `processed_commands(command_id)` for the
-//! idempotency check.
+//! ```text
+//! pg.rs          pool, migrate_and_seed, row decoding, lookups by id / name
+//!                (todo, user_by_name, category, outcome), current_snapshot
+//! pg/apply.rs    the worker's batch transaction: facts per TodoCommand::needs,
+//!                decide, the Change, outcomes, version stamps, the snapshot
+//! pg/changes.rs  the follower's feed: load_all (everything, at a version) and
+//!                changes_since (puts and tombstones after a version)
+//! pg/list.rs     GET /todos as SQL: filters, sorts and keyset pages
+//! ```
+//!
+//! Every query is served by an index (see `indexes.sql`; the worker's
+//! `tests/plans.rs` asks the planner): the primary keys for row lookups, for
+//! the idempotency check and for `ORDER BY id DESC LIMIT n` (ids are
+//! time-ordered, so the newest todos are the largest ids), `version`
+//! indexes for the feed, and one index per list order.
+
+mod apply;
+mod changes;
+mod list;
+
+pub use apply::{apply_batch, Applied};
+pub use changes::{changes_since, load_all, ChangeSet, State};
+pub use list::{list_todos, list_todos_sql, ListOrder, ListSql, ListTodos};
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
-use todo_model::{decide, Change, Op, Outcome, Snapshot, Todo, TodoCommand, SNAPSHOT_MAX};
+use todo_model::{Category, Outcome, Rejection, Snapshot, Todo, User, SNAPSHOT_MAX};
 use tokio_postgres::{NoTls, Row};
 
 use crate::StoreError;
@@ -16,11 +35,19 @@ use crate::StoreError;
 /// Serialises migrations and seeding across workers starting together.
 const MIGRATION_LOCK: i64 = 0x746f_646f; // "todo"
 
-/// The schema, applied at every start-up (idempotent).
+/// The tables, applied at every start-up (idempotent; migrates an older
+/// database).
 pub const SCHEMA: &str = include_str!("../schema.sql");
+/// The secondary indexes, applied at every start-up after [`SCHEMA`] and the
+/// seed (idempotent).
+pub const INDEXES: &str = include_str!("../indexes.sql");
 
 /// Longest wait for a new connection, a free one, or a health check.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Seeded rows per INSERT: bounds the size of one statement's arrays
+/// (about 10 MB) whatever `TODO_SEED` is.
+const SEED_CHUNK: usize = 50_000;
 
 /// A connection pool of `size` connections to `database_url`.
 pub fn pool(database_url: &str, size: usize) -> Result<Pool, StoreError> {
@@ -44,8 +71,11 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, StoreError> {
         .map_err(StoreError::BuildPool)
 }
 
-/// Create the schema if missing and seed an empty database. Returns how many
-/// todos were seeded.
+/// Create the schema if missing (or migrate it), seed an empty database,
+/// then build the missing indexes (over the seeded rows: a sorted build is
+/// several times faster than index maintenance row by row). Returns how many
+/// todos were seeded. The seed is one snapshot version: its rows carry it,
+/// so a follower's feed starts right after it.
 pub async fn migrate_and_seed(
     client: &mut deadpool_postgres::Client,
     seed: usize,
@@ -63,32 +93,53 @@ pub async fn migrate_and_seed(
         .get(0);
     let mut seeded = 0;
     if empty && seed > 0 {
-        let todos = todo_model::seed::seed(seed, todo_model::now_ms());
-        let col = |f: fn(&Todo) -> i64| todos.iter().map(f).collect::<Vec<i64>>();
-        let text = |f: fn(&Todo) -> &str| todos.iter().map(f).collect::<Vec<&str>>();
-        let done: Vec<bool> = todos.iter().map(|t| t.completed).collect();
-        tx.execute(
-            "INSERT INTO todos (id, owner, title, description, completed, created_at, updated_at)
-             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[])",
-            &[
-                &col(|t| t.id as i64),
-                &text(|t| &t.owner),
-                &text(|t| &t.title),
-                &text(|t| &t.description),
-                &done,
-                &col(|t| t.created_at as i64),
-                &col(|t| t.updated_at as i64),
-            ],
-        )
-        .await?;
-        tx.execute("UPDATE snapshot_version SET version = version + 1", &[])
+        let version: i64 = tx
+            .query_one(
+                "UPDATE snapshot_version SET version = version + 1 RETURNING version",
+                &[],
+            )
+            .await?
+            .get(0);
+        let insert = tx
+            .prepare(
+                "INSERT INTO todos (id, owner, title, description, completed, created_at, updated_at, version)
+                 SELECT *, $8 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[])",
+            )
             .await?;
+        let todos = todo_model::seed::seed(seed, todo_model::now_ms());
+        for chunk in todos.chunks(SEED_CHUNK) {
+            let col = |f: fn(&Todo) -> i64| chunk.iter().map(f).collect::<Vec<i64>>();
+            let text = |f: fn(&Todo) -> &str| chunk.iter().map(f).collect::<Vec<&str>>();
+            let done: Vec<bool> = chunk.iter().map(|t| t.completed).collect();
+            tx.execute(
+                &insert,
+                &[
+                    &col(|t| t.id as i64),
+                    &text(|t| &t.owner),
+                    &text(|t| &t.title),
+                    &text(|t| &t.description),
+                    &done,
+                    &col(|t| t.created_at as i64),
+                    &col(|t| t.updated_at as i64),
+                    &version,
+                ],
+            )
+            .await?;
+        }
         seeded = todos.len();
     }
+    tx.batch_execute(INDEXES).await?;
     tx.commit().await?;
     Ok(seeded)
 }
 
+/// The todo columns, in the order [`todo_from`] reads them.
+const COLUMNS: &str =
+    "id, owner, title, description, completed, created_at, updated_at, category_id";
+const USER_COLUMNS: &str = "id, username, password_hash, created_at";
+const CATEGORY_COLUMNS: &str = "id, owner, name, created_at, updated_at";
+
+/// A row of [`COLUMNS`].
 fn todo_from(row: &Row) -> Todo {
     Todo {
         id: row.get::<_, i64>(0) as u64,
@@ -98,121 +149,29 @@ fn todo_from(row: &Row) -> Todo {
         completed: row.get(4),
         created_at: row.get::<_, i64>(5) as u64,
         updated_at: row.get::<_, i64>(6) as u64,
+        category_id: row.get::<_, Option<i64>>(7).map(|id| id as u64),
     }
 }
 
-const COLUMNS: &str = "id, owner, title, description, completed, created_at, updated_at";
-
-fn op_name(op: Op) -> &'static str {
-    match op {
-        Op::Create => "create",
-        Op::Update => "update",
-        Op::Delete => "delete",
+/// A row of [`USER_COLUMNS`].
+fn user_from(row: &Row) -> User {
+    User {
+        id: row.get::<_, i64>(0) as u64,
+        username: row.get(1),
+        password_hash: row.get(2),
+        created_at: row.get::<_, i64>(3) as u64,
     }
 }
 
-/// What one batch did.
-pub struct Applied {
-    /// Per command of the batch: `None` when it had been processed before.
-    pub outcomes: Vec<Option<Outcome>>,
-    /// The snapshot to publish, when anything changed.
-    pub snapshot: Option<Snapshot>,
-}
-
-/// Apply a batch in ONE transaction (see the crate doc for why this is
-/// exactly-once together with the consumer's offset handling).
-pub async fn apply_batch(
-    client: &mut deadpool_postgres::Client,
-    cmds: &[TodoCommand],
-) -> Result<Applied, StoreError> {
-    let tx = client.transaction().await?;
-    let mut outcomes = Vec::with_capacity(cmds.len());
-    let mut changed = false;
-    for cmd in cmds {
-        let new = tx
-            .execute(
-                "INSERT INTO processed_commands (command_id, todo_id, op, user_name, outcome)
-                 VALUES ($1, $2, $3, $4, 'pending') ON CONFLICT DO NOTHING",
-                &[
-                    &(cmd.command_id as i64),
-                    &(cmd.todo_id as i64),
-                    &op_name(cmd.op),
-                    &cmd.user,
-                ],
-            )
-            .await?;
-        if new == 0 {
-            outcomes.push(None);
-            continue;
-        }
-        let existing = tx
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM todos WHERE id = $1 FOR UPDATE"),
-                &[&(cmd.todo_id as i64)],
-            )
-            .await?
-            .map(|r| todo_from(&r));
-        let outcome = match decide(existing.as_ref(), cmd) {
-            Ok(Change::Insert(t)) => {
-                tx.execute(
-                    &format!("INSERT INTO todos ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
-                    &[
-                        &(t.id as i64),
-                        &t.owner,
-                        &t.title,
-                        &t.description,
-                        &t.completed,
-                        &(t.created_at as i64),
-                        &(t.updated_at as i64),
-                    ],
-                )
-                .await?;
-                Outcome::Applied
-            }
-            Ok(Change::Update(t)) => {
-                tx.execute(
-                    "UPDATE todos SET title = $2, description = $3, completed = $4, updated_at = $5 WHERE id = $1",
-                    &[&(t.id as i64), &t.title, &t.description, &t.completed, &(t.updated_at as i64)],
-                )
-                .await?;
-                Outcome::Applied
-            }
-            Ok(Change::Delete(id)) => {
-                tx.execute("DELETE FROM todos WHERE id = $1", &[&(id as i64)])
-                    .await?;
-                Outcome::Applied
-            }
-            Err(rejection) => Outcome::Rejected(rejection),
-        };
-        let (status, reason) = match outcome {
-            Outcome::Applied => ("applied", None),
-            Outcome::Rejected(r) => ("rejected", Some(r.as_str())),
-        };
-        tx.execute(
-            "UPDATE processed_commands SET outcome = $2, reason = $3 WHERE command_id = $1",
-            &[&(cmd.command_id as i64), &status, &reason],
-        )
-        .await?;
-        changed |= outcome == Outcome::Applied;
-        outcomes.push(Some(outcome));
+/// A row of [`CATEGORY_COLUMNS`].
+fn category_from(row: &Row) -> Category {
+    Category {
+        id: row.get::<_, i64>(0) as u64,
+        owner: row.get(1),
+        name: row.get(2),
+        created_at: row.get::<_, i64>(3) as u64,
+        updated_at: row.get::<_, i64>(4) as u64,
     }
-    // Rendering inside the transaction, after taking the version row's lock,
-    // makes the snapshot exactly the state its version names: another worker's
-    // commit has to wait for ours.
-    let snapshot = if changed {
-        let version: i64 = tx
-            .query_one(
-                "UPDATE snapshot_version SET version = version + 1 RETURNING version",
-                &[],
-            )
-            .await?
-            .get(0);
-        Some(render(&tx, version as u64).await?)
-    } else {
-        None
-    };
-    tx.commit().await?;
-    Ok(Applied { outcomes, snapshot })
 }
 
 async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, StoreError> {
@@ -246,16 +205,53 @@ pub async fn current_snapshot(client: &deadpool_postgres::Client) -> Result<Snap
 
 /// One todo by id.
 pub async fn todo(client: &impl GenericClient, id: u64) -> Result<Option<Todo>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM todos WHERE id = $1"))
+        .await?;
     Ok(client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM todos WHERE id = $1"),
-            &[&(id as i64)],
-        )
+        .query_opt(&stmt, &[&(id as i64)])
         .await?
         .map(|r| todo_from(&r)))
 }
 
-/// The recorded outcome of a command, for `GET /commands/{id}`.
+/// One user by username (`POST /sessions`, `GET /users/me`), served by the
+/// username's unique index.
+pub async fn user_by_name(
+    client: &impl GenericClient,
+    username: &str,
+) -> Result<Option<User>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE username = $1"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&username])
+        .await?
+        .map(|r| user_from(&r)))
+}
+
+/// One category by id.
+pub async fn category(
+    client: &impl GenericClient,
+    id: u64,
+) -> Result<Option<Category>, StoreError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {CATEGORY_COLUMNS} FROM categories WHERE id = $1"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&(id as i64)])
+        .await?
+        .map(|r| category_from(&r)))
+}
+
+/// The recorded outcome of a command, for `GET /commands/{id}`: its status
+/// (`applied` or `rejected`; a command is only ever seen with its outcome,
+/// recorded in the transaction that applied it) and, when rejected, the
+/// reason as [`Rejection::as_str`] wrote it ([`command_outcome`] reads it
+/// back with [`Rejection::parse`]).
 pub async fn outcome(
     client: &impl GenericClient,
     command_id: u64,
@@ -267,4 +263,49 @@ pub async fn outcome(
         )
         .await?
         .map(|r| (r.get(0), r.get(1))))
+}
+
+/// [`outcome`], typed: `None` for a command not (yet) processed, or for a
+/// status or reason this build does not know (a newer worker's).
+pub async fn command_outcome(
+    client: &impl GenericClient,
+    command_id: u64,
+) -> Result<Option<Outcome>, StoreError> {
+    Ok(outcome(client, command_id)
+        .await?
+        .and_then(|(status, reason)| parse_outcome(&status, reason.as_deref())))
+}
+
+/// A stored status and reason as an [`Outcome`].
+pub fn parse_outcome(status: &str, reason: Option<&str>) -> Option<Outcome> {
+    match (status, reason) {
+        ("applied", _) => Some(Outcome::Applied),
+        ("rejected", Some(reason)) => Rejection::parse(reason).map(Outcome::Rejected),
+        _ => None,
+    }
+}
+
+/// How an outcome is stored: `(outcome, reason)`.
+fn stored_outcome(outcome: Outcome) -> (&'static str, Option<&'static str>) {
+    match outcome {
+        Outcome::Applied => ("applied", None),
+        Outcome::Rejected(r) => ("rejected", Some(r.as_str())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_round_trip() {
+        let mut all = vec![Outcome::Applied];
+        all.extend(Rejection::ALL.map(Outcome::Rejected));
+        for outcome in all {
+            let (status, reason) = stored_outcome(outcome);
+            assert_eq!(parse_outcome(status, reason), Some(outcome));
+        }
+        assert_eq!(parse_outcome("rejected", Some("cosmic_rays")), None);
+        assert_eq!(parse_outcome("pending", None), None);
+    }
 }

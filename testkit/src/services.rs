@@ -279,6 +279,8 @@ impl Commands {
             user: user.to_string(),
             fields,
             issued_at: now,
+            name: None,
+            password_hash: None,
         }
     }
 
@@ -302,6 +304,29 @@ impl Commands {
             .map(|c| self.make(Op::Update, Some(c.todo_id), user, done.clone()))
             .collect();
         (creates, updates)
+    }
+
+    /// A registration of `username` ([`Op::CreateUser`]; the command's id is
+    /// the new user's), with a stand-in password hash.
+    pub fn register(&mut self, username: &str) -> TodoCommand {
+        let mut cmd = self.make(Op::CreateUser, None, username, Fields::default());
+        cmd.password_hash = Some(format!("$argon2id$v=19$m=19456,t=2,p=1$test${username}"));
+        cmd
+    }
+
+    /// A category command by `user`: [`Op::CreateCategory`] (`id` `None`: a
+    /// new id), [`Op::UpdateCategory`] (a rename to `name`) or
+    /// [`Op::DeleteCategory`].
+    pub fn category(
+        &mut self,
+        op: Op,
+        id: Option<u64>,
+        user: &str,
+        name: Option<&str>,
+    ) -> TodoCommand {
+        let mut cmd = self.make(op, id, user, Fields::default());
+        cmd.name = name.map(str::to_string);
+        cmd
     }
 
     pub fn create(&mut self, user: &str, title: &str) -> TodoCommand {

@@ -6,9 +6,10 @@
 //! Outages: librdkafka reconnects to the broker by itself, so a consume error
 //! (`AllBrokersDown`, transport errors) is logged and the next taken at once; a batch whose
 //! transaction fails (PostgreSQL away) is applied again, the same batch,
-//! until it commits. Offsets that cannot be stored (the partition moved to
-//! another worker meanwhile) mean redelivery, which the processed-commands
-//! table makes harmless.
+//! until it commits; at once, without backoff, when it only lost a lock race
+//! to another worker's ([`todo_store::StoreError::is_conflict`]). Offsets
+//! that cannot be stored (the partition moved to another worker meanwhile)
+//! mean redelivery, which the processed-commands table makes harmless.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -153,6 +154,13 @@ pub async fn consume(
         let applied = loop {
             match apply(pool, &batch).await {
                 Ok(applied) => break applied,
+                // Another worker's transaction won a lock race (a deadlock
+                // PostgreSQL broke): not an outage; again at once.
+                Err(e) if e.is_conflict() => {
+                    eprintln!(
+                        "todo-worker: batch lost to a concurrent one ({e}); applying it again"
+                    )
+                }
                 Err(e) => postgres.failed("applying a batch", &e).await,
             }
         };

@@ -4,9 +4,13 @@
 //! Kafka todo-commands (consumer group, at-least-once)
 //!   -> consumer.rs  gather a batch (up to `max_batch`, `batch_wait` at most)
 //!   -> todo_store::pg  ONE transaction: record each command id (ON CONFLICT DO
-//!                   NOTHING), apply only new ones with todo_model::decide,
-//!                   record the outcome, bump the snapshot version, read the
-//!                   newest rows -> COMMIT
+//!                   NOTHING), apply only new ones: look up the facts the
+//!                   command needs (todo, category, name and username taken,
+//!                   todos in a category; rows locked), todo_model::decide,
+//!                   write the change to todos, users or categories; record
+//!                   the outcome, bump the snapshot version, stamp the changed
+//!                   rows and tombstones with it (the feed todo-server's read
+//!                   model follows), read the newest rows -> COMMIT
 //!   -> store the batch's offsets (committed by the consumer afterwards)
 //!   -> todo_store::publish  (beside, latest wins) SET todos:snapshot only if newer,
 //!                   PUBLISH todos:changed; retried until Redis takes it
@@ -15,8 +19,18 @@
 //! A crash before COMMIT redelivers the batch and nothing was applied; a crash
 //! after COMMIT but before the offsets are committed redelivers commands whose
 //! ids are already recorded, so they are skipped: every command takes effect
-//! exactly once. The SQL and the Redis value are `todo-store`'s; this
-//! crate is the consume loop.
+//! exactly once. Two workers whose batches touch related rows (one username,
+//! one category) wait for each other's locks; when PostgreSQL breaks a
+//! deadlock between them, the losing batch is applied again at once. The
+//! SQL and the Redis value are `todo-store`'s; this crate is the consume
+//! loop.
+//!
+//! Its integration tests run against real PostgreSQL, Redis and a broker:
+//! `tests/apply.rs` (the flow, SIGKILL, two workers), `tests/accounts.rs`
+//! (users and categories through Kafka), `tests/feed.rs` (the batch
+//! transaction, the follower's feed, racing transactions, migrating an old
+//! database) and `tests/plans.rs` (the planner picks an index for every
+//! query).
 
 pub mod config;
 pub mod consumer;

@@ -86,7 +86,18 @@ async fn catch_up(
     let since = model.version();
     let mut client = pool.get().await?;
     let changes = pg::changes_since(&mut client, since).await?;
-    if changes.version <= since {
+    if changes.version < since {
+        // The database is older than what the model holds (it was replaced
+        // or restored): start again from what it has.
+        drop(client);
+        eprintln!(
+            "todo-server: PostgreSQL is at version {} below the read model's {since}; reloading",
+            changes.version
+        );
+        model.replace(load(pool).await?);
+        return Ok(());
+    }
+    if changes.version == since {
         return Ok(());
     }
     let mut m = model.write();

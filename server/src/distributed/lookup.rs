@@ -161,14 +161,7 @@ async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Vec<u8>>,
 
 async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Outcome>, Unavailable> {
     let client = pool.get().await.map_err(unavailable)?;
-    let Some((status, reason)) = pg::outcome(&client, id).await.map_err(unavailable)? else {
-        return Ok(None);
-    };
-    Ok(match (status.as_str(), reason.as_deref()) {
-        ("applied", _) => Some(Outcome::Applied),
-        ("rejected", Some(reason)) => todo_model::Rejection::parse(reason).map(Outcome::Rejected),
-        _ => None,
-    })
+    pg::command_outcome(&client, id).await.map_err(unavailable)
 }
 
 async fn fill(pool: &deadpool_postgres::Pool, cache: &Publisher) -> bool {

@@ -125,6 +125,7 @@ pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) ->
 
 /// Keep a rendered page in the core's cache; returns what to answer with.
 pub fn cache_page(core: &Core, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<CachedPage> {
+    let page_cache = core.config.page_cache;
     let mut headers = list_headers(r.version, public);
     if let Some(link) = &r.link {
         headers.extend_from_slice(b"\r\nLink: ");
@@ -135,7 +136,9 @@ pub fn cache_page(core: &Core, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<
         body: r.body.into(),
         headers: headers.into(),
     });
-    core.pages.borrow_mut().put(key, page.clone());
+    if page_cache {
+        core.pages.borrow_mut().put(key, page.clone());
+    }
     page
 }
 
