@@ -125,13 +125,12 @@ impl Backend {
         }
     }
 
-    /// Category `id`, from the read model or (distributed) PostgreSQL.
+    /// Category `id`: from the read model, or on the distributed path from
+    /// PostgreSQL (a category can be renamed or deleted, and the model may
+    /// not have caught up; categories are read rarely).
     pub async fn category(&self, model: &Shared, id: u64) -> Result<Option<Category>, Unavailable> {
-        if let Some(c) = model.read().category(id) {
-            return Ok(Some(c.clone()));
-        }
         match self {
-            Backend::Embedded(_) => Ok(None),
+            Backend::Embedded(_) => Ok(model.read().category(id).cloned()),
             Backend::Distributed { lookups, .. } => lookups.category(id).await,
         }
     }
@@ -149,6 +148,13 @@ impl Backend {
             Backend::Embedded(h) => h.outcome(command_id).await,
             Backend::Distributed { lookups, .. } => lookups.outcome(command_id).await,
         }
+    }
+
+    /// Whether this server's read model may lag the applied state (the
+    /// distributed path): then only the backend's answer is trusted for a
+    /// refusal that depends on state.
+    pub fn lags(&self) -> bool {
+        matches!(self, Backend::Distributed { .. })
     }
 
     pub fn name(&self) -> &'static str {

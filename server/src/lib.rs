@@ -183,21 +183,17 @@ pub fn run(
         let metrics = metrics.clone();
         let snapshot = first.clone();
         let backend = backend.clone();
-        let secret = secret.clone();
-        let rules = rules.clone();
         let shutdown = shutdown.clone();
         let services = services.clone();
         let node = (usize::from(config.instance) * cores + index) as u16;
         let pin = config.pin;
         let thread = todo_runtime::spawn_core("todo-core", index, pin, driver, move || {
-            let verifier = Verifier::new(&secret, &rules).expect("secret checked at start-up");
             let core = Rc::new(per_core::Core::new(
                 index,
                 &snapshot,
                 config.clone(),
                 metrics,
                 backend,
-                verifier,
                 node,
                 services,
             ));

@@ -76,10 +76,12 @@ impl Core {
         config: Arc<ServeConfig>,
         all_metrics: Arc<[CoreMetrics]>,
         backend: Backend,
-        verifier: Verifier,
         id_node: u16,
         services: Services,
     ) -> Self {
+        // Its own verifier per core (cheap to build; holds no shared state).
+        let verifier = Verifier::new(&services.secret, &services.rules)
+            .expect("the secret was checked at start-up");
         let core = Core {
             index,
             snapshot: RefCell::new(Rc::new(snapshot.clone())),

@@ -316,6 +316,15 @@ impl ListQuery {
         }
     }
 
+    /// The trigram signature every matching todo's text has, for a search.
+    pub fn signature(&self) -> Option<u128> {
+        self.is_search().then(|| {
+            self.words
+                .iter()
+                .fold(0, |sig, w| sig | crate::read_model::signature(w.as_bytes()))
+        })
+    }
+
     /// Whether this is a search (`q=`), answered off the cores.
     pub fn is_search(&self) -> bool {
         !self.words.is_empty()

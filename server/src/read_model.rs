@@ -33,12 +33,30 @@ use crate::query::{Cursor, ListQuery, Sort};
 /// sorted when the order is not id order; a larger one is found by walking
 /// the global index of the order and filtering.
 const SMALL_SET: usize = 4096;
+/// A search whose trigram signature lets through at most this many todos
+/// checks those, sorted; with more (common words), it walks the sort's
+/// order and stops at `limit` matches instead.
+const SEARCH_CANDIDATES_MAX: usize = 20_000;
 
 /// One stored todo and its search text.
 struct Row {
     todo: Todo,
     /// `title + "\n" + description`, lowercased: what `q=` words are found in.
     text: Box<str>,
+    /// Its place in [`ReadModel::signatures`].
+    slot: u32,
+}
+
+/// A 128-bit Bloom signature of a text's byte trigrams: a text that
+/// contains a word has every bit of the word's signature. Scanning 16 bytes
+/// per todo in one array rules out nearly every todo a rare word is not in
+/// before any text is read (with ~50 trigrams a todo, about a third of the
+/// bits are set, so a 6-letter word lets through ~0.3^4 of the rest).
+pub fn signature(text: &[u8]) -> u128 {
+    text.windows(3).fold(0u128, |sig, t| {
+        let x = u32::from_le_bytes([t[0], t[1], t[2], 0]);
+        sig | 1u128 << (x.wrapping_mul(0x9E37_79B1) >> 25)
+    })
 }
 
 #[derive(Default)]
@@ -54,6 +72,11 @@ pub struct ReadModel {
     categories: BTreeMap<u64, Category>,
     /// (owner, name) -> id: names are unique per owner.
     category_names: HashMap<(String, String), u64>,
+    /// Per slot: the trigram signature of a todo's text, and its id (0: a
+    /// free slot, listed in `free_slots`). Contiguous, for the search scan.
+    signatures: Vec<u128>,
+    slot_ids: Vec<u64>,
+    free_slots: Vec<u32>,
 }
 
 /// A page of a list: the rows and, when more rows match, the cursor of the
@@ -176,19 +199,36 @@ impl ReadModel {
             self.by_category.entry(c).or_default().insert(id);
         }
         let text = format!("{}\n{}", todo.title, todo.description).to_lowercase();
+        let sig = signature(text.as_bytes());
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.signatures[slot as usize] = sig;
+                self.slot_ids[slot as usize] = id;
+                slot
+            }
+            None => {
+                self.signatures.push(sig);
+                self.slot_ids.push(id);
+                (self.slot_ids.len() - 1) as u32
+            }
+        };
         self.todos.insert(
             id,
             Row {
                 todo,
                 text: text.into(),
+                slot,
             },
         );
     }
 
     fn remove_todo(&mut self, id: u64) {
-        let Some(Row { todo, .. }) = self.todos.remove(&id) else {
+        let Some(Row { todo, slot, .. }) = self.todos.remove(&id) else {
             return;
         };
+        self.signatures[slot as usize] = 0;
+        self.slot_ids[slot as usize] = 0;
+        self.free_slots.push(slot);
         self.by_updated.remove(&(todo.updated_at, id));
         self.by_title.remove(&(Box::from(todo.title.as_str()), id));
         if let Some(set) = self.by_owner.get_mut(&todo.owner) {
@@ -234,6 +274,9 @@ impl ReadModel {
             (None, None) => None,
         };
         let limit = query.limit;
+        if let Some(page) = self.search_by_signature(query, set) {
+            return page;
+        }
         let mut rows: Vec<&Row> = Vec::with_capacity(limit + 1);
         match (query.sort, set) {
             // Id order: walk the set (or every todo) from the cursor.
@@ -289,6 +332,53 @@ impl ReadModel {
                 rows.extend(it.filter_map(|(_, id)| matches(id)).take(limit + 1));
             }
         }
+        Page::cut(rows, query)
+    }
+
+    /// A search with few candidates: scan the signatures, check those that
+    /// pass, sort them. `None` when it is not a search, or too many todos
+    /// pass (the ordered walk then finds `limit` matches sooner).
+    fn search_by_signature(
+        &self,
+        query: &ListQuery,
+        set: Option<&BTreeSet<u64>>,
+    ) -> Option<Page<'_>> {
+        let want = query.signature()?;
+        if set.is_some_and(|s| s.len() <= SEARCH_CANDIDATES_MAX) {
+            return None; // the set's own walk reads fewer todos
+        }
+        let mut candidates = Vec::new();
+        for (i, &sig) in self.signatures.iter().enumerate() {
+            if sig & want == want && self.slot_ids[i] != 0 {
+                candidates.push(self.slot_ids[i]);
+                if candidates.len() > SEARCH_CANDIDATES_MAX {
+                    return None;
+                }
+            }
+        }
+        let mut rows: Vec<&Row> = candidates
+            .iter()
+            .filter_map(|id| self.todos.get(id))
+            .filter(|r| query.matches(&r.todo, &r.text) && query.after_cursor(&r.todo))
+            .collect();
+        rows.sort_unstable_by(|a, b| query.sort.compare(&a.todo, &b.todo));
+        rows.truncate(query.limit + 1);
+        Some(Page::cut(rows, query))
+    }
+}
+
+impl<'a> Page<'a> {
+    fn empty() -> Self {
+        Page {
+            rows: Vec::new(),
+            next: None,
+        }
+    }
+
+    /// `rows` holds up to `limit + 1` matches in order: the page is the
+    /// first `limit`, and one more means a next page.
+    fn cut(mut rows: Vec<&'a Row>, query: &ListQuery) -> Self {
+        let limit = query.limit;
         let next = (rows.len() > limit).then(|| {
             rows.truncate(limit);
             query.sort.cursor_of(&rows[limit - 1].todo)
@@ -296,15 +386,6 @@ impl ReadModel {
         Page {
             rows: rows.into_iter().map(|r| &r.todo).collect(),
             next,
-        }
-    }
-}
-
-impl Page<'_> {
-    fn empty() -> Self {
-        Page {
-            rows: Vec::new(),
-            next: None,
         }
     }
 }
@@ -327,7 +408,9 @@ fn id_bounds(query: &ListQuery) -> (Bound<u64>, Bound<u64>) {
     }
 }
 
-fn updated_bounds(query: &ListQuery) -> (Bound<(u64, u64)>, Bound<(u64, u64)>) {
+type UpdatedBound = Bound<(u64, u64)>;
+
+fn updated_bounds(query: &ListQuery) -> (UpdatedBound, UpdatedBound) {
     match (query.sort, &query.cursor) {
         (Sort::UpdatedDesc, Some(Cursor::Updated(at, id))) => {
             (Bound::Unbounded, Bound::Excluded((*at, *id)))
@@ -510,6 +593,53 @@ mod tests {
                 let want: Vec<u64> = want.iter().map(|t| t.id).collect();
                 assert_eq!(got, want, "{query}");
             }
+        }
+    }
+
+    /// Searches give what checking every todo gives, with few candidates
+    /// (signature scan) and with many (ordered walk), after deletes reuse
+    /// slots.
+    #[test]
+    fn searches_find_what_a_full_check_finds() {
+        let mut m = ReadModel::new(1);
+        let words = ["milk", "bread", "report", "Garden", "tax"];
+        for id in 1..=3000u64 {
+            let title = format!("{} {}", words[(id % 5) as usize], id);
+            m.apply(Change::Insert(todo(id, "alice", &title, id, false)));
+        }
+        for id in (1..=3000u64).step_by(7) {
+            m.apply(Change::Delete(id));
+        }
+        for id in 3001..=3100u64 {
+            m.apply(Change::Insert(todo(
+                id,
+                "bob",
+                &format!("garden {id}"),
+                id,
+                true,
+            )));
+        }
+        for query in [
+            "q=garden",
+            "q=1234",
+            "q=milk+12",
+            "q=xyz",
+            "q=garden&sort=title",
+            "q=30&completed=true",
+        ] {
+            let got = walk(&m, &format!("{query}&limit=50"));
+            let q = ListQuery::parse(query, None, 20).unwrap();
+            let want: Vec<u64> = {
+                let mut all: Vec<&Todo> = m
+                    .todos()
+                    .filter(|t| {
+                        q.matches(t, &format!("{}\n{}", t.title, t.description).to_lowercase())
+                    })
+                    .collect();
+                all.sort_by(|a, b| q.sort.compare(a, b));
+                all.iter().map(|t| t.id).collect()
+            };
+            assert_eq!(got, want, "{query}");
         }
     }
 

@@ -92,7 +92,10 @@ pub fn request(
     match (req.method, id) {
         (Method::Post, None) => {
             let name = named(req)?;
-            if model.read().categories_of(&subject).any(|c| c.name == name) {
+            // A model that may lag could hold a name freed a moment ago:
+            // then the apply rule alone decides.
+            if !core.backend.lags() && model.read().categories_of(&subject).any(|c| c.name == name)
+            {
                 return Err(NAME_TAKEN);
             }
             Ok(Pending::Apply(command(
@@ -110,7 +113,7 @@ pub fn request(
             // Refused here when this server already sees todos in it; the
             // apply rule refuses it anyway if some landed meanwhile.
             let m = model.read();
-            if m.category(id).is_some_and(|c| c.owner == subject) {
+            if !core.backend.lags() && m.category(id).is_some_and(|c| c.owner == subject) {
                 let n = m.category_todos(id);
                 if n > 0 {
                     return Err(not_empty(n));

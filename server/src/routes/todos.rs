@@ -243,14 +243,15 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending,
     let Some(category) = category else {
         return Ok(Pending::Submit(cmd));
     };
-    // The category must be one of the writer's own: 422 now when this
-    // server knows; the apply rule holds it either way.
+    // The category must be one of the writer's own: 422 now; the apply
+    // rule holds it either way. A model that may lag (made or deleted on
+    // another server a moment ago) defers to PostgreSQL.
+    if core.backend.lags() {
+        return Ok(Pending::SubmitChecked(cmd));
+    }
     match core.services.model.read().category(category) {
         Some(c) if c.owner == cmd.user => Ok(Pending::Submit(cmd)),
-        Some(_) => Err(UNKNOWN_CATEGORY),
-        // Made on another server a moment ago, perhaps: ask the backend.
-        None if core.backend.name() == "distributed" => Ok(Pending::SubmitChecked(cmd)),
-        None => Err(UNKNOWN_CATEGORY),
+        _ => Err(UNKNOWN_CATEGORY),
     }
 }
 

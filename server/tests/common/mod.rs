@@ -84,18 +84,14 @@ impl Server {
         vars: &[(&str, String)],
     ) -> Server {
         let mut cmd = command();
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--driver",
-            driver,
-            "--data-dir",
-        ])
-        .arg(&data_dir)
-        .args(extra)
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--cores") {
+            cmd.args(["--cores", "2"]);
+        }
+        cmd.args(["--driver", driver, "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
         let proc = Proc::spawn("server", cmd, Duration::from_secs(60));
         let cores = extra
             .windows(2)
