@@ -246,7 +246,13 @@ fn filters_search_sorts_and_conditional_requests() {
     assert_eq!(done.status, 202);
 
     let get = |path: &str, token: Option<&str>| s.list(path, token).0;
-    let newest_first: Vec<u64> = made.iter().rev().copied().collect();
+    // "created" order is id order; ids made on two cores in one millisecond
+    // need not follow the order the requests were sent in.
+    let desc = |mut v: Vec<u64>| {
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    };
+    let newest_first: Vec<u64> = desc(made.clone());
     assert_eq!(
         get("/todos?mine=true&limit=100", Some(&alice)),
         newest_first
@@ -264,14 +270,21 @@ fn filters_search_sorts_and_conditional_requests() {
     );
     assert_eq!(
         get(&format!("/todos?category={work}"), None),
-        vec![made[4], made[2], made[0]]
+        desc(vec![made[4], made[2], made[0]])
     );
     assert_eq!(
         get(&format!("/todos?category={work}&sort=created_at"), None),
-        vec![made[0], made[2], made[4]]
+        {
+            let mut v = desc(vec![made[0], made[2], made[4]]);
+            v.reverse();
+            v
+        }
     );
     // q: every word, case-insensitive, in title or description.
-    assert_eq!(get("/todos?q=MILK", None), vec![bobs, made[4], made[0]]);
+    assert_eq!(
+        get("/todos?q=MILK", None),
+        desc(vec![bobs, made[4], made[0]])
+    );
     assert_eq!(get("/todos?q=milk+buy", None), vec![made[0]]);
     assert_eq!(get("/todos?q=item+3&owner=alice", None), vec![made[3]]);
     assert_eq!(get("/todos?q=nothing-like-this", None), Vec::<u64>::new());
@@ -299,10 +312,30 @@ fn filters_search_sorts_and_conditional_requests() {
         titles("/todos?mine=true&sort=-title&limit=2"),
         ["milk the cow", "buy bread"]
     );
-    assert_eq!(
-        get("/todos?mine=true&sort=-updated_at&limit=1", Some(&alice)),
-        vec![made[1]]
+    // -updated_at: the keys descend, (updated_at, id) with the id breaking
+    // ties; made[1] was updated after every create.
+    let by_update = s.call(
+        "GET",
+        "/todos?mine=true&sort=-updated_at",
+        Some(&alice),
+        None,
     );
+    let keys: Vec<(String, u64)> = by_update
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["updated_at"].as_str().unwrap().to_string(),
+                t["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(keys, sorted);
+    assert_eq!(keys[0].0, keys.iter().find(|k| k.1 == made[1]).unwrap().0);
     // Time windows: everything made in this test is after the seed.
     let first = s
         .call("GET", &format!("/todos/{}", made[0]), None, None)
@@ -317,7 +350,14 @@ fn filters_search_sorts_and_conditional_requests() {
         ),
         None,
     );
-    assert!(!after.contains(&made[0]) && after.len() >= 3, "{after:?}");
+    assert!(!after.contains(&made[0]), "{after:?}");
+    for id in &after {
+        let at = s.call("GET", &format!("/todos/{id}"), None, None).json()["created_at"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(at > first, "{id} created at {at}, not after {first}");
+    }
     let before = get(&format!("/todos?owner=alice&created_before={first}"), None);
     assert!(before.is_empty(), "{before:?}");
 
