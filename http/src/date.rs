@@ -16,6 +16,9 @@ pub const DATE_LEN: usize = 29;
 pub struct DateCache {
     value: Cell<[u8; DATE_LEN]>,
     ok_json: RefCell<Vec<u8>>,
+    /// Moves on at every refresh: heads built around a date compare it to
+    /// know they are current.
+    generation: Cell<u64>,
 }
 
 impl Default for DateCache {
@@ -23,6 +26,7 @@ impl Default for DateCache {
         let cache = DateCache {
             value: Cell::new([b' '; DATE_LEN]),
             ok_json: RefCell::new(Vec::with_capacity(128)),
+            generation: Cell::new(0),
         };
         cache.refresh();
         cache
@@ -41,7 +45,14 @@ impl DateCache {
         f(&self.ok_json.borrow())
     }
 
+    /// How many refreshes there were.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
     pub fn refresh(&self) {
+        self.generation.set(self.generation.get() + 1);
         let text = httpdate::fmt_http_date(SystemTime::now());
         let mut value = [b' '; DATE_LEN];
         let n = text.len().min(DATE_LEN);

@@ -2,7 +2,7 @@
 //! place. Nothing here is touched by another core except the metrics array
 //! (read by `/metrics`, see [`crate::metrics`]).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -37,9 +37,9 @@ pub struct Core {
     pub index: usize,
     /// The snapshot this core serves; replaced whole when a newer one arrives.
     snapshot: RefCell<Rc<Snapshot>>,
-    /// `ETag` and `Cache-Control` lines of the snapshot's lists, made once
-    /// per snapshot.
-    hot_headers: RefCell<Rc<[u8]>>,
+    /// The extra header lines of the last `limit=N` answered from the
+    /// snapshot (see [`Core::hot_extra`]).
+    hot: RefCell<HotExtra>,
     pub services: Services,
     pub tokens: RefCell<TokenCache>,
     pub pages: RefCell<PageCache>,
@@ -85,7 +85,13 @@ impl Core {
         let core = Core {
             index,
             snapshot: RefCell::new(Rc::new(snapshot.clone())),
-            hot_headers: RefCell::new(list_headers(snapshot.version(), true).into()),
+            hot: RefCell::new(HotExtra {
+                version: u64::MAX,
+                limit: 0,
+                date: 0,
+                bytes: Vec::with_capacity(160),
+                head: Vec::with_capacity(320),
+            }),
             services,
             tokens: RefCell::default(),
             pages: RefCell::default(),
@@ -132,16 +138,78 @@ impl Core {
         }
         let version = next.version();
         *self.snapshot.borrow_mut() = Rc::new(next);
-        *self.hot_headers.borrow_mut() = list_headers(version, true).into();
         self.metrics()
             .snapshot(version, todo_model::now_ms(), self.stale.get());
         true
     }
 
-    /// The `ETag` and `Cache-Control` lines of the snapshot's lists.
+    /// The whole head of a kept-alive `200` for `limit` todos of
+    /// `snapshot`: status, `Date`, `Content-Type`, `Content-Length`, `ETag`,
+    /// `Cache-Control` and, while more todos follow, `Link`. Made once per
+    /// (snapshot, limit, second) and then copied: clients repeat the same
+    /// `limit`, and framing it afresh (a cursor, an itoa, six copies) would
+    /// cost the hot path a good share of its instructions.
     #[inline]
-    pub fn hot_headers(&self) -> Rc<[u8]> {
-        self.hot_headers.borrow().clone()
+    pub fn hot_head(&self, snapshot: &Snapshot, limit: usize) -> Ref<'_, [u8]> {
+        {
+            let h = self.hot.borrow();
+            if h.version == snapshot.version()
+                && h.limit == limit
+                && h.date == self.date.generation()
+            {
+                return Ref::map(h, |h| h.head.as_slice());
+            }
+        }
+        self.make_hot_head(snapshot, limit);
+        Ref::map(self.hot.borrow(), |h| h.head.as_slice())
+    }
+
+    /// The extra header lines of the head [`Core::hot_head`] made last.
+    pub fn hot_extra(&self, snapshot: &Snapshot, limit: usize) -> Ref<'_, [u8]> {
+        drop(self.hot_head(snapshot, limit));
+        Ref::map(self.hot.borrow(), |h| h.bytes.as_slice())
+    }
+
+    #[cold]
+    fn make_hot_head(&self, snapshot: &Snapshot, limit: usize) {
+        let held = snapshot.len();
+        // More than the snapshot holds exist when the model says so.
+        let more = limit < held
+            || (held == todo_model::SNAPSHOT_MAX
+                && limit == held
+                && self.services.model.read().len() > held);
+        let mut h = self.hot.borrow_mut();
+        h.bytes.clear();
+        h.bytes
+            .extend_from_slice(&list_headers(snapshot.version(), true));
+        if more {
+            let mut cursor = [0u8; 16];
+            let len =
+                crate::query::Cursor::encode_created_desc(snapshot.ids()[limit - 1], &mut cursor);
+            h.bytes.extend_from_slice(b"\r\nLink: </todos?limit=");
+            h.bytes
+                .extend_from_slice(itoa::Buffer::new().format(limit).as_bytes());
+            h.bytes.extend_from_slice(b"&cursor=");
+            h.bytes.extend_from_slice(&cursor[..len]);
+            h.bytes.extend_from_slice(b">; rel=\"next\"");
+        }
+        h.version = snapshot.version();
+        h.limit = limit;
+        h.date = self.date.generation();
+        let HotExtra { head, bytes, .. } = &mut *h;
+        head.clear();
+        todo_http::response::append(
+            head,
+            todo_http::response::Head {
+                status: 200,
+                date: &self.date,
+                persist: todo_http::response::Persist::KeepAlive,
+                head_only: true,
+                text: false,
+                extra: bytes,
+            },
+            &[snapshot.prefix(limit), b"]"],
+        );
     }
 
     pub fn stale(&self) -> bool {
@@ -198,6 +266,18 @@ impl Core {
     pub fn next_id(&self) -> u64 {
         self.ids.borrow_mut().next_id(todo_model::now_ms())
     }
+}
+
+/// See [`Core::hot_extra`].
+struct HotExtra {
+    version: u64,
+    limit: usize,
+    /// [`todo_http::DateCache::generation`] the head was made at.
+    date: u64,
+    /// The extra header lines.
+    bytes: Vec<u8>,
+    /// The whole head, blank line included.
+    head: Vec<u8>,
 }
 
 /// `\r\nETag: W/"<version>"\r\nCache-Control: ...` for a list built from

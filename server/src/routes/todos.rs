@@ -9,61 +9,66 @@ use crate::cache::CachedPage;
 use crate::errors;
 use crate::metrics::Route;
 use crate::per_core::{list_headers, not_modified, Core};
-use crate::query::{Cursor, ListQuery};
+use crate::query::ListQuery;
 use crate::search::{render_page, Rendered};
 use todo_http::http1::{Method, Request};
+use todo_http::response::Persist;
 use todo_http::HttpError;
 
 /// `GET /todos`: the hot path when the query is empty or only `limit=N`,
 /// the read model otherwise ([`query`]).
 #[inline]
 pub fn list(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
-    let q = req.query;
-    if q.is_empty() || (q.starts_with("limit=") && !q.contains('&')) {
-        hot(core, req, out, reply)
-    } else {
-        query(core, req, out, reply)
+    match hot_limit(req.query, core.config.default_limit) {
+        Some(limit) => hot(core, req, limit, out, reply),
+        None => query(core, req, out, reply),
     }
 }
 
-/// `GET /todos?limit=N`: head plus a prefix of the snapshot and one `]`.
-/// No rendering, no allocation: memcpys and an itoa. The `Link` to the next
-/// page names the last row's id (a keyset cursor of the default sort).
+/// The limit of a hot-path query string: empty (the default), or
+/// `limit=` and one to four digits, alone. Anything else is a query.
 #[inline]
-fn hot(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
-    let limit = match parse_limit(req.query, core.config.default_limit) {
-        Some(n) => n,
-        None => return Action::Done(Route::TodosList, reply.error(core, out, &errors::BAD_LIMIT)),
-    };
-    let snapshot = core.snapshot();
-    let headers = core.hot_headers();
-    if not_modified(req.if_none_match, snapshot.version()) {
-        reply.with_headers(core, out, 304, &headers, &[]);
-        return Action::Done(Route::TodosList, 304);
+fn hot_limit(query: &str, default: usize) -> Option<usize> {
+    if query.is_empty() {
+        return Some(default);
     }
-    let held = snapshot.len();
-    let more = limit < held
-        || (held == SNAPSHOT_MAX && limit == held && core.services.model.read().len() > held);
-    if !more {
-        reply.with_headers(core, out, 200, &headers, &[snapshot.prefix(limit), b"]"]);
+    let digits = query.as_bytes().strip_prefix(b"limit=")?;
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    let mut n = 0usize;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + usize::from(b - b'0');
+    }
+    Some(n)
+}
+
+/// `GET /todos?limit=N`: head plus a prefix of the snapshot and one `]`.
+/// No rendering, no allocation: memcpys and an itoa. The extra headers
+/// (`ETag`, `Cache-Control`, `Link` to the next page, whose cursor is the
+/// last row's id) are made once per snapshot and limit.
+#[inline]
+fn hot(core: &Core, req: &Request<'_>, limit: usize, out: &mut Vec<u8>, reply: Reply) -> Action {
+    if !(1..=SNAPSHOT_MAX).contains(&limit) {
+        return Action::Done(Route::TodosList, reply.error(core, out, &errors::BAD_LIMIT));
+    }
+    let snapshot = core.snapshot();
+    if req.if_none_match.is_none() && reply.persist == Persist::KeepAlive && !reply.head_only {
+        // The common case: one copy of the head made for this limit.
+        out.extend_from_slice(&core.hot_head(&snapshot, limit));
+        out.extend_from_slice(snapshot.prefix(limit));
+        out.push(b']');
         return Action::Done(Route::TodosList, 200);
     }
-    // ETag, Cache-Control and Link, on the stack.
-    let mut extra = [0u8; 256];
-    let mut n = 0;
-    let mut put = |bytes: &[u8]| {
-        extra[n..n + bytes.len()].copy_from_slice(bytes);
-        n += bytes.len();
-    };
-    put(&headers);
-    put(b"\r\nLink: </todos?limit=");
-    put(itoa::Buffer::new().format(limit).as_bytes());
-    put(b"&cursor=");
-    let mut cursor = [0u8; 16];
-    let len = Cursor::encode_created_desc(snapshot.ids()[limit - 1], &mut cursor);
-    put(&cursor[..len]);
-    put(b">; rel=\"next\"");
-    reply.with_headers(core, out, 200, &extra[..n], &[snapshot.prefix(limit), b"]"]);
+    let extra = core.hot_extra(&snapshot, limit);
+    if not_modified(req.if_none_match, snapshot.version()) {
+        reply.with_headers(core, out, 304, &extra, &[]);
+        return Action::Done(Route::TodosList, 304);
+    }
+    reply.with_headers(core, out, 200, &extra, &[snapshot.prefix(limit), b"]"]);
     Action::Done(Route::TodosList, 200)
 }
 
