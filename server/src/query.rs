@@ -281,16 +281,20 @@ impl ListQuery {
     /// Whether `todo` (with its lowercased search `text`) passes every
     /// filter. The cursor is the walk's business, not a filter.
     #[inline]
-    pub fn matches(&self, todo: &Todo, text: &str) -> bool {
+    pub fn matches(&self, todo: &Todo, text: &[u8]) -> bool {
         self.completed.is_none_or(|c| todo.completed == c)
             && self.owner.as_deref().is_none_or(|o| todo.owner == o)
             && self.category.is_none_or(|c| todo.category_id == Some(c))
             && self.created_after.is_none_or(|t| todo.created_at > t)
             && self.created_before.is_none_or(|t| todo.created_at < t)
-            && self
-                .finders
-                .iter()
-                .all(|f| f.find(text.as_bytes()).is_some())
+            && self.text_matches(text)
+    }
+
+    /// Whether every word of `q` is in `text` (lowercased title and
+    /// description).
+    #[inline]
+    pub fn text_matches(&self, text: &[u8]) -> bool {
+        self.finders.iter().all(|f| f.find(text).is_some())
     }
 
     /// Whether `todo` comes after the cursor in this sort.

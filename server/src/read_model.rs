@@ -33,17 +33,14 @@ use crate::query::{Cursor, ListQuery, Sort};
 /// sorted when the order is not id order; a larger one is found by walking
 /// the global index of the order and filtering.
 const SMALL_SET: usize = 4096;
-/// A search whose trigram signature lets through at most this many todos
-/// checks those, sorted; with more (common words), it walks the sort's
-/// order and stops at `limit` matches instead.
-const SEARCH_CANDIDATES_MAX: usize = 20_000;
+/// A search in id order first walks this many todos in that order: common
+/// words fill a page long before; rarer ones are then found by the scan.
+const SEARCH_WALK: usize = 4096;
 
-/// One stored todo and its search text.
+/// One stored todo.
 struct Row {
     todo: Todo,
-    /// `title + "\n" + description`, lowercased: what `q=` words are found in.
-    text: Box<str>,
-    /// Its place in [`ReadModel::signatures`].
+    /// Its place in the slot arrays ([`ReadModel::signatures`]).
     slot: u32,
 }
 
@@ -72,11 +69,20 @@ pub struct ReadModel {
     categories: BTreeMap<u64, Category>,
     /// (owner, name) -> id: names are unique per owner.
     category_names: HashMap<(String, String), u64>,
-    /// Per slot: the trigram signature of a todo's text, and its id (0: a
-    /// free slot, listed in `free_slots`). Contiguous, for the search scan.
+    /// Per slot: the trigram signature of a todo's text, its id (0: a free
+    /// slot, listed in `free_slots`), and where its text is in `texts`.
+    /// Arrays, so a search scans them in order.
     signatures: Vec<u128>,
     slot_ids: Vec<u64>,
+    spans: Vec<(usize, u32)>,
     free_slots: Vec<u32>,
+    /// Every todo's text, `title + "\n" + description` lowercased (what `q=`
+    /// words are found in), back to back in one buffer: a search reads it
+    /// front to back instead of chasing one allocation per todo. Texts of
+    /// changed or deleted todos stay behind as `garbage` bytes until they
+    /// outweigh the rest, and the buffer is compacted.
+    texts: Vec<u8>,
+    garbage: usize,
 }
 
 /// A page of a list: the rows and, when more rows match, the cursor of the
@@ -200,26 +206,23 @@ impl ReadModel {
         }
         let text = format!("{}\n{}", todo.title, todo.description).to_lowercase();
         let sig = signature(text.as_bytes());
+        let span = (self.texts.len(), text.len() as u32);
+        self.texts.extend_from_slice(text.as_bytes());
         let slot = match self.free_slots.pop() {
             Some(slot) => {
                 self.signatures[slot as usize] = sig;
                 self.slot_ids[slot as usize] = id;
+                self.spans[slot as usize] = span;
                 slot
             }
             None => {
                 self.signatures.push(sig);
                 self.slot_ids.push(id);
+                self.spans.push(span);
                 (self.slot_ids.len() - 1) as u32
             }
         };
-        self.todos.insert(
-            id,
-            Row {
-                todo,
-                text: text.into(),
-                slot,
-            },
-        );
+        self.todos.insert(id, Row { todo, slot });
     }
 
     fn remove_todo(&mut self, id: u64) {
@@ -228,7 +231,12 @@ impl ReadModel {
         };
         self.signatures[slot as usize] = 0;
         self.slot_ids[slot as usize] = 0;
+        self.garbage += self.spans[slot as usize].1 as usize;
+        self.spans[slot as usize] = (0, 0);
         self.free_slots.push(slot);
+        if self.garbage > self.texts.len() / 2 && self.texts.len() > 1 << 20 {
+            self.compact_texts();
+        }
         self.by_updated.remove(&(todo.updated_at, id));
         self.by_title.remove(&(Box::from(todo.title.as_str()), id));
         if let Some(set) = self.by_owner.get_mut(&todo.owner) {
@@ -262,7 +270,7 @@ impl ReadModel {
         let matches = |id: &u64| {
             self.todos
                 .get(id)
-                .filter(|r| query.matches(&r.todo, &r.text))
+                .filter(|r| query.matches(&r.todo, self.text(r)))
         };
         // The smallest set that must hold every match.
         let owner = query.owner.as_deref().map(|o| self.by_owner.get(o));
@@ -274,7 +282,7 @@ impl ReadModel {
             (None, None) => None,
         };
         let limit = query.limit;
-        if let Some(page) = self.search_by_signature(query, set) {
+        if let Some(page) = self.search(query, set) {
             return page;
         }
         let mut rows: Vec<&Row> = Vec::with_capacity(limit + 1);
@@ -292,7 +300,7 @@ impl ReadModel {
                     Box::new(self.todos.range(bounds).map(|(_, r)| r))
                 };
                 rows.extend(
-                    it.filter(|r| query.matches(&r.todo, &r.text))
+                    it.filter(|r| query.matches(&r.todo, self.text(r)))
                         .take(limit + 1),
                 );
             }
@@ -335,34 +343,80 @@ impl ReadModel {
         Page::cut(rows, query)
     }
 
-    /// A search with few candidates: scan the signatures, check those that
-    /// pass, sort them. `None` when it is not a search, or too many todos
-    /// pass (the ordered walk then finds `limit` matches sooner).
-    fn search_by_signature(
-        &self,
-        query: &ListQuery,
-        set: Option<&BTreeSet<u64>>,
-    ) -> Option<Page<'_>> {
+    fn text(&self, row: &Row) -> &[u8] {
+        self.slot_text(row.slot as usize)
+    }
+
+    #[inline]
+    fn slot_text(&self, slot: usize) -> &[u8] {
+        let (start, len) = self.spans[slot];
+        &self.texts[start..start + len as usize]
+    }
+
+    /// Copy the live texts into a new buffer, in slot order.
+    fn compact_texts(&mut self) {
+        let mut texts = Vec::with_capacity(self.texts.len() - self.garbage);
+        for (slot, span) in self.spans.iter_mut().enumerate() {
+            if self.slot_ids[slot] != 0 {
+                let (start, len) = *span;
+                *span = (texts.len(), len);
+                texts.extend_from_slice(&self.texts[start..start + len as usize]);
+            }
+        }
+        self.texts = texts;
+        self.garbage = 0;
+    }
+
+    /// A search (`q=`) over more todos than an owner's or a category's
+    /// small set: in id order, a short walk first (common words fill the
+    /// page at once); then a scan of the slot arrays, reading a todo's text
+    /// only when its signature has every bit of the words', and its row
+    /// only when the text has every word. `None` when not a search.
+    fn search(&self, query: &ListQuery, set: Option<&BTreeSet<u64>>) -> Option<Page<'_>> {
         let want = query.signature()?;
-        if set.is_some_and(|s| s.len() <= SEARCH_CANDIDATES_MAX) {
+        if set.is_some_and(|s| s.len() <= SMALL_SET) {
             return None; // the set's own walk reads fewer todos
         }
-        let mut candidates = Vec::new();
+        let limit = query.limit;
+        if set.is_none() && matches!(query.sort, Sort::CreatedDesc | Sort::CreatedAsc) {
+            let range = self.todos.range(id_bounds(query));
+            let it: Box<dyn Iterator<Item = (&u64, &Row)>> = if query.sort == Sort::CreatedDesc {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            let mut rows = Vec::with_capacity(limit + 1);
+            let mut walked = 0;
+            for (_, r) in it {
+                walked += 1;
+                if query.matches(&r.todo, self.text(r)) {
+                    rows.push(r);
+                    if rows.len() > limit {
+                        return Some(Page::cut(rows, query));
+                    }
+                }
+                if walked == SEARCH_WALK {
+                    break;
+                }
+            }
+            if walked < SEARCH_WALK {
+                return Some(Page::cut(rows, query)); // walked them all
+            }
+        }
+        let mut rows: Vec<&Row> = Vec::new();
         for (i, &sig) in self.signatures.iter().enumerate() {
-            if sig & want == want && self.slot_ids[i] != 0 {
-                candidates.push(self.slot_ids[i]);
-                if candidates.len() > SEARCH_CANDIDATES_MAX {
-                    return None;
+            if sig & want != want || self.slot_ids[i] == 0 || !query.text_matches(self.slot_text(i))
+            {
+                continue;
+            }
+            if let Some(r) = self.todos.get(&self.slot_ids[i]) {
+                if query.matches(&r.todo, self.text(r)) && query.after_cursor(&r.todo) {
+                    rows.push(r);
                 }
             }
         }
-        let mut rows: Vec<&Row> = candidates
-            .iter()
-            .filter_map(|id| self.todos.get(id))
-            .filter(|r| query.matches(&r.todo, &r.text) && query.after_cursor(&r.todo))
-            .collect();
         rows.sort_unstable_by(|a, b| query.sort.compare(&a.todo, &b.todo));
-        rows.truncate(query.limit + 1);
+        rows.truncate(limit + 1);
         Some(Page::cut(rows, query))
     }
 }
@@ -587,7 +641,7 @@ mod tests {
                 let q = ListQuery::parse(&query, None, 20).unwrap();
                 let mut want: Vec<&Todo> = m
                     .todos()
-                    .filter(|t| q.matches(t, &t.title.to_lowercase()))
+                    .filter(|t| q.matches(t, t.title.to_lowercase().as_bytes()))
                     .collect();
                 want.sort_by(|a, b| q.sort.compare(a, b));
                 let want: Vec<u64> = want.iter().map(|t| t.id).collect();
@@ -603,14 +657,15 @@ mod tests {
     fn searches_find_what_a_full_check_finds() {
         let mut m = ReadModel::new(1);
         let words = ["milk", "bread", "report", "Garden", "tax"];
-        for id in 1..=3000u64 {
+        // More todos than a search walks before it scans.
+        for id in 1..=SEARCH_WALK as u64 + 3000 {
             let title = format!("{} {}", words[(id % 5) as usize], id);
             m.apply(Change::Insert(todo(id, "alice", &title, id, false)));
         }
         for id in (1..=3000u64).step_by(7) {
             m.apply(Change::Delete(id));
         }
-        for id in 3001..=3100u64 {
+        for id in 8001..=8100u64 {
             m.apply(Change::Insert(todo(
                 id,
                 "bob",
@@ -633,7 +688,12 @@ mod tests {
                 let mut all: Vec<&Todo> = m
                     .todos()
                     .filter(|t| {
-                        q.matches(t, &format!("{}\n{}", t.title, t.description).to_lowercase())
+                        q.matches(
+                            t,
+                            format!("{}\n{}", t.title, t.description)
+                                .to_lowercase()
+                                .as_bytes(),
+                        )
                     })
                     .collect();
                 all.sort_by(|a, b| q.sort.compare(a, b));
@@ -641,6 +701,37 @@ mod tests {
             };
             assert_eq!(got, want, "{query}");
         }
+    }
+
+    /// Deletes and edits leave texts behind until they outweigh the live
+    /// ones; compacting keeps every live text where its slot says.
+    #[test]
+    fn texts_survive_compaction() {
+        let mut m = ReadModel::new(1);
+        let n = 40_000u64;
+        for id in 1..=n {
+            let title = format!("a fairly long title to fill the buffer, number {id:06}");
+            m.apply(Change::Insert(todo(id, "alice", &title, id, false)));
+        }
+        let before = m.texts.len();
+        for id in 1..=n {
+            if id % 3 != 0 {
+                m.apply(Change::Delete(id));
+            }
+        }
+        assert!(m.texts.len() < before, "compacted");
+        for id in [3, 3000, 39_999] {
+            let page = m.page(&ListQuery::parse(&format!("q=number+{id:06}"), None, 20).unwrap());
+            assert_eq!(page.rows.iter().map(|t| t.id).collect::<Vec<_>>(), vec![id]);
+        }
+        assert!(m
+            .page(&ListQuery::parse("q=number+000001", None, 20).unwrap())
+            .rows
+            .is_empty());
+        let mut edited = m.todo(30).unwrap().clone();
+        edited.title = "renamed".into();
+        m.apply(Change::Update(edited));
+        assert_eq!(walk(&m, "q=renamed"), vec![30]);
     }
 
     #[test]
