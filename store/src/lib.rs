@@ -35,7 +35,7 @@ pub const CHANGED_CHANNEL: &str = "todos:changed";
 pub enum StoreError {
     #[error("DATABASE_URL: {0}")]
     DatabaseUrl(tokio_postgres::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("PostgreSQL pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -56,5 +56,15 @@ impl StoreError {
             e.code(),
             Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
         )
+    }
+}
+
+/// A PostgreSQL error with what the server said ("db error" alone says
+/// nothing an operator can act on).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
     }
 }
