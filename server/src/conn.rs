@@ -52,7 +52,7 @@ const MAX_POOLED: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serve one connection until it closes.
-pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: Option<std::net::IpAddr>) {
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     // The idle timeout runs from the last answered batch.
     let mut active = Instant::now();
     loop {
@@ -64,7 +64,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: Option<std::net:
         }
         // Busy: buffers, timers and any backend wait live in this boxed
         // future only until the connection is quiet again.
-        match Box::pin(pipeline(&core, &mut stream, peer)).await {
+        match Box::pin(pipeline(&core, &mut stream)).await {
             Ok(Ending::Quiet(last)) => active = last,
             Ok(Ending::Linger) => return Box::pin(lifecycle::linger(&mut stream)).await,
             Err(e) if lifecycle::is_send_timeout(&e) => {
@@ -85,11 +85,7 @@ enum Ending {
     Linger,
 }
 
-async fn pipeline(
-    core: &Core,
-    stream: &mut TcpStream,
-    peer: Option<std::net::IpAddr>,
-) -> io::Result<Ending> {
+async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     let config = &core.config;
     let limits = config.request_limits();
     // Chunked framing may take more bytes than the body it carries.
@@ -197,7 +193,7 @@ async fn pipeline(
                     let behind = !queued.is_empty();
                     let mut later = Vec::new();
                     let target = if behind { &mut later } else { &mut out };
-                    match routes::dispatch(core, &req, target, persist, peer) {
+                    match routes::dispatch(core, &req, target, persist) {
                         Action::Done(route, status) => {
                             core.metrics().request(route, status);
                             if behind {
@@ -209,7 +205,13 @@ async fn pipeline(
                             let sub = core.backend.start(cmd);
                             queued.push_back(Queued::Write { sub, ids, reply });
                         }
-                        Action::Await(pending) => {
+                        Action::Await(mut pending) => {
+                            if let Pending::Login(_, peer) = &mut pending {
+                                // Asked of the kernel only here: login
+                                // limits count per address, and nothing
+                                // else needs it.
+                                *peer = stream.peer_addr().ok().map(|a| a.ip());
+                            }
                             settle(core, stream, &mut out, &mut queued).await?;
                             lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                             let (route, status) =
@@ -373,7 +375,7 @@ mod tests {
     fn a_connection_task_is_small() {
         fn size<F, Fut>(_: F) -> usize
         where
-            F: Fn(std::rc::Rc<super::Core>, super::TcpStream, Option<std::net::IpAddr>) -> Fut,
+            F: Fn(std::rc::Rc<super::Core>, super::TcpStream) -> Fut,
         {
             std::mem::size_of::<Fut>()
         }

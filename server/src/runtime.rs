@@ -59,15 +59,14 @@ pub async fn core_main(
     }
 
     let label = format!("todo-server: core {}", core.index);
-    lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
+    lifecycle::accept_until(listener, &shutdown, &label, |stream, _peer| {
         let core = core.clone();
         core.metrics().accepted();
         core.open.set(core.open.get() + 1);
         monoio::spawn(async move {
-            let served =
-                AssertUnwindSafe(crate::conn::serve(core.clone(), stream, Some(peer.ip())))
-                    .catch_unwind()
-                    .await;
+            let served = AssertUnwindSafe(crate::conn::serve(core.clone(), stream))
+                .catch_unwind()
+                .await;
             if served.is_err() {
                 // A bug, not an input: count it and keep the core up.
                 core.metrics().panicked();

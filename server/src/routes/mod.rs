@@ -92,14 +92,7 @@ const TODO_ALLOW: &str = "GET, HEAD, PUT, DELETE";
 const READ_ALLOW: &str = "GET, HEAD";
 const POST_ALLOW: &str = "POST";
 
-/// Route one request. `peer` is the client's address (login limits).
-pub fn dispatch(
-    core: &Core,
-    req: &Request<'_>,
-    out: &mut Vec<u8>,
-    persist: Persist,
-    peer: Option<IpAddr>,
-) -> Action {
+pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Persist) -> Action {
     let reply = Reply {
         persist,
         head_only: req.method == Method::Head,
@@ -157,7 +150,8 @@ pub fn dispatch(
         "/sessions" => {
             return match req.method {
                 Method::Post => match accounts::login(req) {
-                    Ok(c) => Action::Await(Pending::Login(c, peer)),
+                    // The connection loop fills in the client's address.
+                    Ok(c) => Action::Await(Pending::Login(c, None)),
                     Err(e) => done(Route::Sessions, e, out),
                 },
                 _ => done(
@@ -165,7 +159,7 @@ pub fn dispatch(
                     HttpError::method_not_allowed(POST_ALLOW),
                     out,
                 ),
-            }
+            };
         }
         "/users/me" => {
             if !read {

@@ -58,8 +58,12 @@ fn hot(core: &Core, req: &Request<'_>, limit: usize, out: &mut Vec<u8>, reply: R
     let snapshot = core.snapshot();
     if req.if_none_match.is_none() && reply.persist == Persist::KeepAlive && !reply.head_only {
         // The common case: one copy of the head made for this limit.
-        out.extend_from_slice(&core.hot_head(&snapshot, limit));
-        out.extend_from_slice(snapshot.prefix(limit));
+        let head = core.hot_head(&snapshot, limit);
+        let body = snapshot.prefix(limit);
+        // One allocation of the right size for a fresh buffer, not three.
+        out.reserve(head.len() + body.len() + 1);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(body);
         out.push(b']');
         return Action::Done(Route::TodosList, 200);
     }
