@@ -25,6 +25,14 @@ pub const Q_MAX_CHARS: usize = 200;
 /// Most words in `q`.
 pub const Q_MAX_WORDS: usize = 16;
 
+/// What stays unescaped in a value of the next page's link: RFC 3986's
+/// unreserved characters.
+const LINK_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Every parameter `GET /todos` takes.
 pub const PARAMS: [&str; 10] = [
     "completed",
@@ -227,10 +235,15 @@ impl ListQuery {
             let value = decode(raw_value)
                 .map_err(|_| bad_param(name, "is not valid percent-encoded UTF-8"))?;
             if name != "cursor" {
+                // Re-encoded, so the link is a valid URI-Reference whatever
+                // the request's target held (RFC 8288 §3: `<` `>` delimit it).
                 if !q.link_base.is_empty() {
                     q.link_base.push('&');
                 }
-                q.link_base.push_str(pair);
+                q.link_base.push_str(name);
+                q.link_base.push('=');
+                q.link_base
+                    .extend(percent_encoding::utf8_percent_encode(&value, LINK_VALUE));
             }
             match name {
                 "completed" => q.completed = Some(parse_bool(name, &value)?),
@@ -474,7 +487,16 @@ mod tests {
         assert_eq!(q.words, vec!["buy", "milk!"]);
         assert_eq!(q.sort, Sort::TitleAsc);
         let link = q.next_link(&Cursor::Title("x".into(), 3));
-        assert!(link.starts_with("</todos?q=Buy+Milk%21&sort=title&limit=5&cursor="));
+        assert!(
+            link.starts_with("</todos?q=Buy%20Milk%21&sort=title&limit=5&cursor="),
+            "{link}"
+        );
+        let odd = ListQuery::parse("q=a>b%3Cc", None, DEFAULT_LIMIT).unwrap();
+        let odd_link = odd.next_link(&Cursor::Created(1));
+        assert!(
+            odd_link.starts_with("</todos?q=a%3Eb%3Cc&cursor="),
+            "{odd_link}"
+        );
         let cursor = link
             .split("cursor=")
             .nth(1)
