@@ -8,15 +8,23 @@
 //! conn.rs      per connection: read -> parse every request (todo_http::http1)
 //!              -> append every response -> one write
 //! routes/      GET /todos?limit=N from the core's snapshot (the hot path),
-//!              /todos/{id}, writes, /commands/{id}, /livez /readyz /metrics
+//!              GET /todos?... queries, /todos/{id}, writes, /commands/{id},
+//!              /users /sessions /users/me, /categories, /livez /readyz /metrics
+//! query.rs     GET /todos parameters -> ListQuery (filters, sort, cursor)
+//! read_model.rs every todo, user and category in memory, indexed; pages
+//! cache.rs     per-core page cache and verified-token cache
+//! search.rs    rendering pages; the todo-search threads for q=
+//! accounts.rs  argon2id hashing and login checks on the todo-auth threads
 //! errors.rs    the server's own error answers (todo_http::HttpError)
-//! per_core.rs  per-core state: snapshot (Rc), Date cache, id generator, metrics
-//! auth.rs      HS256 bearer tokens (write path)
+//! per_core.rs  per-core state: snapshot (Rc), Date cache, id generator,
+//!              caches, metrics; the handles shared with other threads
+//! auth.rs      HS256 bearer tokens (signing and checking)
 //! config.rs    flags and environment variables (`ServeConfig`), subcommands
 //! backend.rs   where writes go: the embedded apply thread (embedded/) or
 //!              Kafka (distributed/)
-//! embedded/    the embedded default: command log + in-memory store + renderer
-//! distributed/ Kafka producer, per-core Redis refresh, PostgreSQL lookups
+//! embedded/    the embedded default: command log + the read model as store
+//! distributed/ Kafka producer, per-core Redis refresh, PostgreSQL lookups,
+//!              the read model's follower
 //! metrics.rs   per-core counters summed at scrape time
 //! ```
 //!
