@@ -93,14 +93,14 @@ impl PageCache {
     }
 }
 
-/// The cache key of a query: the query string, plus the subject when the
-/// answer depends on the token.
-pub fn page_key(query: &str, subject: Option<&str>) -> Box<[u8]> {
-    let mut key = Vec::with_capacity(query.len() + 1 + subject.map_or(0, str::len));
+/// Write into `key` the cache key of a query: the query string, plus the
+/// token's subject when the request carries a valid one (a page that
+/// depends on it must not be answered to anyone else).
+pub fn page_key(key: &mut Vec<u8>, query: &str, subject: Option<&str>) {
+    key.clear();
     key.extend_from_slice(query.as_bytes());
     if let Some(s) = subject {
         key.push(0);
         key.extend_from_slice(s.as_bytes());
     }
-    key.into()
 }

@@ -100,6 +100,37 @@ impl ReadModel {
         }
     }
 
+    /// A model of a whole state at `version` (a state file, PostgreSQL).
+    pub fn from_rows(
+        version: u64,
+        categories: impl IntoIterator<Item = Category>,
+        users: impl IntoIterator<Item = User>,
+        todos: impl IntoIterator<Item = Todo>,
+    ) -> Self {
+        let mut model = ReadModel::new(version);
+        model.put_rows(categories, users, todos);
+        model
+    }
+
+    /// Put whole rows, each an insert or a replacement; categories first,
+    /// since todos name them.
+    pub fn put_rows(
+        &mut self,
+        categories: impl IntoIterator<Item = Category>,
+        users: impl IntoIterator<Item = User>,
+        todos: impl IntoIterator<Item = Todo>,
+    ) {
+        for c in categories {
+            self.apply(Change::PutCategory(c));
+        }
+        for u in users {
+            self.apply(Change::InsertUser(u));
+        }
+        for t in todos {
+            self.apply(Change::Update(t));
+        }
+    }
+
     /// The version of the state this model holds (the snapshot's numbering).
     pub fn version(&self) -> u64 {
         self.version

@@ -7,7 +7,6 @@
 //! must not hold up the other connections of a core: cores hand searches
 //! to these threads (`todo-search-N`, one per core) and await the page.
 
-use std::rc::Rc;
 use std::thread;
 
 use crate::query::ListQuery;
@@ -75,9 +74,4 @@ impl Search {
         self.tx.send_async((query, tx)).await.ok()?;
         rx.recv_async().await.ok()
     }
-}
-
-/// A cached page's parts, shared between the cache and the responses.
-pub fn shared_parts(r: Rendered) -> (u64, Rc<[u8]>, Option<Rc<str>>) {
-    (r.version, r.body.into(), r.link.map(Into::into))
 }

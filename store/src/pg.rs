@@ -93,13 +93,7 @@ pub async fn migrate_and_seed(
         .get(0);
     let mut seeded = 0;
     if empty && seed > 0 {
-        let version: i64 = tx
-            .query_one(
-                "UPDATE snapshot_version SET version = version + 1 RETURNING version",
-                &[],
-            )
-            .await?
-            .get(0);
+        let version = next_version(&tx).await?;
         let insert = tx
             .prepare(
                 "INSERT INTO todos (id, owner, title, description, completed, created_at, updated_at, version)
@@ -172,6 +166,19 @@ fn category_from(row: &Row) -> Category {
         created_at: row.get::<_, i64>(3) as u64,
         updated_at: row.get::<_, i64>(4) as u64,
     }
+}
+
+/// Move the snapshot version on by one and take its row's lock until the
+/// transaction ends: the lock orders every writer's commit by version (see
+/// `changes_since`). Returns the new version.
+async fn next_version(tx: &impl GenericClient) -> Result<i64, StoreError> {
+    Ok(tx
+        .query_one(
+            "UPDATE snapshot_version SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, StoreError> {

@@ -65,16 +65,7 @@ pub async fn run(pool: deadpool_postgres::Pool, model: Shared, wake: Arc<tokio::
 async fn load(pool: &deadpool_postgres::Pool) -> Result<ReadModel, todo_store::StoreError> {
     let mut client = pool.get().await?;
     let state = pg::load_all(&mut client).await?;
-    let mut model = ReadModel::new(state.version);
-    for c in state.categories {
-        model.apply(Change::PutCategory(c));
-    }
-    for u in state.users {
-        model.apply(Change::InsertUser(u));
-    }
-    for t in state.todos {
-        model.apply(Change::Insert(t));
-    }
+    let model = ReadModel::from_rows(state.version, state.categories, state.users, state.todos);
     Ok(model)
 }
 
@@ -101,17 +92,8 @@ async fn catch_up(
         return Ok(());
     }
     let mut m = model.write();
-    // Categories before the todos that may name them; deletes of todos
-    // before deletes of their categories.
-    for c in changes.categories {
-        m.apply(Change::PutCategory(c));
-    }
-    for u in changes.users {
-        m.apply(Change::InsertUser(u));
-    }
-    for t in changes.todos {
-        m.apply(Change::Update(t));
-    }
+    m.put_rows(changes.categories, changes.users, changes.todos);
+    // Deletes of todos before deletes of their categories.
     for id in changes.deleted_todos {
         m.apply(Change::Delete(id));
     }

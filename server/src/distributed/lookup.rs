@@ -64,29 +64,29 @@ impl Lookups {
     }
 
     pub async fn user(&self, username: String) -> Result<Option<User>, Unavailable> {
-        let (tx, rx) = flume::bounded(1);
-        let asked = self.tx.send_async(Request::User(username, tx)).await;
-        asked.map_err(|_| Unavailable)?;
-        rx.recv_async().await.map_err(|_| Unavailable)?
+        self.ask(|tx| Request::User(username, tx)).await
     }
 
     pub async fn category(&self, id: u64) -> Result<Option<Category>, Unavailable> {
-        let (tx, rx) = flume::bounded(1);
-        let asked = self.tx.send_async(Request::Category(id, tx)).await;
-        asked.map_err(|_| Unavailable)?;
-        rx.recv_async().await.map_err(|_| Unavailable)?
+        self.ask(|tx| Request::Category(id, tx)).await
     }
 
     pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
-        let (tx, rx) = flume::bounded(1);
-        let asked = self.tx.send_async(Request::Get(id, tx)).await;
-        asked.map_err(|_| Unavailable)?;
-        rx.recv_async().await.map_err(|_| Unavailable)?
+        self.ask(|tx| Request::Get(id, tx)).await
     }
 
     pub async fn outcome(&self, id: u64) -> Result<Option<Outcome>, Unavailable> {
+        self.ask(|tx| Request::Outcome(id, tx)).await
+    }
+
+    /// Send the request `make` builds and await its answer: 503 material
+    /// when the thread is gone or the store could not be read.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(flume::Sender<Result<T, Unavailable>>) -> Request,
+    ) -> Result<T, Unavailable> {
         let (tx, rx) = flume::bounded(1);
-        let asked = self.tx.send_async(Request::Outcome(id, tx)).await;
+        let asked = self.tx.send_async(make(tx)).await;
         asked.map_err(|_| Unavailable)?;
         rx.recv_async().await.map_err(|_| Unavailable)?
     }

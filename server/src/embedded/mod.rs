@@ -203,7 +203,6 @@ fn apply_loop(
             }
             continue;
         }
-        let cmds: Vec<TodoCommand> = batch.iter().map(|(c, _)| c.clone()).collect();
         let outcomes = store.apply_batch(&cmds, true);
         if outcomes.contains(&Outcome::Applied) {
             let snapshot = Arc::new(store.snapshot());

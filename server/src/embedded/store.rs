@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use todo_model::{decide, Category, Change, Outcome, Snapshot, Todo, TodoCommand, User};
+use todo_model::{decide, Category, Outcome, Snapshot, Todo, TodoCommand, User};
 
 use crate::read_model::{ReadModel, Shared};
 
@@ -46,17 +46,7 @@ impl StoreImage {
 
 impl Store {
     pub fn from_image(image: StoreImage) -> Self {
-        let mut model = ReadModel::new(image.version);
-        // Categories first: todos refer to them.
-        for c in image.categories {
-            model.apply(Change::PutCategory(c));
-        }
-        for u in image.users {
-            model.apply(Change::InsertUser(u));
-        }
-        for t in image.todos {
-            model.apply(Change::Insert(t));
-        }
+        let model = ReadModel::from_rows(image.version, image.categories, image.users, image.todos);
         Store {
             model: Shared::new(model, true),
             outcomes: HashMap::new(),
@@ -82,13 +72,13 @@ impl Store {
     /// Apply one command once; a command id seen before keeps its first
     /// outcome and changes nothing.
     pub fn apply(&mut self, cmd: &TodoCommand) -> Outcome {
-        self.apply_batch(std::slice::from_ref(cmd), false)[0]
+        self.apply_batch(&[cmd], false)[0]
     }
 
     /// Apply `cmds` in order under one write lock; with `advance`, a batch
     /// that changed anything moves the version on before the lock is given
     /// back, so readers never see the new state under the old version.
-    pub fn apply_batch(&mut self, cmds: &[TodoCommand], advance: bool) -> Vec<Outcome> {
+    pub fn apply_batch(&mut self, cmds: &[&TodoCommand], advance: bool) -> Vec<Outcome> {
         let mut model = self.model.write();
         let mut outcomes = Vec::with_capacity(cmds.len());
         for cmd in cmds {

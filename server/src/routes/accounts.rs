@@ -7,7 +7,6 @@
 //! command is made; only the hash is written anywhere.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use serde::Deserialize;
 use todo_model::account::{check_password, check_username, render_user};
@@ -183,6 +182,3 @@ pub async fn me(core: &Core, subject: String, out: &mut Vec<u8>, reply: Reply) -
         Err(unavailable) => reply.error(core, out, &unavailable.answer()),
     }
 }
-
-/// The default lifetime of a session token.
-pub const SESSION_TTL: Duration = Duration::from_secs(3600);

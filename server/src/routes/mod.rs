@@ -288,8 +288,7 @@ pub fn subject(core: &Core, req: &Request<'_>) -> Result<String, HttpError> {
 }
 
 /// A JSON object body of type `T` (`what` names it in errors): 411
-/// without a body, 415 unless `application/json`, 400 unless JSON, 422
-/// unless the fields fit.
+/// without a body, 415 unless `application/json`, then [`json_object`].
 pub fn json_body<T: serde::de::DeserializeOwned>(
     req: &Request<'_>,
     what: &str,
@@ -304,7 +303,16 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     if !json {
         return Err(errors::UNSUPPORTED_MEDIA_TYPE);
     }
-    let body = req.body.bytes();
+    json_object(req.body.bytes(), what)
+}
+
+/// `body` as a JSON object of type `T` (the media type already checked):
+/// 400 when empty or not JSON, 422 when not an object or the fields do not
+/// fit.
+pub fn json_object<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, HttpError> {
     if body.trim_ascii().is_empty() {
         return Err(errors::BODY_REQUIRED);
     }

@@ -16,19 +16,7 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> Response {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body.unwrap_or(""));
-        self.request(req.as_bytes())
+        self.request(&request(method, path, token, body))
     }
 
     pub fn register(&self, username: &str, password: &str) -> Response {
@@ -110,13 +98,26 @@ impl Server {
     }
 }
 
+/// The bytes of a request with an optional bearer token and JSON body.
+pub fn request(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    req.into_bytes()
+}
+
 /// A `POST /todos` request with `body`.
 pub fn create_request(token: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST /todos HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    request("POST", "/todos", Some(token), Some(body))
 }
 
 /// The ids of a list answer.

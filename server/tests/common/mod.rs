@@ -145,13 +145,7 @@ impl Server {
     }
 
     pub fn send_json(&self, method: &str, path: &str, token: &str, body: &str) -> Response {
-        self.request(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
+        self.call(method, path, Some(token), Some(body))
     }
 
     /// The ids `GET /todos?limit=N` lists, newest first.

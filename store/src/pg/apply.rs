@@ -82,13 +82,7 @@ pub async fn apply_batch(
     let snapshot = if changed.is_empty() {
         None
     } else {
-        let version: i64 = tx
-            .query_one(
-                "UPDATE snapshot_version SET version = version + 1 RETURNING version",
-                &[],
-            )
-            .await?
-            .get(0);
+        let version = super::next_version(&tx).await?;
         changed.stamp(&tx, version).await?;
         Some(render(&tx, version as u64).await?)
     };
