@@ -153,12 +153,7 @@ impl Server {
         use sonic_rs::{JsonContainerTrait, JsonValueTrait};
         let r = self.get(&format!("/todos?limit={limit}"));
         assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_u64().unwrap())
-            .collect()
+        api::ids(&r)
     }
 
     /// POST a todo titled `title`, which must be accepted: (command id,
