@@ -22,3 +22,5 @@ CREATE INDEX IF NOT EXISTS todos_updated_at_id ON todos (updated_at, id);
 CREATE INDEX IF NOT EXISTS todos_title_id ON todos (title COLLATE "C", id);
 --   created_after / created_before
 CREATE INDEX IF NOT EXISTS todos_created_at ON todos (created_at);
+-- Pruning expired Idempotency-Key records.
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_ms);

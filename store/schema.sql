@@ -78,3 +78,15 @@ CREATE TABLE IF NOT EXISTS snapshot_version (
     version   BIGINT NOT NULL
 );
 INSERT INTO snapshot_version (singleton, version) VALUES (true, 0) ON CONFLICT DO NOTHING;
+-- Idempotency-Key records: the first command a (user, key) was used for,
+-- with the request's fingerprint; live for 24 h from created_ms (Unix ms),
+-- then replaced by the next use and pruned by the servers.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_name   TEXT   NOT NULL,
+    key         TEXT   NOT NULL,
+    fingerprint TEXT   NOT NULL,
+    command_id  BIGINT NOT NULL,
+    todo_id     BIGINT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    PRIMARY KEY (user_name, key)
+);

@@ -62,6 +62,20 @@ pub enum Method {
     Other,
 }
 
+impl Method {
+    /// The method's token; `OTHER` for any method this server does not serve.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
 /// The request body: absent, a slice of the read buffer, or de-chunked.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Body<'b> {
@@ -101,6 +115,10 @@ pub struct Request<'b> {
     pub request_id: Option<&'b [u8]>,
     /// `If-None-Match` (RFC 9110 §13.1.2), for lists' `ETag`s.
     pub if_none_match: Option<&'b [u8]>,
+    /// W3C Trace Context `traceparent`, when sent.
+    pub traceparent: Option<&'b [u8]>,
+    /// `Idempotency-Key` on a write, when sent.
+    pub idempotency_key: Option<&'b [u8]>,
     /// Bytes of the head, request line to the blank line included.
     pub head_len: usize,
     pub body: Body<'b>,
@@ -161,6 +179,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
     let mut content_type = None;
     let mut request_id = None;
     let mut if_none_match = None;
+    let mut traceparent = None;
+    let mut idempotency_key = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -197,6 +217,10 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
             request_id = Some(value);
         } else if name.eq_ignore_ascii_case(b"if-none-match") {
             if_none_match = Some(value);
+        } else if name.eq_ignore_ascii_case(b"traceparent") {
+            traceparent = Some(value);
+        } else if name.eq_ignore_ascii_case(b"idempotency-key") {
+            idempotency_key = Some(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if trim(value).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = !http10;
@@ -250,6 +274,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
             content_type,
             request_id,
             if_none_match,
+            traceparent,
+            idempotency_key,
             head_len,
             body,
         },

@@ -121,6 +121,23 @@ pub struct TodoCommand {
     /// the password itself is never written anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// The client's `Idempotency-Key` for this write, with the request's
+    /// fingerprint: a retry with the same key answers this command again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
+}
+
+/// How long an `Idempotency-Key` is remembered, milliseconds (24 h).
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// An `Idempotency-Key` as a write carried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idempotency {
+    /// As the client sent it (1-255 visible ASCII characters).
+    pub key: String,
+    /// SHA-256 (hex) of the method, path and body: the same key with
+    /// another request is refused.
+    pub fingerprint: String,
 }
 
 /// What an applier must look up before calling [`decide`] for a command.
@@ -356,6 +373,7 @@ mod tests {
             issued_at: 1_000,
             name: None,
             password_hash: None,
+            idempotency: None,
         }
     }
 

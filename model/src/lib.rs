@@ -25,7 +25,10 @@ pub mod snapshot;
 pub mod todo;
 
 pub use account::{Category, User};
-pub use command::{decide, Change, Facts, Fields, Needs, Op, Outcome, Rejection, TodoCommand};
+pub use command::{
+    decide, Change, Facts, Fields, Idempotency, Needs, Op, Outcome, Rejection, TodoCommand,
+    IDEMPOTENCY_WINDOW_MS,
+};
 pub use ids::IdGenerator;
 pub use snapshot::{Snapshot, SNAPSHOT_MAX};
 pub use todo::{FieldError, Todo};

@@ -6,15 +6,24 @@ use std::time::{Duration, Instant};
 
 use todo_model::{Category, Outcome, TodoCommand, User};
 
-use crate::distributed::{lookup::Lookups, producer::Producer};
+use crate::distributed::lookup::{KeyArgs, Lookups};
+use crate::distributed::producer::Producer;
 use crate::embedded;
 use crate::read_model::Shared;
+use crate::trace::Trace;
 use todo_http::HttpError;
 
 /// Longest wait for the outcome of a command whose answer depends on it
 /// (registrations, categories) on the distributed path; past it the
 /// answer is 202 with the command's link.
 pub const OUTCOME_WAIT: Duration = Duration::from_secs(10);
+
+/// A command's state for `GET /commands/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Done(Outcome),
+}
 
 /// A read the backend could not answer now (PostgreSQL away, the apply
 /// thread stopping): 503, never a false 404.
@@ -39,39 +48,82 @@ pub enum Backend {
 /// A write handed to the backend and not yet confirmed.
 pub enum Submission {
     Embedded(embedded::Submission),
-    Kafka(rdkafka::producer::DeliveryFuture),
+    Kafka {
+        delivery: rdkafka::producer::DeliveryFuture,
+        /// Redis's answer to the command's accepted mark.
+        mark: flume::Receiver<bool>,
+        ids: (u64, u64),
+    },
     Refused(HttpError),
+}
+
+/// Longest wait, after the broker's ack, for Redis to take a command's
+/// accepted mark (a 202 never waits on Redis longer; the mark's absence
+/// only means other servers answer `GET /commands/{id}` 503 meanwhile).
+const MARK_WAIT: Duration = Duration::from_millis(200);
+
+/// 422: an `Idempotency-Key` reused for another request.
+pub const KEY_REUSED: HttpError = HttpError::new(
+    422,
+    "idempotency_key_reused",
+    "this Idempotency-Key was used for another request (method, path or body) in the last 24 h",
+    false,
+);
+
+impl From<embedded::ApplyError> for HttpError {
+    fn from(e: embedded::ApplyError) -> HttpError {
+        match e {
+            embedded::ApplyError::Durability => {
+                HttpError::unavailable("the command log cannot be written", 1)
+            }
+            embedded::ApplyError::Stopped => HttpError::unavailable("shutting down", 1),
+            embedded::ApplyError::KeyReused => KEY_REUSED,
+        }
+    }
 }
 
 impl Backend {
     /// Hand a command over now; [`Backend::finish`] says whether it was
     /// accepted. Starting several before finishing any lets one
     /// connection's pipelined writes share the wait.
-    pub fn start(&self, cmd: TodoCommand) -> Submission {
+    /// `trace` goes into the Kafka record's headers.
+    pub fn start(&self, cmd: TodoCommand, trace: Option<&Trace>) -> Submission {
         match self {
             Backend::Embedded(h) => Submission::Embedded(h.start(cmd)),
-            Backend::Distributed { producer, .. } => match producer.start(&cmd) {
-                Ok(delivery) => Submission::Kafka(delivery),
+            Backend::Distributed { producer, lookups } => match producer.start(&cmd, trace) {
+                Ok(delivery) => Submission::Kafka {
+                    delivery,
+                    // Marked while the broker takes the record.
+                    mark: lookups.mark(cmd.command_id),
+                    ids: (cmd.command_id, cmd.todo_id),
+                },
                 Err(e) => Submission::Refused(e),
             },
         }
     }
 
-    /// `Ok` means the command is durable and will take effect (or be
-    /// recorded as rejected) exactly once.
-    pub async fn finish(&self, sub: Submission) -> Result<(), HttpError> {
+    /// `Ok` with the ids to answer with (a keyed retry's are its first
+    /// command's) means the command is durable and will take effect (or
+    /// be recorded as rejected) exactly once.
+    pub async fn finish(&self, sub: Submission) -> Result<(u64, u64), HttpError> {
         match (self, sub) {
             (_, Submission::Refused(e)) => Err(e),
             (Backend::Embedded(h), Submission::Embedded(sub)) => {
-                h.finish(sub).await.map(|_| ()).map_err(|e| match e {
-                    embedded::ApplyError::Durability => {
-                        HttpError::unavailable("the command log cannot be written", 1)
-                    }
-                    embedded::ApplyError::Stopped => HttpError::unavailable("shutting down", 1),
-                })
+                let receipt = h.finish(sub).await?;
+                Ok((receipt.command_id, receipt.todo_id))
             }
-            (Backend::Distributed { producer, .. }, Submission::Kafka(delivery)) => {
-                producer.finish(delivery).await
+            (
+                Backend::Distributed { producer, .. },
+                Submission::Kafka {
+                    delivery,
+                    mark,
+                    ids,
+                },
+            ) => {
+                producer.finish(delivery).await?;
+                // Usually long done: Redis answers before the broker does.
+                let _ = monoio::time::timeout(MARK_WAIT, mark.recv_async()).await;
+                Ok(ids)
             }
             _ => Err(HttpError::internal(
                 "submission finished on another backend",
@@ -79,22 +131,52 @@ impl Backend {
         }
     }
 
+    /// Submit a command that may carry an `Idempotency-Key`: on the
+    /// distributed path the key is claimed in PostgreSQL first, and a key
+    /// that stands for an earlier command with the same request sends
+    /// that command again (same ids; the worker applies it once), so a
+    /// retry after any failure, on any server, ends in one command. The
+    /// embedded apply thread does the same against its own records.
+    pub async fn submit(
+        &self,
+        mut cmd: TodoCommand,
+        trace: Option<&Trace>,
+    ) -> Result<(u64, u64), HttpError> {
+        if let (Backend::Distributed { lookups, .. }, Some(idem)) = (self, &cmd.idempotency) {
+            let claim = lookups
+                .claim(KeyArgs {
+                    user: cmd.user.clone(),
+                    key: idem.key.clone(),
+                    fingerprint: idem.fingerprint.clone(),
+                    command_id: cmd.command_id,
+                    todo_id: cmd.todo_id,
+                })
+                .await
+                .map_err(Unavailable::answer)?;
+            if claim.fingerprint != idem.fingerprint {
+                return Err(KEY_REUSED);
+            }
+            cmd.command_id = claim.command_id;
+            cmd.todo_id = claim.todo_id;
+        }
+        self.finish(self.start(cmd, trace)).await
+    }
+
     /// Submit `cmd` and wait for its outcome: `None` when it is durable but
     /// not applied within [`OUTCOME_WAIT`] (the worker is behind or away).
-    pub async fn apply(&self, cmd: TodoCommand) -> Result<Option<Outcome>, HttpError> {
+    pub async fn apply(
+        &self,
+        cmd: TodoCommand,
+        trace: Option<&Trace>,
+    ) -> Result<Option<Outcome>, HttpError> {
         let command_id = cmd.command_id;
-        match (self, self.start(cmd)) {
+        match (self, self.start(cmd, trace)) {
             (_, Submission::Refused(e)) => Err(e),
             (Backend::Embedded(h), Submission::Embedded(sub)) => {
-                h.finish(sub).await.map(Some).map_err(|e| match e {
-                    embedded::ApplyError::Durability => {
-                        HttpError::unavailable("the command log cannot be written", 1)
-                    }
-                    embedded::ApplyError::Stopped => HttpError::unavailable("shutting down", 1),
-                })
+                Ok(Some(h.finish(sub).await?.outcome))
             }
-            (Backend::Distributed { producer, lookups }, Submission::Kafka(delivery)) => {
-                producer.finish(delivery).await?;
+            (Backend::Distributed { lookups, .. }, sub @ Submission::Kafka { .. }) => {
+                self.finish(sub).await?;
                 let until = Instant::now() + OUTCOME_WAIT;
                 let mut pause = Duration::from_millis(2);
                 while Instant::now() < until {
@@ -143,10 +225,27 @@ impl Backend {
         }
     }
 
-    pub async fn outcome(&self, command_id: u64) -> Result<Option<Outcome>, Unavailable> {
+    /// What became of a command: its outcome, `Pending` when it was
+    /// accepted (by any server) and is not applied yet, `None` when it was
+    /// never accepted (or is older than what is kept).
+    pub async fn status(&self, command_id: u64) -> Result<Option<Status>, Unavailable> {
         match self {
-            Backend::Embedded(h) => h.outcome(command_id).await,
-            Backend::Distributed { lookups, .. } => lookups.outcome(command_id).await,
+            // The embedded 202 follows the apply: nothing accepted is ever
+            // pending to a reader.
+            Backend::Embedded(h) => Ok(h.outcome(command_id).await?.map(Status::Done)),
+            Backend::Distributed { lookups, .. } => {
+                if let Some(outcome) = lookups.outcome(command_id).await? {
+                    return Ok(Some(Status::Done(outcome)));
+                }
+                if lookups.accepted(command_id).await? {
+                    // Applied in the meantime? Then say so, not pending.
+                    return Ok(Some(match lookups.outcome(command_id).await? {
+                        Some(outcome) => Status::Done(outcome),
+                        None => Status::Pending,
+                    }));
+                }
+                Ok(None)
+            }
         }
     }
 

@@ -92,6 +92,15 @@ pub struct ServeConfig {
     /// This instance's number (0-63), so ids made by several servers never collide.
     #[arg(long, env = "TODO_INSTANCE", default_value_t = 0)]
     pub instance: u16,
+    /// The name this server's access log lines give it (default: the host
+    /// name and the instance number, `host/0`).
+    #[arg(long, env = "TODO_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+    /// One JSON line per request on standard output: `off`, `on`, or
+    /// `sample:N` (one request in N, per core). See docs/operations.md for
+    /// what it costs.
+    #[arg(long, env = "TODO_ACCESS_LOG", default_value = "off")]
+    pub access_log: crate::access_log::Mode,
     /// `limit` when a request gives none.
     /// Keep rendered pages of `GET /todos?...` per core until the data
     /// changes. Off: every query is computed (for measuring that cost).
@@ -182,6 +191,19 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// `--instance-name`, or `<host name>/<instance number>`.
+    pub fn instance_label(&self) -> String {
+        match &self.instance_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into());
+                format!("{host}/{}", self.instance)
+            }
+        }
+    }
+
     pub fn request_limits(&self) -> RequestLimits {
         RequestLimits {
             max_head: self.max_head,

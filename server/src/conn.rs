@@ -30,7 +30,9 @@ use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
+use crate::access_log;
 use crate::backend::Submission;
+use crate::trace::Trace;
 use crate::metrics::Route;
 use crate::per_core::Core;
 use crate::routes::{self, todos, Action, Pending, Reply};
@@ -171,7 +173,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         let mut ending = None;
         loop {
             if batch >= config.max_pipeline {
-                settle(core, stream, &mut out, &mut queued).await?;
+                settle(core, stream, &mut out, &mut queued, t0).await?;
                 lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                 batch = 0;
             }
@@ -191,19 +193,40 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     };
                     // Behind a write in flight, a response waits its turn.
                     let behind = !queued.is_empty();
+                    let logged = core.log.wants();
                     let mut later = Vec::new();
                     let target = if behind { &mut later } else { &mut out };
+                    let start = target.len();
                     match routes::dispatch(core, &req, target, persist) {
                         Action::Done(route, status) => {
                             core.metrics().request(route, status);
+                            // Ids only where they are used: the hot path
+                            // makes none unless asked or logging.
+                            if logged || req.request_id.is_some() {
+                                let trace = Trace {
+                                    request_id: core.trace_ids.request_id(req.request_id),
+                                    traceparent: None,
+                                };
+                                let info = logged.then(|| LogInfo::of(core, &req));
+                                answered(core, target, start, &trace, info, status, t0);
+                            }
                             if behind {
                                 queued.push_back(Queued::Ready(later));
                             }
                         }
                         Action::Await(Pending::Submit(cmd)) => {
-                            let ids = (cmd.command_id, cmd.todo_id);
-                            let sub = core.backend.start(cmd);
-                            queued.push_back(Queued::Write { sub, ids, reply });
+                            let trace = core.trace_ids.trace(req.request_id, req.traceparent);
+                            let info = logged.then(|| LogInfo {
+                                user: Some(cmd.user.clone()),
+                                ..LogInfo::of(core, &req)
+                            });
+                            let sub = core.backend.start(cmd, Some(&trace));
+                            queued.push_back(Queued::Write {
+                                sub,
+                                reply,
+                                trace,
+                                info,
+                            });
                         }
                         Action::Await(mut pending) => {
                             if let Pending::Login(_, peer) = &mut pending {
@@ -212,13 +235,21 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 // else needs it.
                                 *peer = stream.peer_addr().ok().map(|a| a.ip());
                             }
-                            settle(core, stream, &mut out, &mut queued).await?;
+                            let trace = core.trace_ids.trace(req.request_id, req.traceparent);
+                            let info = logged.then(|| LogInfo::of(core, &req));
+                            settle(core, stream, &mut out, &mut queued, t0).await?;
                             lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
+                            let start = out.len();
                             let (route, status) =
                                 // Boxed: a rare wait whose state need not
                                 // be in every connection's future.
-                                Box::pin(routes::complete(core, pending, &mut out, reply)).await;
+                                Box::pin(routes::complete(core, pending, &mut out, reply, &trace)).await;
                             core.metrics().request(route, status);
+                            let info = info.map(|i| LogInfo {
+                                user: core.seen_user.take().or(i.user),
+                                ..i
+                            });
+                            answered(core, &mut out, start, &trace, info, status, t0);
                         }
                     }
                     at += used;
@@ -235,14 +266,14 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 }
                 Ok(Parsed::Partial { expect_continue }) => {
                     if expect_continue && !sent_continue {
-                        settle(core, stream, &mut out, &mut queued).await?;
+                        settle(core, stream, &mut out, &mut queued, t0).await?;
                         out.extend_from_slice(CONTINUE);
                         sent_continue = true;
                     }
                     break;
                 }
                 Err(err) => {
-                    settle(core, stream, &mut out, &mut queued).await?;
+                    settle(core, stream, &mut out, &mut queued, t0).await?;
                     core.metrics().request(Route::Other, err.status);
                     response::append_error(&mut out, &err, &core.date, Persist::Close);
                     ending = Some(Ending::Linger);
@@ -250,7 +281,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 }
             }
         }
-        settle(core, stream, &mut out, &mut queued).await?;
+        settle(core, stream, &mut out, &mut queued, t0).await?;
         lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
         if served > 0 {
             core.metrics()
@@ -274,8 +305,10 @@ enum Queued {
     /// A write handed to the backend; its response is known once it finishes.
     Write {
         sub: Submission,
-        ids: (u64, u64),
         reply: Reply,
+        trace: Trace,
+        /// What the access log line says, when the request is logged.
+        info: Option<LogInfo>,
     },
     /// A response ready to go once the writes before it are answered.
     Ready(Vec<u8>),
@@ -291,11 +324,12 @@ async fn settle(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     queued: &mut VecDeque<Queued>,
+    started: Instant,
 ) -> io::Result<()> {
     if queued.is_empty() {
         return Ok(());
     }
-    Box::pin(settle_queued(core, stream, out, queued)).await
+    Box::pin(settle_queued(core, stream, out, queued, started)).await
 }
 
 async fn settle_queued(
@@ -303,20 +337,76 @@ async fn settle_queued(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     queued: &mut VecDeque<Queued>,
+    started: Instant,
 ) -> io::Result<()> {
     // What is answered already leaves before the wait.
     lifecycle::flush_within(stream, out, core.config.send_timeout).await?;
     while let Some(slot) = queued.pop_front() {
         match slot {
-            Queued::Write { sub, ids, reply } => {
+            Queued::Write {
+                sub,
+                reply,
+                trace,
+                info,
+            } => {
                 let result = core.backend.finish(sub).await;
-                let status = todos::accepted(core, ids, result, out, reply);
+                let start = out.len();
+                let status = todos::accepted(core, result, out, reply);
                 core.metrics().request(Route::TodosWrite, status);
+                answered(core, out, start, &trace, info, status, started);
             }
             Queued::Ready(bytes) => out.extend_from_slice(&bytes),
         }
     }
     Ok(())
+}
+
+/// The request's parts an access log line names, owned: a line may be
+/// written after the input buffer moved on.
+struct LogInfo {
+    method: &'static str,
+    path: String,
+    query: String,
+    user: Option<String>,
+}
+
+impl LogInfo {
+    fn of(core: &Core, req: &http1::Request<'_>) -> LogInfo {
+        LogInfo {
+            method: req.method.as_str(),
+            path: req.path.to_string(),
+            query: req.query.to_string(),
+            user: core.seen_user.take(),
+        }
+    }
+}
+
+/// After a response was appended at `out[start..]`: put the request's ids
+/// in its head and, when it is logged, write its access log line.
+fn answered(
+    core: &Core,
+    out: &mut Vec<u8>,
+    start: usize,
+    trace: &Trace,
+    info: Option<LogInfo>,
+    status: u16,
+    started: Instant,
+) {
+    let mut lines = Vec::with_capacity(128);
+    trace.header_lines(&mut lines);
+    crate::trace::stamp(out, start, &lines);
+    if let Some(info) = info {
+        core.log.write(core.metrics(), &access_log::Entry {
+            method: info.method,
+            path: &info.path,
+            query: &info.query,
+            status,
+            bytes: out.len() - start,
+            started,
+            request_id: &trace.request_id,
+            user: info.user.as_deref(),
+        });
+    }
 }
 
 /// Read into `buf` for at most `wait`. On time-out the read is cancelled and

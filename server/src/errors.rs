@@ -42,3 +42,11 @@ pub fn invalid_field(message: String) -> HttpError {
 pub fn unauthorized(message: String) -> HttpError {
     HttpError::with_message(401, "unauthorized", message)
 }
+
+/// 400: a malformed `Idempotency-Key`.
+pub const INVALID_IDEMPOTENCY_KEY: HttpError = HttpError::new(
+    400,
+    "invalid_header",
+    "Idempotency-Key must be 1-255 visible ASCII characters",
+    false,
+);

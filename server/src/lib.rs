@@ -26,11 +26,15 @@
 //! distributed/ Kafka producer, per-core Redis refresh, PostgreSQL lookups,
 //!              the read model's follower
 //! metrics.rs   per-core counters summed at scrape time
+//! trace.rs     X-Request-Id and W3C traceparent: taken, made, echoed
+//! access_log.rs one JSON line per request (TODO_ACCESS_LOG), per-core
+//!              buffers written by the todo-log thread
 //! ```
 //!
 //! [`run`] is the entry point; the binary only parses configuration, binds
 //! and calls it, so tests can bind `127.0.0.1:0`.
 
+pub mod access_log;
 pub mod accounts;
 pub mod auth;
 pub mod backend;
@@ -47,6 +51,7 @@ pub mod read_model;
 pub mod routes;
 pub mod runtime;
 pub mod search;
+pub mod trace;
 
 use std::net::TcpListener;
 use std::rc::Rc;
@@ -181,6 +186,8 @@ pub fn run(
         model,
         secret: secret.clone().into(),
         rules: rules.clone(),
+        log: (config.access_log != access_log::Mode::Off)
+            .then(|| access_log::Sink::start(&config.instance_label())),
     };
     let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
     let config = Arc::new(config);

@@ -81,6 +81,8 @@ pub struct CoreMetrics {
     /// Unix ms when the held snapshot was installed.
     snapshot_installed_ms: AtomicU64,
     snapshot_stale: AtomicU64,
+    /// Access log lines dropped because the writer fell behind.
+    log_dropped: AtomicU64,
 }
 
 impl CoreMetrics {
@@ -116,6 +118,10 @@ impl CoreMetrics {
 
     pub fn panicked(&self) {
         bump(&self.panics, 1);
+    }
+
+    pub fn log_dropped(&self, lines: u64) {
+        bump(&self.log_dropped, lines);
     }
 
     pub fn send_timed_out(&self) {
@@ -200,6 +206,12 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
         sum(&|c| &c.send_timeouts)
     );
 
+    out.push_str("# HELP todo_access_log_dropped_total Access log lines dropped because the log writer fell behind.\n# TYPE todo_access_log_dropped_total counter\n");
+    let _ = writeln!(
+        out,
+        "todo_access_log_dropped_total {}",
+        sum(&|c| &c.log_dropped)
+    );
     out.push_str("# HELP todo_snapshot_version Version of the snapshot each core serves.\n# TYPE todo_snapshot_version gauge\n");
     for (i, c) in cores.iter().enumerate() {
         let _ = writeln!(

@@ -31,6 +31,8 @@ pub struct Services {
     pub search: Search,
     pub secret: Arc<[u8]>,
     pub rules: crate::auth::TokenRules,
+    /// The access log's writer, when the log is on.
+    pub log: Option<crate::access_log::Sink>,
 }
 
 pub struct Core {
@@ -52,6 +54,13 @@ pub struct Core {
     pub backend: Backend,
     pub verifier: Verifier,
     pub ids: RefCell<IdGenerator>,
+    /// Request ids and trace contexts made on this core.
+    pub trace_ids: crate::trace::Ids,
+    /// This core's access log (off unless `--access-log`).
+    pub log: crate::access_log::AccessLog,
+    /// The token subject a route verified for the request being answered,
+    /// kept only while the access log wants it.
+    pub seen_user: RefCell<Option<String>>,
     /// Set when shutting down: `/readyz` answers 503 so balancers drain us.
     pub draining: Cell<bool>,
     /// The snapshot cannot be confirmed current (its source is unreachable).
@@ -82,8 +91,12 @@ impl Core {
         // Its own verifier per core (cheap to build; holds no shared state).
         let verifier = Verifier::new(&services.secret, &services.rules)
             .expect("the secret was checked at start-up");
+        let log = crate::access_log::AccessLog::new(config.access_log, index, services.log.clone());
         let core = Core {
             index,
+            trace_ids: crate::trace::Ids::new(index),
+            log,
+            seen_user: RefCell::new(None),
             snapshot: RefCell::new(Rc::new(snapshot.clone())),
             hot: RefCell::new(HotExtra {
                 version: u64::MAX,

@@ -39,6 +39,8 @@ pub async fn core_main(
             monoio::time::sleep(Duration::from_secs(1)).await;
             date_core.date.refresh();
             date_core.sweep_quiet();
+            // Lines of a quiet core reach the log within a second.
+            date_core.log.flush(date_core.metrics());
         }
     });
     match refresh {

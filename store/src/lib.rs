@@ -29,6 +29,12 @@ pub use publish::Publisher;
 pub const SNAPSHOT_KEY: &str = "todos:snapshot";
 /// Redis pub/sub channel announcing a new snapshot version.
 pub const CHANGED_CHANNEL: &str = "todos:changed";
+/// `todos:accepted:<command id>` exists (for a day) once a server accepted
+/// the command, so every server answers `pending` for it until it is
+/// applied.
+pub const ACCEPTED_PREFIX: &str = "todos:accepted:";
+/// Seconds an accepted mark is kept.
+pub const ACCEPTED_TTL_SECS: u64 = 24 * 60 * 60;
 
 /// Why a PostgreSQL operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,9 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("PostgreSQL pool: {0}")]
     BuildPool(deadpool_postgres::BuildError),
+    /// A row stayed contended through every retry.
+    #[error("PostgreSQL: {0}")]
+    Contended(String),
 }
 
 impl StoreError {

@@ -283,6 +283,89 @@ pub async fn command_outcome(
         .and_then(|(status, reason)| parse_outcome(&status, reason.as_deref())))
 }
 
+/// What an `Idempotency-Key` stands for, as [`claim_key`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// True when this call made the record (no live one existed).
+    pub new: bool,
+    pub fingerprint: String,
+    pub command_id: u64,
+    pub todo_id: u64,
+}
+
+/// Make (`user`, `key`) stand for this command unless a record younger
+/// than `window_ms` exists; either way return the record that stands.
+/// Concurrent claims of one key agree: the primary key serialises them.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_key(
+    client: &impl GenericClient,
+    user: &str,
+    key: &str,
+    fingerprint: &str,
+    command_id: u64,
+    todo_id: u64,
+    now_ms: u64,
+    window_ms: u64,
+) -> Result<KeyClaim, StoreError> {
+    const CLAIM: &str = "
+        WITH ins AS (
+            INSERT INTO idempotency_keys AS k
+                (user_name, key, fingerprint, command_id, todo_id, created_ms)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (user_name, key) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, command_id = EXCLUDED.command_id,
+                    todo_id = EXCLUDED.todo_id, created_ms = EXCLUDED.created_ms
+                WHERE k.created_ms < $6 - $7
+            RETURNING fingerprint, command_id, todo_id)
+        SELECT fingerprint, command_id, todo_id, true FROM ins
+        UNION ALL
+        SELECT fingerprint, command_id, todo_id, false FROM idempotency_keys
+         WHERE user_name = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
+    // A record committed by a concurrent claim after this statement's
+    // snapshot is neither inserted over nor seen: asking again sees it.
+    for _ in 0..3 {
+        let row = client
+            .query_opt(
+                CLAIM,
+                &[
+                    &user,
+                    &key,
+                    &fingerprint,
+                    &(command_id as i64),
+                    &(todo_id as i64),
+                    &(now_ms as i64),
+                    &(window_ms as i64),
+                ],
+            )
+            .await?;
+        if let Some(r) = row {
+            return Ok(KeyClaim {
+                fingerprint: r.get(0),
+                command_id: r.get::<_, i64>(1) as u64,
+                todo_id: r.get::<_, i64>(2) as u64,
+                new: r.get(3),
+            });
+        }
+    }
+    Err(StoreError::Contended(
+        "idempotency key claimed concurrently".into(),
+    ))
+}
+
+/// Delete Idempotency-Key records older than `window_ms`; how many.
+pub async fn prune_keys(
+    client: &impl GenericClient,
+    now_ms: u64,
+    window_ms: u64,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM idempotency_keys WHERE created_ms < $1",
+            &[&(now_ms.saturating_sub(window_ms) as i64)],
+        )
+        .await?)
+}
+
 /// A stored status and reason as an [`Outcome`].
 pub fn parse_outcome(status: &str, reason: Option<&str>) -> Option<Outcome> {
     match (status, reason) {

@@ -54,11 +54,31 @@ impl Connection {
     /// Send one command and read its reply; a Redis error reply is an `Err`.
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Frame, RedisError> {
         self.stream.write_all(&resp::command(args)).await?;
+        match self.reply().await? {
+            Frame::Error(e) => Err(RedisError::Reply(e)),
+            frame => Ok(frame),
+        }
+    }
+
+    /// Send several commands in one write and read their replies, in
+    /// order (a Redis error reply is returned as its frame).
+    pub async fn pipeline(&mut self, commands: &[Vec<&[u8]>]) -> Result<Vec<Frame>, RedisError> {
+        let mut bytes = Vec::new();
+        for args in commands {
+            bytes.extend_from_slice(&resp::command(args));
+        }
+        self.stream.write_all(&bytes).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.reply().await?);
+        }
+        Ok(replies)
+    }
+
+    async fn reply(&mut self) -> Result<Frame, RedisError> {
         loop {
-            match resp::take_frame(&mut self.buf).map_err(RedisError::Protocol)? {
-                Some(Frame::Error(e)) => return Err(RedisError::Reply(e)),
-                Some(frame) => return Ok(frame),
-                None => {}
+            if let Some(frame) = resp::take_frame(&mut self.buf).map_err(RedisError::Protocol)? {
+                return Ok(frame);
             }
             let mut chunk = [0u8; 16 * 1024];
             let n = self.stream.read(&mut chunk).await?;

@@ -281,6 +281,7 @@ impl Commands {
             issued_at: now,
             name: None,
             password_hash: None,
+            idempotency: None,
         }
     }
 

@@ -26,11 +26,39 @@ pub enum Request {
     /// Render the committed state and store it in Redis if Redis has nothing
     /// newer. Concurrent fills from all cores collapse into one.
     Fill(flume::Sender<bool>),
+    /// Make an `Idempotency-Key` stand for a command, or find what it
+    /// stands for.
+    Claim(KeyArgs, flume::Sender<Result<pg::KeyClaim, Unavailable>>),
 }
+
+/// A keyed command's side of [`pg::claim_key`].
+pub struct KeyArgs {
+    pub user: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub command_id: u64,
+    pub todo_id: u64,
+}
+
+/// Requests to the accepted-marks task (Redis).
+enum Mark {
+    /// Mark a command accepted; answers whether Redis has the mark.
+    Set(u64, flume::Sender<bool>),
+    /// Whether a command was marked accepted.
+    Exists(u64, flume::Sender<Result<bool, Unavailable>>),
+}
+
+/// Most marks sent to Redis in one pipelined write.
+const MARK_BATCH: usize = 1024;
+/// Longest wait for Redis to take a batch of marks.
+const MARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often expired Idempotency-Key records are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Clone)]
 pub struct Lookups {
     tx: flume::Sender<Request>,
+    marks: flume::Sender<Mark>,
     /// Wakes the follower: a newer snapshot version was seen.
     changed: Arc<tokio::sync::Notify>,
 }
@@ -41,6 +69,8 @@ impl Lookups {
         let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
         let cache = Publisher::new(&settings.redis_url)?;
         let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
+        let (marks, marks_rx) = flume::bounded::<Mark>(QUEUE_DEPTH);
+        let redis_url = settings.redis_url.clone();
         let changed = Arc::new(tokio::sync::Notify::new());
         let wake = changed.clone();
         thread::Builder::new()
@@ -51,10 +81,12 @@ impl Lookups {
                     .build()
                     .expect("tokio runtime for lookups");
                 rt.spawn(super::follow::run(pool.clone(), model, wake));
+                rt.spawn(run_marks(marks_rx, redis_url));
+                rt.spawn(prune_keys(pool.clone()));
                 rt.block_on(serve(rx, pool, cache));
             })
             .map_err(DistributedError::Thread)?;
-        Ok(Lookups { tx, changed })
+        Ok(Lookups { tx, marks, changed })
     }
 
     /// A core installed a newer snapshot: the read model has changes to
@@ -77,6 +109,29 @@ impl Lookups {
 
     pub async fn outcome(&self, id: u64) -> Result<Option<Outcome>, Unavailable> {
         self.ask(|tx| Request::Outcome(id, tx)).await
+    }
+
+    /// What `Idempotency-Key` (`args.user`, `args.key`) stands for, making
+    /// it stand for `args`' command when nothing live does.
+    pub async fn claim(&self, args: KeyArgs) -> Result<pg::KeyClaim, Unavailable> {
+        self.ask(|tx| Request::Claim(args, tx)).await
+    }
+
+    /// Mark `command_id` accepted in Redis, so every server answers
+    /// `pending` for it; the receiver says whether Redis took it (false at
+    /// once when the queue is full or Redis is away).
+    pub fn mark(&self, command_id: u64) -> flume::Receiver<bool> {
+        let (tx, rx) = flume::bounded(1);
+        let _ = self.marks.try_send(Mark::Set(command_id, tx));
+        rx
+    }
+
+    /// Whether `command_id` was marked accepted (503 when Redis is away).
+    pub async fn accepted(&self, command_id: u64) -> Result<bool, Unavailable> {
+        let (tx, rx) = flume::bounded(1);
+        let asked = self.marks.send_async(Mark::Exists(command_id, tx)).await;
+        asked.map_err(|_| Unavailable)?;
+        rx.recv_async().await.map_err(|_| Unavailable)?
     }
 
     /// Send the request `make` builds and await its answer: 503 material
@@ -123,6 +178,24 @@ async fn serve(rx: flume::Receiver<Request>, pool: deadpool_postgres::Pool, cach
                         pg::user_by_name(&client, &name).await.map_err(unavailable)
                     };
                     let _ = reply.send(user.await);
+                }
+                Request::Claim(args, reply) => {
+                    let claim = async {
+                        let client = pool.get().await.map_err(unavailable)?;
+                        pg::claim_key(
+                            &client,
+                            &args.user,
+                            &args.key,
+                            &args.fingerprint,
+                            args.command_id,
+                            args.todo_id,
+                            todo_model::now_ms(),
+                            todo_model::IDEMPOTENCY_WINDOW_MS,
+                        )
+                        .await
+                        .map_err(unavailable)
+                    };
+                    let _ = reply.send(claim.await);
                 }
                 Request::Category(id, reply) => {
                     let category = async {
@@ -172,4 +245,103 @@ async fn fill(pool: &deadpool_postgres::Pool, cache: &Publisher) -> bool {
         return false;
     };
     cache.publish(&snapshot).await.is_ok()
+}
+
+/// The accepted-marks task: takes every mark queued, sends them to Redis
+/// in one pipelined write (`SET todos:accepted:<id> 1 EX 86400`,
+/// `EXISTS ...`), answers each. Redis away: marks answer false and
+/// lookups 503 until it is back; the connection is made again per batch.
+async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
+    use todo_store::redis::Connection;
+    use todo_store::resp::Frame;
+    let mut conn: Option<Connection> = None;
+    let mut away = false;
+    let ttl = todo_store::ACCEPTED_TTL_SECS.to_string();
+    while let Ok(first) = rx.recv_async().await {
+        let mut batch = vec![first];
+        while batch.len() < MARK_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|m| match m {
+                Mark::Set(id, _) | Mark::Exists(id, _) => {
+                    format!("{}{id}", todo_store::ACCEPTED_PREFIX)
+                }
+            })
+            .collect();
+        let commands: Vec<Vec<&[u8]>> = batch
+            .iter()
+            .zip(&keys)
+            .map(|(m, key)| match m {
+                Mark::Set(..) => vec![
+                    b"SET".as_slice(),
+                    key.as_bytes(),
+                    b"1",
+                    b"EX",
+                    ttl.as_bytes(),
+                ],
+                Mark::Exists(..) => vec![b"EXISTS".as_slice(), key.as_bytes()],
+            })
+            .collect();
+        let replies = async {
+            if conn.is_none() {
+                conn = Some(Connection::connect(&url).await?);
+            }
+            conn.as_mut().expect("connected above").pipeline(&commands).await
+        };
+        let replies = match tokio::time::timeout(MARK_TIMEOUT, replies).await {
+            Ok(Ok(replies)) => {
+                if away {
+                    eprintln!("todo-server: Redis takes accepted marks again");
+                    away = false;
+                }
+                Some(replies)
+            }
+            Ok(Err(e)) => {
+                if !away {
+                    eprintln!("todo-server: accepted marks: Redis: {e}; GET /commands answers 503 for unknown ids meanwhile");
+                }
+                away = true;
+                conn = None;
+                None
+            }
+            Err(_) => {
+                away = true;
+                conn = None;
+                None
+            }
+        };
+        for (i, mark) in batch.into_iter().enumerate() {
+            let reply = replies.as_ref().map(|r| &r[i]);
+            match mark {
+                Mark::Set(_, tx) => {
+                    let _ = tx.send(matches!(reply, Some(Frame::SimpleString(_))));
+                }
+                Mark::Exists(_, tx) => {
+                    let _ = tx.send(match reply {
+                        Some(Frame::Integer(n)) => Ok(*n > 0),
+                        _ => Err(Unavailable),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Delete expired Idempotency-Key records now and then (every server
+/// does; the delete is idempotent and served by an index).
+async fn prune_keys(pool: deadpool_postgres::Pool) {
+    loop {
+        tokio::time::sleep(PRUNE_EVERY).await;
+        if let Ok(client) = pool.get().await {
+            let now = todo_model::now_ms();
+            if let Err(e) = pg::prune_keys(&client, now, todo_model::IDEMPOTENCY_WINDOW_MS).await {
+                eprintln!("todo-server: pruning idempotency keys: {e}");
+            }
+        }
+    }
 }

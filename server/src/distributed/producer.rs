@@ -15,10 +15,12 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use todo_model::TodoCommand;
 
 use super::{DistributedError, Settings};
+use crate::trace::Trace;
 use todo_http::HttpError;
 
 pub struct Producer {
@@ -87,14 +89,34 @@ impl Producer {
     /// Produce `cmd` keyed by its todo id now; [`Producer::finish`] waits
     /// for the broker's ack. Several writes of one connection are in flight
     /// together this way.
-    pub fn start(&self, cmd: &TodoCommand) -> Result<DeliveryFuture, HttpError> {
+    ///
+    /// The record's headers carry the request's `x-request-id` and
+    /// `traceparent`, so the worker's log names them with the command.
+    pub fn start(
+        &self,
+        cmd: &TodoCommand,
+        trace: Option<&Trace>,
+    ) -> Result<DeliveryFuture, HttpError> {
         let payload =
             sonic_rs::to_vec(cmd).map_err(|_| HttpError::internal("cannot encode command"))?;
         let key = itoa::Buffer::new().format(cmd.todo_id).to_string();
         let producer = self.current()?;
-        let record = FutureRecord::to(&self.settings.topic)
+        let mut record = FutureRecord::to(&self.settings.topic)
             .key(&key)
             .payload(&payload);
+        if let Some(trace) = trace {
+            let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
+                key: "x-request-id",
+                value: Some(trace.request_id.as_bytes()),
+            });
+            if let Some(tp) = &trace.traceparent {
+                headers = headers.insert(Header {
+                    key: "traceparent",
+                    value: Some(tp.as_bytes()),
+                });
+            }
+            record = record.headers(headers);
+        }
         producer
             .send_result(record)
             .map_err(|_| HttpError::unavailable("the write queue is full", 1))

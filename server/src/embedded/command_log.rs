@@ -637,6 +637,7 @@ mod tests {
             issued_at: 1,
             name: None,
             password_hash: None,
+            idempotency: None,
         }
     }
 
@@ -646,6 +647,7 @@ mod tests {
             todos: vec![],
             users: vec![],
             categories: vec![],
+            keys: vec![],
         }
     }
 

@@ -24,7 +24,7 @@ use todo_model::{Outcome, Snapshot, TodoCommand};
 
 use crate::backend::Unavailable;
 
-use self::store::{Store, StoreImage};
+use self::store::{Claim, Store, StoreImage};
 
 /// Longest queue of requests waiting for the apply thread; a full queue makes
 /// cores wait (back-pressure), it never drops an accepted write.
@@ -39,11 +39,22 @@ pub enum ApplyError {
     Durability,
     #[error("the apply thread has stopped")]
     Stopped,
+    #[error("the Idempotency-Key was used for another request")]
+    KeyReused,
+}
+
+/// What became of a submitted command: its ids (a keyed retry's are the
+/// first command's) and its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub command_id: u64,
+    pub todo_id: u64,
+    pub outcome: Outcome,
 }
 
 pub enum ApplyRequest {
     /// Make durable, apply, answer with the outcome.
-    Submit(TodoCommand, flume::Sender<Result<Outcome, ApplyError>>),
+    Submit(TodoCommand, flume::Sender<Result<Receipt, ApplyError>>),
     /// The rendered JSON of one todo.
     Get(u64, flume::Sender<Option<Vec<u8>>>),
     /// The recorded outcome of one command.
@@ -61,7 +72,7 @@ pub struct Handle {
 /// A command handed to the apply thread (or waiting for room in its queue).
 pub struct Submission {
     unsent: Option<ApplyRequest>,
-    reply: flume::Receiver<Result<Outcome, ApplyError>>,
+    reply: flume::Receiver<Result<Receipt, ApplyError>>,
 }
 
 impl Handle {
@@ -85,7 +96,7 @@ impl Handle {
     }
 
     /// Wait until the command is durable and applied.
-    pub async fn finish(&self, sub: Submission) -> Result<Outcome, ApplyError> {
+    pub async fn finish(&self, sub: Submission) -> Result<Receipt, ApplyError> {
         if let Some(req) = sub.unsent {
             self.tx
                 .send_async(req)
@@ -179,7 +190,32 @@ fn apply_loop(
         let mut next = Some(first);
         while let Some(req) = next.take() {
             match req {
-                ApplyRequest::Submit(cmd, reply) => batch.push((cmd, reply)),
+                ApplyRequest::Submit(mut cmd, reply) => match store.claim(&cmd) {
+                    Claim::New => batch.push((cmd, reply)),
+                    Claim::Reused => {
+                        let _ = reply.send(Err(ApplyError::KeyReused));
+                    }
+                    Claim::Repeat {
+                        command_id,
+                        todo_id,
+                    } => match store.outcome(command_id) {
+                        // Answered again without logging anything.
+                        Some(outcome) => {
+                            let _ = reply.send(Ok(Receipt {
+                                command_id,
+                                todo_id,
+                                outcome,
+                            }));
+                        }
+                        // The first is in this batch: this one rides along
+                        // with its ids, and applying dedups it.
+                        None => {
+                            cmd.command_id = command_id;
+                            cmd.todo_id = todo_id;
+                            batch.push((cmd, reply));
+                        }
+                    },
+                },
                 ApplyRequest::Get(id, reply) => {
                     let _ = reply.send(store.render(id));
                 }
@@ -198,7 +234,8 @@ fn apply_loop(
         let cmds: Vec<&TodoCommand> = batch.iter().map(|(c, _)| c).collect();
         if let Err(e) = log.append(&cmds) {
             eprintln!("todo-apply: {e}; answering the batch with 503");
-            for (_, reply) in batch.drain(..) {
+            for (cmd, reply) in batch.drain(..) {
+                store.unclaim(&cmd);
                 let _ = reply.send(Err(ApplyError::Durability));
             }
             continue;
@@ -210,8 +247,12 @@ fn apply_loop(
                 let _ = core.send(snapshot.clone());
             }
         }
-        for ((_, reply), outcome) in batch.drain(..).zip(outcomes) {
-            let _ = reply.send(Ok(outcome));
+        for ((cmd, reply), outcome) in batch.drain(..).zip(outcomes) {
+            let _ = reply.send(Ok(Receipt {
+                command_id: cmd.command_id,
+                todo_id: cmd.todo_id,
+                outcome,
+            }));
         }
     }
 }

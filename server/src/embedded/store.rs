@@ -7,7 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use todo_model::{decide, Category, Outcome, Snapshot, Todo, TodoCommand, User};
+use todo_model::{
+    decide, Category, Outcome, Snapshot, Todo, TodoCommand, User, IDEMPOTENCY_WINDOW_MS,
+};
 
 use crate::read_model::{ReadModel, Shared};
 
@@ -19,7 +21,37 @@ pub struct Store {
     model: Shared,
     outcomes: HashMap<u64, Outcome>,
     outcome_order: VecDeque<u64>,
+    /// `Idempotency-Key`s seen within the window, by (user, key).
+    keys: HashMap<(String, String), KeyRecord>,
+    /// Claims since expired keys were last pruned.
+    claims: usize,
 }
+
+/// What an `Idempotency-Key` was first used for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub user: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub command_id: u64,
+    pub todo_id: u64,
+    /// When the first command was issued, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// What [`Store::claim`] found for a keyed command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No live record: the command goes ahead and is now the key's.
+    New,
+    /// The key's first command, with the same request: answer it again.
+    Repeat { command_id: u64, todo_id: u64 },
+    /// The key was used for another request.
+    Reused,
+}
+
+/// Prune expired keys after this many claims.
+const PRUNE_EVERY: usize = 10_000;
 
 /// The durable form of a [`Store`] (the state file). Users and categories
 /// are absent from state files written before they existed.
@@ -31,6 +63,9 @@ pub struct StoreImage {
     pub users: Vec<User>,
     #[serde(default)]
     pub categories: Vec<Category>,
+    /// Live `Idempotency-Key` records (absent in older state files).
+    #[serde(default)]
+    pub keys: Vec<KeyRecord>,
 }
 
 impl StoreImage {
@@ -40,6 +75,7 @@ impl StoreImage {
             todos,
             users: Vec::new(),
             categories: Vec::new(),
+            keys: Vec::new(),
         }
     }
 }
@@ -47,10 +83,17 @@ impl StoreImage {
 impl Store {
     pub fn from_image(image: StoreImage) -> Self {
         let model = ReadModel::from_rows(image.version, image.categories, image.users, image.todos);
+        let keys = image
+            .keys
+            .into_iter()
+            .map(|r| ((r.user.clone(), r.key.clone()), r))
+            .collect();
         Store {
             model: Shared::new(model, true),
             outcomes: HashMap::new(),
             outcome_order: VecDeque::new(),
+            keys,
+            claims: 0,
         }
     }
 
@@ -66,8 +109,53 @@ impl Store {
             todos: m.todos().cloned().collect(),
             users: m.users().cloned().collect(),
             categories: m.categories().cloned().collect(),
+            keys: self.keys.values().cloned().collect(),
         }
     }
+
+    /// Check a keyed command against the key's record, and make it the
+    /// key's first when there is none live (expired after
+    /// [`IDEMPOTENCY_WINDOW_MS`]). Unkeyed commands are always `New`.
+    pub fn claim(&mut self, cmd: &TodoCommand) -> Claim {
+        let Some(idem) = &cmd.idempotency else {
+            return Claim::New;
+        };
+        self.claims += 1;
+        if self.claims >= PRUNE_EVERY {
+            self.claims = 0;
+            let now = todo_model::now_ms();
+            self.keys
+                .retain(|_, r| now.saturating_sub(r.at_ms) < IDEMPOTENCY_WINDOW_MS);
+        }
+        let slot = (cmd.user.clone(), idem.key.clone());
+        match self.keys.get(&slot) {
+            Some(r) if cmd.issued_at.saturating_sub(r.at_ms) < IDEMPOTENCY_WINDOW_MS => {
+                if r.fingerprint == idem.fingerprint {
+                    Claim::Repeat {
+                        command_id: r.command_id,
+                        todo_id: r.todo_id,
+                    }
+                } else {
+                    Claim::Reused
+                }
+            }
+            _ => {
+                remember_key(&mut self.keys, cmd);
+                Claim::New
+            }
+        }
+    }
+
+    /// Forget the claims of commands that were not made durable.
+    pub fn unclaim(&mut self, cmd: &TodoCommand) {
+        if let Some(idem) = &cmd.idempotency {
+            let slot = (cmd.user.clone(), idem.key.clone());
+            if self.keys.get(&slot).map(|r| r.command_id) == Some(cmd.command_id) {
+                self.keys.remove(&slot);
+            }
+        }
+    }
+
 
     /// Apply one command once; a command id seen before keeps its first
     /// outcome and changes nothing.
@@ -85,6 +173,16 @@ impl Store {
             if let Some(outcome) = self.outcomes.get(&cmd.command_id) {
                 outcomes.push(*outcome);
                 continue;
+            }
+            // A replayed log rebuilds the key records.
+            if let Some(idem) = &cmd.idempotency {
+                let slot = (cmd.user.clone(), idem.key.clone());
+                let live = self.keys.get(&slot).is_some_and(|r| {
+                    cmd.issued_at.saturating_sub(r.at_ms) < IDEMPOTENCY_WINDOW_MS
+                });
+                if !live {
+                    remember_key(&mut self.keys, cmd);
+                }
             }
             let decided = decide(&model.facts(cmd), cmd);
             let outcome = match decided {
@@ -152,6 +250,22 @@ impl Store {
     }
 }
 
+fn remember_key(keys: &mut HashMap<(String, String), KeyRecord>, cmd: &TodoCommand) {
+    if let Some(idem) = &cmd.idempotency {
+        keys.insert(
+            (cmd.user.clone(), idem.key.clone()),
+            KeyRecord {
+                user: cmd.user.clone(),
+                key: idem.key.clone(),
+                fingerprint: idem.fingerprint.clone(),
+                command_id: cmd.command_id,
+                todo_id: cmd.todo_id,
+                at_ms: cmd.issued_at,
+            },
+        );
+    }
+}
+
 fn remember(
     outcomes: &mut HashMap<u64, Outcome>,
     order: &mut VecDeque<u64>,
@@ -185,6 +299,7 @@ mod tests {
             issued_at: 1,
             name: None,
             password_hash: None,
+            idempotency: None,
         }
     }
 
@@ -195,6 +310,7 @@ mod tests {
             todos: vec![],
             users: vec![],
             categories: vec![],
+            keys: vec![],
         });
         assert_eq!(s.apply(&create(1, 10, "a")), Outcome::Applied);
         assert_eq!(s.apply(&create(1, 10, "a")), Outcome::Applied);
@@ -212,6 +328,7 @@ mod tests {
             todos: vec![],
             users: vec![],
             categories: vec![],
+            keys: vec![],
         });
         for i in 1..=5 {
             s.apply(&create(i, i * 100, "a"));
@@ -222,5 +339,52 @@ mod tests {
         use sonic_rs::JsonValueTrait;
         assert_eq!(v[0]["id"].as_u64(), Some(500));
         assert_eq!(v[4]["id"].as_u64(), Some(100));
+    }
+
+    #[test]
+    fn a_key_stands_for_its_first_command_and_survives_the_image() {
+        let mut s = Store::from_image(StoreImage::seeded(vec![]));
+        let keyed = |command_id, todo_id, fingerprint: &str| TodoCommand {
+            idempotency: Some(todo_model::Idempotency {
+                key: "k1".into(),
+                fingerprint: fingerprint.into(),
+            }),
+            ..create(command_id, todo_id, "a")
+        };
+        let first = keyed(1, 10, "f");
+        assert_eq!(s.claim(&first), Claim::New);
+        s.apply(&first);
+        assert_eq!(
+            s.claim(&keyed(2, 20, "f")),
+            Claim::Repeat {
+                command_id: 1,
+                todo_id: 10
+            }
+        );
+        assert_eq!(s.claim(&keyed(3, 30, "g")), Claim::Reused);
+        // Another user's key of the same name is another key.
+        let other = TodoCommand {
+            user: "b".into(),
+            ..keyed(4, 40, "g")
+        };
+        assert_eq!(s.claim(&other), Claim::New);
+        // The state file keeps the records; so does a replayed log.
+        let mut again = Store::from_image(s.image());
+        assert_eq!(again.claim(&keyed(5, 50, "g")), Claim::Reused);
+        let mut replayed = Store::from_image(StoreImage::seeded(vec![]));
+        replayed.apply(&first);
+        assert_eq!(
+            replayed.claim(&keyed(6, 60, "f")),
+            Claim::Repeat {
+                command_id: 1,
+                todo_id: 10
+            }
+        );
+        // Past the window the key is free again.
+        let late = TodoCommand {
+            issued_at: first.issued_at + IDEMPOTENCY_WINDOW_MS,
+            ..keyed(7, 70, "g")
+        };
+        assert_eq!(s.claim(&late), Claim::New);
     }
 }

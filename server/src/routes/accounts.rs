@@ -59,6 +59,7 @@ pub async fn complete_register(
     c: Credentials,
     out: &mut Vec<u8>,
     reply: Reply,
+    trace: &crate::trace::Trace,
 ) -> u16 {
     let Some(hash) = core.services.accounts.hash(c.password).await else {
         return reply.error(
@@ -76,10 +77,11 @@ pub async fn complete_register(
         issued_at: todo_model::now_ms(),
         name: None,
         password_hash: Some(hash),
+        idempotency: None,
     };
     let (id, command_id) = (cmd.todo_id, cmd.command_id);
     let username = cmd.user.clone();
-    match core.backend.apply(cmd).await {
+    match core.backend.apply(cmd, Some(trace)).await {
         Ok(Some(Outcome::Applied)) => {
             let mut body = Vec::with_capacity(64);
             render_user(id, &username, &mut body);
@@ -98,7 +100,7 @@ pub async fn complete_register(
                 format!("registration refused: {}", r.as_str()),
             ),
         ),
-        Ok(None) => super::todos::accepted(core, (command_id, id), Ok(()), out, reply),
+        Ok(None) => super::todos::accepted(core, Ok((command_id, id)), out, reply),
         Err(e) => reply.error(core, out, &e),
     }
 }

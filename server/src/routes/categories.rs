@@ -87,6 +87,7 @@ pub fn request(
         issued_at: todo_model::now_ms(),
         name,
         password_hash: None,
+        idempotency: None,
     };
     let model = &core.services.model;
     match (req.method, id) {
@@ -134,7 +135,13 @@ fn not_empty(todos: usize) -> HttpError {
     )
 }
 
-pub async fn complete(core: &Core, pending: Pending, out: &mut Vec<u8>, reply: Reply) -> u16 {
+pub async fn complete(
+    core: &Core,
+    pending: Pending,
+    out: &mut Vec<u8>,
+    reply: Reply,
+    trace: &crate::trace::Trace,
+) -> u16 {
     let (cmd, subject, id) = match pending {
         Pending::Get(subject, id) => {
             return match core.backend.category(&core.services.model, id).await {
@@ -150,9 +157,9 @@ pub async fn complete(core: &Core, pending: Pending, out: &mut Vec<u8>, reply: R
     };
     let op = cmd.op;
     let (command_id, name, issued_at) = (cmd.command_id, cmd.name.clone(), cmd.issued_at);
-    let outcome = match core.backend.apply(cmd).await {
+    let outcome = match core.backend.apply(cmd, Some(trace)).await {
         Ok(Some(outcome)) => outcome,
-        Ok(None) => return super::todos::accepted(core, (command_id, id), Ok(()), out, reply),
+        Ok(None) => return super::todos::accepted(core, Ok((command_id, id)), out, reply),
         Err(e) => return reply.error(core, out, &e),
     };
     match (op, outcome) {

@@ -3,16 +3,24 @@
 use todo_model::Outcome;
 
 use super::Reply;
+use crate::backend::Status;
 use crate::errors;
 use crate::per_core::Core;
 
-/// 200 `{"command_id":..,"status":"applied"}` or
+/// 200 `{"command_id":..,"status":"pending"}` (accepted by any server, not
+/// applied yet), `{"command_id":..,"status":"applied"}` or
 /// `{"command_id":..,"status":"rejected","reason":"not_owner"}`; 404 when
-/// unknown (never accepted, or older than the outcomes kept); 503 when the
+/// unknown (never accepted, or older than what is kept); 503 when the
 /// store cannot be read now.
 pub async fn outcome(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    let outcome = match core.backend.outcome(id).await {
-        Ok(Some(outcome)) => outcome,
+    let outcome = match core.backend.status(id).await {
+        Ok(Some(Status::Done(outcome))) => outcome,
+        Ok(Some(Status::Pending)) => {
+            let body = format!(r#"{{"command_id":{id},"status":"pending"}}"#);
+            // Polled: never cached.
+            reply.with_headers(core, out, 200, b"\r\nCache-Control: no-store", &[body.as_bytes()]);
+            return 200;
+        }
         Ok(None) => return reply.error(core, out, &errors::COMMAND_NOT_FOUND),
         Err(unavailable) => return reply.error(core, out, &unavailable.answer()),
     };

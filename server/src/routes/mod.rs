@@ -19,6 +19,7 @@ use todo_model::TodoCommand;
 use crate::errors;
 use crate::metrics::Route;
 use crate::per_core::Core;
+use crate::trace::Trace;
 use todo_http::http1::{Method, Request};
 use todo_http::response::{self, Persist};
 use todo_http::HttpError;
@@ -35,7 +36,8 @@ pub enum Action {
 pub enum Pending {
     Submit(TodoCommand),
     /// A todo write naming a category this server's read model does not
-    /// know (yet): asked of the backend before the command is submitted.
+    /// know (yet), or carrying an `Idempotency-Key`: the category is asked
+    /// of the backend and the key claimed before the command is submitted.
     SubmitChecked(TodoCommand),
     GetTodo(u64),
     Outcome(u64),
@@ -238,19 +240,16 @@ pub async fn complete(
     pending: Pending,
     out: &mut Vec<u8>,
     reply: Reply,
+    trace: &Trace,
 ) -> (Route, u16) {
     match pending {
         Pending::Submit(cmd) => {
-            let ids = (cmd.command_id, cmd.todo_id);
-            let result = core.backend.finish(core.backend.start(cmd)).await;
-            (
-                Route::TodosWrite,
-                todos::accepted(core, ids, result, out, reply),
-            )
+            let result = core.backend.submit(cmd, Some(trace)).await;
+            (Route::TodosWrite, todos::accepted(core, result, out, reply))
         }
         Pending::SubmitChecked(cmd) => (
             Route::TodosWrite,
-            todos::submit_checked(core, cmd, out, reply).await,
+            todos::submit_checked(core, cmd, out, reply, trace).await,
         ),
         Pending::GetTodo(id) => (Route::TodosGet, todos::get_slow(core, id, out, reply).await),
         Pending::Search(search) => (
@@ -259,7 +258,7 @@ pub async fn complete(
         ),
         Pending::Register(c) => (
             Route::Users,
-            accounts::complete_register(core, c, out, reply).await,
+            accounts::complete_register(core, c, out, reply, trace).await,
         ),
         Pending::Login(c, peer) => (
             Route::Sessions,
@@ -268,7 +267,7 @@ pub async fn complete(
         Pending::Me(subject) => (Route::Users, accounts::me(core, subject, out, reply).await),
         Pending::Category(p) => (
             Route::Categories,
-            categories::complete(core, p, out, reply).await,
+            categories::complete(core, p, out, reply, trace).await,
         ),
         Pending::Outcome(id) => (
             Route::Commands,
@@ -280,11 +279,16 @@ pub async fn complete(
 /// The subject of the request's bearer token (401 without a valid one).
 pub fn subject(core: &Core, req: &Request<'_>) -> Result<String, HttpError> {
     let now = todo_model::now_ms() / 1000;
-    core.tokens
+    let subject = core
+        .tokens
         .borrow_mut()
         .subject(&core.verifier, req.authorization, now)
         .map(|s| s.to_string())
-        .map_err(|e| errors::unauthorized(e.to_string()))
+        .map_err(|e| errors::unauthorized(e.to_string()))?;
+    if core.log.logging() {
+        *core.seen_user.borrow_mut() = Some(subject.clone());
+    }
+    Ok(subject)
 }
 
 /// A JSON object body of type `T` (`what` names it in errors): 411

@@ -2,7 +2,10 @@
 
 use std::rc::Rc;
 
-use todo_model::{Fields, Op, TodoCommand, SNAPSHOT_MAX};
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+use todo_model::{Fields, Idempotency, Op, TodoCommand, SNAPSHOT_MAX};
 
 use super::{Action, Pending, Reply};
 use crate::cache::{page_key, CachedPage};
@@ -11,6 +14,7 @@ use crate::metrics::Route;
 use crate::per_core::{list_headers, not_modified, Core};
 use crate::query::ListQuery;
 use crate::search::{render_page, Rendered};
+use crate::trace::Trace;
 use todo_http::http1::{Method, Request};
 use todo_http::response::Persist;
 use todo_http::HttpError;
@@ -212,6 +216,7 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending,
         None => core.next_id(),
     };
     let category = fields.category_id.flatten();
+    let idempotency = idempotency(req)?;
     let cmd = TodoCommand {
         command_id: core.next_id(),
         op,
@@ -221,9 +226,15 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending,
         issued_at: todo_model::now_ms(),
         name: None,
         password_hash: None,
+        idempotency,
     };
+    let keyed = cmd.idempotency.is_some();
     let Some(category) = category else {
-        return Ok(Pending::Submit(cmd));
+        return Ok(if keyed {
+            Pending::SubmitChecked(cmd)
+        } else {
+            Pending::Submit(cmd)
+        });
     };
     // The category must be one of the writer's own: 422 now; the apply
     // rule holds it either way. A model that may lag (made or deleted on
@@ -232,9 +243,43 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending,
         return Ok(Pending::SubmitChecked(cmd));
     }
     match core.services.model.read().category(category) {
+        Some(c) if c.owner == cmd.user && keyed => Ok(Pending::SubmitChecked(cmd)),
         Some(c) if c.owner == cmd.user => Ok(Pending::Submit(cmd)),
         _ => Err(UNKNOWN_CATEGORY),
     }
+}
+
+/// The write's `Idempotency-Key` (1-255 visible ASCII characters; 400
+/// otherwise) with the request's fingerprint: SHA-256 of the method, the
+/// path and the body (a DELETE's body is ignored, as above).
+fn idempotency(req: &Request<'_>) -> Result<Option<Idempotency>, HttpError> {
+    let Some(key) = req.idempotency_key else {
+        return Ok(None);
+    };
+    let key = key.trim_ascii();
+    if key.is_empty() || key.len() > 255 || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(errors::INVALID_IDEMPOTENCY_KEY);
+    }
+    let mut hash = Sha256::new();
+    hash.update(req.method.as_str());
+    hash.update(b" ");
+    hash.update(req.path);
+    hash.update(b"\n");
+    if req.method != Method::Delete {
+        hash.update(req.body.bytes());
+    }
+    let fingerprint = hash
+        .finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+    Ok(Some(Idempotency {
+        // Checked above: visible ASCII.
+        key: String::from_utf8_lossy(key).into_owned(),
+        fingerprint,
+    }))
 }
 
 pub const UNKNOWN_CATEGORY: HttpError = HttpError::new(
@@ -244,14 +289,23 @@ pub const UNKNOWN_CATEGORY: HttpError = HttpError::new(
     false,
 );
 
-/// Submit a todo write once the backend confirmed its category.
-pub async fn submit_checked(core: &Core, cmd: TodoCommand, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    let category = cmd.fields.category_id.flatten().unwrap_or(0);
+/// Submit a todo write once the backend confirmed its category and, for a
+/// keyed write, claimed its `Idempotency-Key`.
+pub async fn submit_checked(
+    core: &Core,
+    cmd: TodoCommand,
+    out: &mut Vec<u8>,
+    reply: Reply,
+    trace: &Trace,
+) -> u16 {
+    let category = match cmd.fields.category_id.flatten() {
+        Some(category) if core.backend.lags() => category,
+        // Checked already (or none): only the key is left to claim.
+        _ => return accepted(core, core.backend.submit(cmd, Some(trace)).await, out, reply),
+    };
     match core.backend.category(&core.services.model, category).await {
         Ok(Some(c)) if c.owner == cmd.user => {
-            let ids = (cmd.command_id, cmd.todo_id);
-            let result = core.backend.finish(core.backend.start(cmd)).await;
-            accepted(core, ids, result, out, reply)
+            accepted(core, core.backend.submit(cmd, Some(trace)).await, out, reply)
         }
         Ok(_) => reply.error(core, out, &UNKNOWN_CATEGORY),
         Err(unavailable) => reply.error(core, out, &unavailable.answer()),
@@ -285,13 +339,12 @@ pub fn parse_body(body: &[u8]) -> Result<Fields, HttpError> {
 /// durable, the backend's error otherwise.
 pub fn accepted(
     core: &Core,
-    (command_id, todo_id): (u64, u64),
-    result: Result<(), HttpError>,
+    result: Result<(u64, u64), HttpError>,
     out: &mut Vec<u8>,
     reply: Reply,
 ) -> u16 {
     match result {
-        Ok(()) => {
+        Ok((command_id, todo_id)) => {
             let mut body = Vec::with_capacity(64);
             body.extend_from_slice(b"{\"command_id\":");
             body.extend_from_slice(itoa::Buffer::new().format(command_id).as_bytes());
