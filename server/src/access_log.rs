@@ -258,16 +258,19 @@ mod tests {
         };
         let log = AccessLog::new(Mode::On, 2, Some(sink));
         let metrics = CoreMetrics::default();
-        log.write(&metrics, &Entry {
-            method: "GET",
-            path: "/todos",
-            query: "q=\u{1}x",
-            status: 200,
-            bytes: 10,
-            started: Instant::now(),
-            request_id: "r1",
-            user: Some("al\\ice"),
-        });
+        log.write(
+            &metrics,
+            &Entry {
+                method: "GET",
+                path: "/todos",
+                query: "q=\u{1}x",
+                status: 200,
+                bytes: 10,
+                started: Instant::now(),
+                request_id: "r1",
+                user: Some("al\\ice"),
+            },
+        );
         log.flush(&metrics);
         let buf = rx.try_recv().unwrap();
         let v: sonic_rs::Value = sonic_rs::from_slice(&buf).unwrap();

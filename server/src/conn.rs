@@ -32,10 +32,10 @@ use std::os::fd::AsRawFd;
 
 use crate::access_log;
 use crate::backend::Submission;
-use crate::trace::Trace;
 use crate::metrics::Route;
 use crate::per_core::Core;
 use crate::routes::{self, todos, Action, Pending, Reply};
+use crate::trace::Trace;
 use todo_http::http1::{self, Method, Parsed};
 use todo_http::response::{self, Persist};
 use todo_http::HttpError;
@@ -396,16 +396,19 @@ fn answered(
     trace.header_lines(&mut lines);
     crate::trace::stamp(out, start, &lines);
     if let Some(info) = info {
-        core.log.write(core.metrics(), &access_log::Entry {
-            method: info.method,
-            path: &info.path,
-            query: &info.query,
-            status,
-            bytes: out.len() - start,
-            started,
-            request_id: &trace.request_id,
-            user: info.user.as_deref(),
-        });
+        core.log.write(
+            core.metrics(),
+            &access_log::Entry {
+                method: info.method,
+                path: &info.path,
+                query: &info.query,
+                status,
+                bytes: out.len() - start,
+                started,
+                request_id: &trace.request_id,
+                user: info.user.as_deref(),
+            },
+        );
     }
 }
 

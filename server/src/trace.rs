@@ -128,7 +128,9 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(&str, &str)> {
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |p: &str, n: usize| {
-        p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let zero = |p: &str| p.bytes().all(|b| b == b'0');
     if parts.next().is_some()

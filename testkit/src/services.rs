@@ -158,6 +158,12 @@ impl Env {
     /// failing test leaves none behind.
     /// Ready once its metrics listener is (its `addr`: `GET /metrics`).
     pub fn start_worker(&self) -> crate::process::Proc {
+        self.start_worker_with_stdout(Stdio::null())
+    }
+
+    /// [`Env::start_worker`] with its standard output (the command log)
+    /// going to `stdout`.
+    pub fn start_worker_with_stdout(&self, stdout: impl Into<Stdio>) -> crate::process::Proc {
         let mut cmd = Command::new(worker_bin());
         cmd.env("TODO_WORKER_METRICS_LISTEN", "127.0.0.1:0")
             .env("KAFKA_BROKERS", &self.brokers)
@@ -166,7 +172,7 @@ impl Env {
             .env("TODO_COMMANDS_TOPIC", &self.topic)
             .env("TODO_WORKER_GROUP", &self.group)
             .env("TODO_SEED", "100")
-            .stdout(Stdio::null());
+            .stdout(stdout);
         crate::process::Proc::spawn("worker", cmd, Duration::from_secs(30))
     }
 

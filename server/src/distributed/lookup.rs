@@ -291,7 +291,10 @@ async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
             if conn.is_none() {
                 conn = Some(Connection::connect(&url).await?);
             }
-            conn.as_mut().expect("connected above").pipeline(&commands).await
+            conn.as_mut()
+                .expect("connected above")
+                .pipeline(&commands)
+                .await
         };
         let replies = match tokio::time::timeout(MARK_TIMEOUT, replies).await {
             Ok(Ok(replies)) => {

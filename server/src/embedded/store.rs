@@ -156,7 +156,6 @@ impl Store {
         }
     }
 
-
     /// Apply one command once; a command id seen before keeps its first
     /// outcome and changes nothing.
     pub fn apply(&mut self, cmd: &TodoCommand) -> Outcome {
@@ -177,9 +176,10 @@ impl Store {
             // A replayed log rebuilds the key records.
             if let Some(idem) = &cmd.idempotency {
                 let slot = (cmd.user.clone(), idem.key.clone());
-                let live = self.keys.get(&slot).is_some_and(|r| {
-                    cmd.issued_at.saturating_sub(r.at_ms) < IDEMPOTENCY_WINDOW_MS
-                });
+                let live = self
+                    .keys
+                    .get(&slot)
+                    .is_some_and(|r| cmd.issued_at.saturating_sub(r.at_ms) < IDEMPOTENCY_WINDOW_MS);
                 if !live {
                     remember_key(&mut self.keys, cmd);
                 }

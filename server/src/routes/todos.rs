@@ -94,6 +94,9 @@ pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) ->
             .subject(&core.verifier, Some(auth), now)
             .ok()
     });
+    if core.log.logging() {
+        *core.seen_user.borrow_mut() = subject.as_deref().map(str::to_string);
+    }
     let version = core.services.model.version();
     {
         // Built in the core's scratch buffer: a hit allocates nothing.
@@ -301,12 +304,22 @@ pub async fn submit_checked(
     let category = match cmd.fields.category_id.flatten() {
         Some(category) if core.backend.lags() => category,
         // Checked already (or none): only the key is left to claim.
-        _ => return accepted(core, core.backend.submit(cmd, Some(trace)).await, out, reply),
+        _ => {
+            return accepted(
+                core,
+                core.backend.submit(cmd, Some(trace)).await,
+                out,
+                reply,
+            )
+        }
     };
     match core.backend.category(&core.services.model, category).await {
-        Ok(Some(c)) if c.owner == cmd.user => {
-            accepted(core, core.backend.submit(cmd, Some(trace)).await, out, reply)
-        }
+        Ok(Some(c)) if c.owner == cmd.user => accepted(
+            core,
+            core.backend.submit(cmd, Some(trace)).await,
+            out,
+            reply,
+        ),
         Ok(_) => reply.error(core, out, &UNKNOWN_CATEGORY),
         Err(unavailable) => reply.error(core, out, &unavailable.answer()),
     }

@@ -100,7 +100,21 @@ impl Server {
 
 /// The bytes of a request with an optional bearer token and JSON body.
 pub fn request(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Vec<u8> {
+    request_with(method, path, token, body, &[])
+}
+
+/// [`request`] with extra header lines (`("Idempotency-Key", "k1")`).
+pub fn request_with(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }

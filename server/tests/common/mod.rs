@@ -92,6 +92,15 @@ impl Server {
             .arg(&data_dir)
             .args(extra)
             .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
+        // Standard output (the access log) is kept for the test to read;
+        // appended, so a restarted server adds to it.
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let stdout = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("stdout.log"))
+            .expect("stdout file");
+        cmd.stdout(stdout);
         let proc = Proc::spawn("server", cmd, Duration::from_secs(60));
         let cores = extra
             .windows(2)
@@ -105,6 +114,11 @@ impl Server {
             data_dir,
             driver,
         }
+    }
+
+    /// What the server printed on standard output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("stdout.log")).unwrap_or_default()
     }
 
     pub fn connect(&self) -> TcpStream {
