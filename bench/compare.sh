@@ -4,7 +4,9 @@
 # instruction counts. Prints a markdown table (also saved to
 # bench/results/compare-latest.md), then the reference topology
 # (bench/topology.sh: nginx least_conn vs todo-lb vs SO_REUSEPORT, TOPOLOGY=0
-# skips it) and the write row (bench/writes.sh, WRITES=0 skips it).
+# skips it) and the write row (bench/writes.sh, WRITES=0 skips it). A
+# "todo-server, access log on" row runs this build with TODO_ACCESS_LOG=on
+# (lines to a file) beside the same build with it off (ACCESS_LOG=0 skips).
 #
 #   ./bench/compare.sh [--duration 10s] [--connections 2000] [--baseline-bin PATH]
 #
@@ -67,6 +69,18 @@ if [ -n "$BASELINE_BIN" ]; then
   BASE_URL="http://127.0.0.1:$BASE_PORT/todos?limit=1"
 fi
 
+# --- this build with the access log on (ACCESS_LOG=0 skips) ---------------------
+# The same settings; its JSON lines go to a file, as an operator would keep them.
+if [ "${ACCESS_LOG:-1}" = 1 ]; then
+  LOG_PORT=$(free_port)
+  mkdir -p "$WORK/log-data"
+  start_server "$LOG_PORT" "$WORK/log-data" --cores 1 --pin false --access-log on > "$WORK/access.log"
+  pin "$SERVER_CPU" "$SERVER_PID"
+  PIDS+=("$SERVER_PID")
+  LOG_PID=$SERVER_PID
+  LOG_URL="http://127.0.0.1:$LOG_PORT/todos?limit=1"
+fi
+
 # --- nginx, one worker, the same body -------------------------------------------
 curl -fs "$TODO_URL" > "$WORK/body.json"
 NGINX_PORT=$(free_port)
@@ -112,6 +126,7 @@ run_bench() {
 for depth in 1 80; do
   run_bench todo "$TODO_URL" "$depth" "$TODO_PID"
   if [ -n "$BASELINE_BIN" ]; then run_bench baseline "$BASE_URL" "$depth" "$BASE_PID"; fi
+  if [ -n "${LOG_PID:-}" ]; then run_bench logged "$LOG_URL" "$depth" "$LOG_PID"; fi
   run_bench nginx "$NGINX_URL" "$depth" "${NGINX_PIDS[@]}"
 done
 
@@ -184,7 +199,14 @@ if [ -n "$BASELINE_BIN" ]; then
   BASELINE_ARGS=("$BASELINE_BIN" "${RPS[baseline/1]}" "${P99[baseline/1]}" "${NS[baseline/1]}" \
     "${RPS[baseline/80]}" "${P99[baseline/80]}" "${NS[baseline/80]}")
 fi
-BASE_IR=$BASE_IR python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" "$WRK_REQUESTS" "$WRK_CPU" "$BENCH_CPU" "$BENCH_RESPONSES" \
+LOGGED=""
+if [ -n "${LOG_PID:-}" ]; then
+  LOG_LINES=$(wc -l < "$WORK/access.log")
+  LOG_DROPPED=$(curl -fs "http://127.0.0.1:$LOG_PORT/metrics" | awk '/^todo_access_log_dropped_total/ {print $2}')
+  LOGGED="${RPS[logged/1]} ${P99[logged/1]} ${NS[logged/1]} ${RPS[logged/80]} ${P99[logged/80]} ${NS[logged/80]} $LOG_LINES ${LOG_DROPPED:-0}"
+  rm -f "$WORK/access.log"
+fi
+LOGGED=$LOGGED BASE_IR=$BASE_IR python3 - "$CONNECTIONS" "$DURATION" "$WRK_RPS" "$TODO_IR" "$NGINX_IR" "$WRK_REQUESTS" "$WRK_CPU" "$BENCH_CPU" "$BENCH_RESPONSES" \
   "${RPS[todo/1]}" "${P99[todo/1]}" "${NS[todo/1]}" "${RPS[nginx/1]}" "${P99[nginx/1]}" "${NS[nginx/1]}" \
   "${RPS[todo/80]}" "${P99[todo/80]}" "${NS[todo/80]}" "${RPS[nginx/80]}" "${P99[nginx/80]}" "${NS[nginx/80]}" \
   "${BASELINE_ARGS[@]}" \
@@ -199,6 +221,11 @@ baseline = a[21] if len(a) > 21 else None  # --baseline-bin PATH, then its rows 
 if baseline:
     b = list(map(float, a[22:28]))
     rows[('baseline', 1)], rows[('baseline', 80)] = b[0:3], b[3:6]
+logged = os.environ.get("LOGGED", "").split()
+if logged:
+    g = list(map(float, logged))
+    rows[('logged', 1)], rows[('logged', 80)] = g[0:3], g[3:6]
+    log_lines, log_dropped = int(g[6]), int(g[7])
 cpu = next((l.split(':',1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '?')
 print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}.")
 print(f"Server on one core, client (todo-bench, one executor) on another; -c {conns}, {duration} per row, GET /todos?limit=1.\n")
@@ -209,11 +236,19 @@ for d in (1, 80):
     servers = [('todo-server', t)]
     if baseline:
         servers.append(('todo-server (baseline)', rows[('baseline', d)]))
+    if logged:
+        servers.append(('todo-server, access log on', rows[('logged', d)]))
     servers.append(('nginx (same bytes)', n))
     for name, r in servers:
         print(f"| {name} | {d} | {r[0]:,.0f} | {r[1]/1000:.1f} ms | {r[2]:,.0f} ns | {r[0]/n[0]:.2f}x | {r[2]/n[2]:.3f} |")
 if baseline:
     print(f"\nDepth 80, server CPU/request, this build / baseline ({baseline}): {rows[('todo', 80)][2]:,.0f} / {rows[('baseline', 80)][2]:,.0f} ns = {rows[('todo', 80)][2]/rows[('baseline', 80)][2]:.3f}.")
+if logged:
+    print("\nAccess log on / off (TODO_ACCESS_LOG=on, lines to a file), same build, same run:")
+    for d in (1, 80):
+        on, off = rows[('logged', d)], rows[('todo', d)]
+        print(f"- depth {d}: req/s {on[0]/off[0]:.3f}, server CPU/request {on[2]/off[2]:.3f}")
+    print(f"- {log_lines:,} lines written, {log_dropped:,} dropped (the writer behind)")
 bench80 = rows[('todo', 80)][0]
 bench_ns = bench_cpu * 1e9 / bench_responses
 wrk_ns = wrk_cpu * 1e9 / wrk_requests

@@ -19,6 +19,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -96,12 +97,16 @@ pub struct Entry<'a> {
 
 /// A core's access log.
 pub struct AccessLog {
+    /// False when the log is off: one load on the hot path.
+    pub on: bool,
     mode: Mode,
     core: usize,
     sink: Option<Sink>,
     seen: Cell<u32>,
     /// Whether the request being answered is logged.
     now: Cell<bool>,
+    /// The formatted time up to the second, and which second.
+    second: RefCell<(u64, Vec<u8>)>,
     buf: RefCell<Vec<u8>>,
 }
 
@@ -109,11 +114,13 @@ impl AccessLog {
     pub fn new(mode: Mode, core: usize, sink: Option<Sink>) -> AccessLog {
         let mode = if sink.is_none() { Mode::Off } else { mode };
         AccessLog {
+            on: mode != Mode::Off,
             mode,
             core,
             sink,
             seen: Cell::new(0),
             now: Cell::new(false),
+            second: RefCell::new((0, Vec::new())),
             buf: RefCell::new(Vec::new()),
         }
     }
@@ -152,28 +159,27 @@ impl AccessLog {
     pub fn write(&self, metrics: &CoreMetrics, e: &Entry<'_>) {
         let Some(sink) = &self.sink else { return };
         let mut buf = self.buf.borrow_mut();
-        let duration = e.started.elapsed().as_micros();
+        let duration = e.started.elapsed().as_micros() as u64;
+        let mut n = itoa::Buffer::new();
         buf.extend_from_slice(b"{\"time\":\"");
-        let _ = write!(
-            buf,
-            "{}",
-            humantime::format_rfc3339_micros(SystemTime::now())
-        );
+        self.time(&mut buf);
         buf.extend_from_slice(b"\",\"instance\":");
         json_str(&mut buf, &sink.instance);
-        let _ = write!(
-            buf,
-            ",\"core\":{},\"method\":\"{}\",\"path\":",
-            self.core, e.method
-        );
+        buf.extend_from_slice(b",\"core\":");
+        buf.extend_from_slice(n.format(self.core).as_bytes());
+        buf.extend_from_slice(b",\"method\":\"");
+        buf.extend_from_slice(e.method.as_bytes());
+        buf.extend_from_slice(b"\",\"path\":");
         json_str(&mut buf, e.path);
         buf.extend_from_slice(b",\"query\":");
         json_str(&mut buf, e.query);
-        let _ = write!(
-            buf,
-            ",\"status\":{},\"bytes\":{},\"duration_us\":{duration},\"request_id\":",
-            e.status, e.bytes
-        );
+        buf.extend_from_slice(b",\"status\":");
+        buf.extend_from_slice(n.format(e.status).as_bytes());
+        buf.extend_from_slice(b",\"bytes\":");
+        buf.extend_from_slice(n.format(e.bytes).as_bytes());
+        buf.extend_from_slice(b",\"duration_us\":");
+        buf.extend_from_slice(n.format(duration).as_bytes());
+        buf.extend_from_slice(b",\"request_id\":");
         json_str(&mut buf, e.request_id);
         if let Some(user) = e.user {
             buf.extend_from_slice(b",\"user\":");
@@ -184,6 +190,31 @@ impl AccessLog {
             drop(buf);
             self.flush(metrics);
         }
+    }
+
+    /// RFC 3339 UTC with microseconds; the part up to the second is
+    /// formatted once a second.
+    fn time(&self, buf: &mut Vec<u8>) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut second = self.second.borrow_mut();
+        if second.0 != now.as_secs() || second.1.is_empty() {
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+            // "2026-11-30T21:00:00Z" without its "Z".
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            second.0 = now.as_secs();
+            second.1 = text.trim_end_matches('Z').as_bytes().to_vec();
+        }
+        buf.extend_from_slice(&second.1);
+        let micros = now.subsec_micros();
+        let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'Z'];
+        let mut m = micros;
+        for d in digits[1..7].iter_mut().rev() {
+            *d = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        buf.extend_from_slice(&digits);
     }
 
     /// Hand the buffered lines to the writer (each second, and when full).
@@ -204,6 +235,11 @@ impl AccessLog {
 /// `s` as a JSON string (RFC 8259 §7).
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.extend_from_slice(b"\\\""),
@@ -238,11 +274,13 @@ mod tests {
     #[test]
     fn sample_logs_one_in_n() {
         let log = AccessLog {
+            on: true,
             mode: Mode::Sample(4),
             core: 0,
             sink: None,
             seen: Cell::new(0),
             now: Cell::new(false),
+            second: RefCell::new((0, Vec::new())),
             buf: RefCell::new(Vec::new()),
         };
         let hits = (0..100).filter(|_| log.wants()).count();
@@ -280,5 +318,8 @@ mod tests {
         assert_eq!(v["query"].as_str(), Some("q=\u{1}x"));
         assert_eq!(v["user"].as_str(), Some("al\\ice"));
         assert_eq!(v["status"].as_u64(), Some(200));
+        let time = v["time"].as_str().unwrap();
+        assert_eq!(time.len(), "2026-11-30T21:00:00.123456Z".len(), "{time}");
+        humantime::parse_rfc3339(time).unwrap();
     }
 }

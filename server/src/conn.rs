@@ -193,7 +193,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     };
                     // Behind a write in flight, a response waits its turn.
                     let behind = !queued.is_empty();
-                    let logged = core.log.wants();
+                    let logged = core.log.on && core.log.wants();
                     let mut later = Vec::new();
                     let target = if behind { &mut later } else { &mut out };
                     let start = target.len();
@@ -203,12 +203,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                             // Ids only where they are used: the hot path
                             // makes none unless asked or logging.
                             if logged || req.request_id.is_some() {
-                                let trace = Trace {
-                                    request_id: core.trace_ids.request_id(req.request_id),
-                                    traceparent: None,
-                                };
-                                let info = logged.then(|| LogInfo::of(core, &req));
-                                answered(core, target, start, &trace, info, status, t0);
+                                identify(core, &req, target, start, logged, status, t0);
                             }
                             if behind {
                                 queued.push_back(Queued::Ready(later));
@@ -249,7 +244,15 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 user: core.seen_user.take().or(i.user),
                                 ..i
                             });
-                            answered(core, &mut out, start, &trace, info, status, t0);
+                            answered(
+                                core,
+                                &mut out,
+                                start,
+                                &trace,
+                                info.as_ref().map(LogInfo::line),
+                                status,
+                                t0,
+                            );
                         }
                     }
                     at += used;
@@ -353,7 +356,15 @@ async fn settle_queued(
                 let start = out.len();
                 let status = todos::accepted(core, result, out, reply);
                 core.metrics().request(Route::TodosWrite, status);
-                answered(core, out, start, &trace, info, status, started);
+                answered(
+                    core,
+                    out,
+                    start,
+                    &trace,
+                    info.as_ref().map(LogInfo::line),
+                    status,
+                    started,
+                );
             }
             Queued::Ready(bytes) => out.extend_from_slice(&bytes),
         }
@@ -370,7 +381,24 @@ struct LogInfo {
     user: Option<String>,
 }
 
+/// What one access log line names about the request.
+struct LogLine<'a> {
+    method: &'static str,
+    path: &'a str,
+    query: &'a str,
+    user: Option<&'a str>,
+}
+
 impl LogInfo {
+    fn line(&self) -> LogLine<'_> {
+        LogLine {
+            method: self.method,
+            path: &self.path,
+            query: &self.query,
+            user: self.user.as_deref(),
+        }
+    }
+
     fn of(core: &Core, req: &http1::Request<'_>) -> LogInfo {
         LogInfo {
             method: req.method.as_str(),
@@ -381,6 +409,34 @@ impl LogInfo {
     }
 }
 
+/// A request answered at once that is logged or sent an id: its id in the
+/// response, its line in the log. Out of line: the hot path's common case
+/// is neither.
+#[cold]
+#[inline(never)]
+fn identify(
+    core: &Core,
+    req: &http1::Request<'_>,
+    out: &mut Vec<u8>,
+    start: usize,
+    logged: bool,
+    status: u16,
+    started: Instant,
+) {
+    let trace = Trace {
+        request_id: core.trace_ids.request_id(req.request_id),
+        traceparent: None,
+    };
+    let user = core.seen_user.take();
+    let line = logged.then(|| LogLine {
+        method: req.method.as_str(),
+        path: req.path,
+        query: req.query,
+        user: user.as_deref(),
+    });
+    answered(core, out, start, &trace, line, status, started);
+}
+
 /// After a response was appended at `out[start..]`: put the request's ids
 /// in its head and, when it is logged, write its access log line.
 fn answered(
@@ -388,25 +444,23 @@ fn answered(
     out: &mut Vec<u8>,
     start: usize,
     trace: &Trace,
-    info: Option<LogInfo>,
+    line: Option<LogLine<'_>>,
     status: u16,
     started: Instant,
 ) {
-    let mut lines = Vec::with_capacity(128);
-    trace.header_lines(&mut lines);
-    crate::trace::stamp(out, start, &lines);
-    if let Some(info) = info {
+    crate::trace::stamp(out, start, trace);
+    if let Some(line) = line {
         core.log.write(
             core.metrics(),
             &access_log::Entry {
-                method: info.method,
-                path: &info.path,
-                query: &info.query,
+                method: line.method,
+                path: line.path,
+                query: line.query,
                 status,
                 bytes: out.len() - start,
                 started,
                 request_id: &trace.request_id,
-                user: info.user.as_deref(),
+                user: line.user,
             },
         );
     }

@@ -27,20 +27,6 @@ pub struct Trace {
     pub traceparent: Option<String>,
 }
 
-impl Trace {
-    /// `X-Request-Id: ...\r\n` and, for writes, `traceparent: ...\r\n`.
-    pub fn header_lines(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"X-Request-Id: ");
-        out.extend_from_slice(self.request_id.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        if let Some(tp) = &self.traceparent {
-            out.extend_from_slice(b"traceparent: ");
-            out.extend_from_slice(tp.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-}
-
 /// A core's maker of ids: no shared state, no syscall.
 pub struct Ids {
     /// Random per process, so ids of different processes differ.
@@ -154,16 +140,33 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// Insert `lines` (whole header lines) after the status line of the
-/// response that starts at `out[start..]`.
-pub fn stamp(out: &mut Vec<u8>, start: usize, lines: &[u8]) {
-    if lines.is_empty() || start >= out.len() {
+/// Insert the trace's header lines after the status line of the response
+/// that starts at `out[start..]`.
+pub fn stamp(out: &mut Vec<u8>, start: usize, trace: &Trace) {
+    if start >= out.len() {
         return;
     }
-    if let Some(i) = memchr::memmem::find(&out[start..], b"\r\n") {
-        let at = start + i + 2;
-        out.splice(at..at, lines.iter().copied());
+    let Some(i) = memchr::memchr(b'\n', &out[start..]) else {
+        return;
+    };
+    let at = start + i + 1;
+    // Header lines are short (an id of at most 128 bytes, a 55-byte
+    // traceparent): built on the stack, moved in with one splice.
+    let mut lines = [0u8; 256];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        lines[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    put(b"X-Request-Id: ");
+    put(trace.request_id.as_bytes());
+    put(b"\r\n");
+    if let Some(tp) = &trace.traceparent {
+        put(b"traceparent: ");
+        put(tp.as_bytes());
+        put(b"\r\n");
     }
+    out.splice(at..at, lines[..len].iter().copied());
 }
 
 #[cfg(test)]
@@ -209,10 +212,20 @@ mod tests {
     #[test]
     fn stamp_goes_after_the_status_line() {
         let mut out = b"junkHTTP/1.1 200 OK\r\nA: b\r\n\r\nbody".to_vec();
-        stamp(&mut out, 4, b"X-Request-Id: 1\r\n");
+        let trace = Trace {
+            request_id: "1".into(),
+            traceparent: None,
+        };
+        stamp(&mut out, 4, &trace);
         assert_eq!(
             out,
             b"junkHTTP/1.1 200 OK\r\nX-Request-Id: 1\r\nA: b\r\n\r\nbody".to_vec()
         );
+        let longest = Trace {
+            request_id: "r".repeat(MAX_REQUEST_ID),
+            traceparent: Some(Ids::new(0).traceparent(None)),
+        };
+        stamp(&mut out, 4, &longest);
+        assert!(String::from_utf8_lossy(&out).contains(&longest.request_id));
     }
 }
