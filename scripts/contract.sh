@@ -32,7 +32,7 @@ SCREENSHOT=""
 parse_flags "$@"
 
 SCHEMATHESIS_VERSION=4.32.5
-CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/todo-contract}
+CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/todo-contract}
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 started=$SECONDS
 
