@@ -117,6 +117,19 @@ fn persist_and_extra(out: &mut Vec<u8>, head: Head<'_>) {
 
 /// Append an error response.
 pub fn append_error(out: &mut Vec<u8>, err: &HttpError, date: &DateCache, persist: Persist) {
+    append_error_to(out, err, date, persist, false);
+}
+
+/// Append an error response to a request that was `HEAD` when `head_only`:
+/// the same head, and no body (RFC 9110 §9.3.2; bytes after it would be
+/// read as the next response on the connection).
+pub fn append_error_to(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateCache,
+    persist: Persist,
+    head_only: bool,
+) {
     let mut extra = Vec::new();
     if let Some(allow) = err.allow {
         extra.extend_from_slice(b"\r\nAllow: ");
@@ -133,7 +146,7 @@ pub fn append_error(out: &mut Vec<u8>, err: &HttpError, date: &DateCache, persis
             status: err.status,
             date,
             persist,
-            head_only: false,
+            head_only,
             text: false,
             extra: &extra,
         },
@@ -182,5 +195,23 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("Connection: close"));
+    }
+
+    #[test]
+    fn an_error_to_head_has_no_body() {
+        let date = DateCache::default();
+        let mut out = Vec::new();
+        append_error_to(
+            &mut out,
+            &HttpError::NOT_FOUND,
+            &date,
+            Persist::KeepAlive,
+            true,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let length = HttpError::NOT_FOUND.body().len();
+        assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+        assert!(text.contains(&format!("\r\nContent-Length: {length}\r\n")));
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
     }
 }

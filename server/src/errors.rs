@@ -25,8 +25,10 @@ pub const BODY_REQUIRED: HttpError = HttpError::new(
     "this request needs a JSON body",
     false,
 );
+/// 503 while draining, before the first snapshot, or (distributed path)
+/// before the read model is loaded; like every 503, with `Retry-After`.
 pub const NOT_READY: HttpError =
-    HttpError::new(503, "not_ready", "the service is not ready", false);
+    HttpError::new(503, "not_ready", "the service is not ready", false).with_retry_after(1);
 
 /// 400: the body is not JSON.
 pub fn bad_json(message: String) -> HttpError {

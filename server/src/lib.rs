@@ -9,7 +9,8 @@
 //!              -> append every response -> one write
 //! routes/      GET /todos?limit=N from the core's snapshot (the hot path),
 //!              GET /todos?... queries, /todos/{id}, writes, /commands/{id},
-//!              /users /sessions /users/me, /categories, /livez /readyz /metrics
+//!              /users /sessions /users/me, /categories, /livez /readyz /metrics,
+//!              /openapi.json (the contract, ../openapi.json) and /docs
 //! query.rs     GET /todos parameters -> ListQuery (filters, sort, cursor)
 //! read_model.rs every todo, user and category in memory, indexed; pages
 //! cache.rs     per-core page cache and verified-token cache

@@ -23,10 +23,12 @@ pub enum Route {
     Categories,
     Health,
     Metrics,
+    /// `/openapi.json`, `/docs` and the page's files.
+    Docs,
     Other,
 }
 
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 12] = [
     "todos_list",
     "todos_query",
     "todos_get",
@@ -37,6 +39,7 @@ const ROUTES: [&str; 11] = [
     "categories",
     "health",
     "metrics",
+    "docs",
     "other",
 ];
 

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod categories;
 pub mod commands;
+pub mod docs;
 pub mod health;
 pub mod todos;
 
@@ -84,7 +85,7 @@ impl Reply {
     }
 
     pub fn error(self, core: &Core, out: &mut Vec<u8>, err: &HttpError) -> u16 {
-        response::append_error(out, err, &core.date, self.persist);
+        response::append_error_to(out, err, &core.date, self.persist, self.head_only);
         err.status
     }
 }
@@ -217,6 +218,9 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
             Ok(p) => Action::Await(Pending::Category(p)),
             Err(e) => done(Route::Categories, e, out),
         };
+    }
+    if docs::owns(req.path) {
+        return Action::Done(Route::Docs, docs::serve(core, req, out, reply));
     }
     let route = match req.path {
         "/livez" | "/readyz" => Route::Health,
