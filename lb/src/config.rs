@@ -108,6 +108,24 @@ pub struct LbConfig {
     /// On SIGTERM, connections still open after this long are closed.
     #[arg(long, env = "TODO_LB_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Admin address answering `GET /metrics` (Prometheus text) and
+    /// `GET /livez`, apart from the proxied traffic; `off` for none
+    /// (default).
+    #[arg(long, env = "TODO_LB_ADMIN", default_value = "off", value_parser = parse_admin)]
+    pub admin: Admin,
+}
+
+/// Where the admin endpoints are served, if anywhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<Admin, String> {
+    if s == "off" {
+        return Ok(Admin(None));
+    }
+    s.parse()
+        .map(|addr| Admin(Some(addr)))
+        .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:9000, or off)"))
 }
 
 impl LbConfig {

@@ -7,6 +7,7 @@
 //!           (client_limits.rs), pick an upstream (pool.rs), ONE write of the
 //!           batch, read the answers, ONE write back in request order
 //! upstream.rs: the upstream set, active health checks, the upstreams file
+//! admin.rs:    --admin ADDR, its own thread: /metrics (metrics.rs) and /livez
 //! ```
 //!
 //! - [`proxy`]: per client connection, parse every request, forward the
@@ -16,10 +17,15 @@
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
 //! - [`client_limits`]: per-client rate and connection limits (429).
+//! - [`metrics`]: per-core counters (clients, and per upstream: requests,
+//!   failures, ejections, latency), summed into Prometheus text.
+//! - [`admin`]: the admin listener answering `/metrics` and `/livez`.
 //! - [`config`]: `todo-lb`'s flags and environment variables.
 
+pub mod admin;
 pub mod client_limits;
 pub mod config;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod upstream;
@@ -29,10 +35,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use todo_runtime::{lifecycle, Shutdown};
+use todo_runtime::{lifecycle, shutdown, Shutdown};
 
+use crate::admin::AdminState;
 use crate::client_limits::{ClientLimitConfig, ClientLimits};
 use crate::config::LbConfig;
+use crate::metrics::CoreMetrics;
 use crate::proxy::LbCore;
 use crate::upstream::{Checks, UpstreamError, UpstreamSet};
 
@@ -61,10 +69,12 @@ pub fn configured_upstreams(config: &LbConfig) -> Result<Vec<std::net::SocketAdd
 }
 
 /// Balance over the configured upstreams on `listeners` (one per core) until
-/// `shutdown` fires and the open connections are done.
+/// `shutdown` fires and the open connections are done; answer `/metrics`
+/// and `/livez` on `admin`, when given, until then.
 pub fn run(
     config: LbConfig,
     listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), LbError> {
     if listeners.is_empty() {
@@ -73,7 +83,10 @@ pub fn run(
     let driver = todo_runtime::resolve_driver(config.driver)?;
     let file_read_at = config.upstreams_file.as_deref().and_then(upstream::stamp);
     let addrs = configured_upstreams(&config)?;
-    let set = Arc::new(UpstreamSet::new(addrs.clone()));
+    let cores = listeners.len();
+    let set = Arc::new(UpstreamSet::new(addrs.clone(), cores));
+    // The one array the cores share, each writing its own slot (see metrics.rs).
+    let metrics: Arc<[CoreMetrics]> = (0..cores).map(|_| CoreMetrics::default()).collect();
     upstream::spawn_checker(
         set.clone(),
         Checks {
@@ -96,19 +109,19 @@ pub fn run(
         .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)
         ^ std::process::id().rotate_left(16);
     let addr = listeners[0].local_addr().ok();
-    let cores = listeners.len();
     let config = Arc::new(config);
     let mut threads = Vec::with_capacity(cores);
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (config, set, clients, shutdown) = (
+        let (config, set, clients, metrics, shutdown) = (
             config.clone(),
             set.clone(),
             clients.clone(),
+            metrics.clone(),
             shutdown.clone(),
         );
         let pin = config.pin;
         let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
-            let core = Rc::new(LbCore::new(index, config, set, clients, id_prefix));
+            let core = Rc::new(LbCore::new(index, config, set, clients, metrics, id_prefix));
             core_main(core, listener, shutdown)
         })
         .map_err(LbError::Thread)?;
@@ -119,7 +132,36 @@ pub fn run(
         addr.map_or_else(|| "?".into(), |a| a.to_string()),
         driver.name(),
     );
+    // The admin thread stops after the cores, so scrapes see the drain.
+    let (mut admin_stop, admin_shutdown) = shutdown::channel();
+    let admin_thread = match admin {
+        Some(listener) => {
+            let at = listener.local_addr().map_err(LbError::Thread)?;
+            let state = AdminState {
+                cores: metrics,
+                set,
+            };
+            let thread = std::thread::Builder::new()
+                .name("todo-lb-admin".into())
+                .spawn(move || {
+                    let serving = admin::serve(listener, state, admin_shutdown);
+                    if let Err(e) =
+                        todo_runtime::cores::block_on(todo_runtime::Driver::Legacy, serving)
+                    {
+                        eprintln!("todo-lb: admin: runtime: {e}");
+                    }
+                })
+                .map_err(LbError::Thread)?;
+            eprintln!("todo-lb: admin endpoints /metrics and /livez on {at}");
+            Some(thread)
+        }
+        None => None,
+    };
     for t in threads {
+        let _ = t.join();
+    }
+    admin_stop.fire();
+    if let Some(t) = admin_thread {
         let _ = t.join();
     }
     Ok(())
@@ -137,9 +179,11 @@ async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) 
     lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
         let core = core.clone();
         core.open.set(core.open.get() + 1);
+        core.metrics().accepted();
         monoio::spawn(async move {
             proxy::serve(core.clone(), stream, peer).await;
             core.open.set(core.open.get() - 1);
+            core.metrics().closed();
         });
     })
     .await;

@@ -4,6 +4,8 @@
 //! All of it is per core and `!Send`: connections and counts are this core's
 //! own, so no lock is taken to pick an upstream. The active checker's
 //! verdict comes from the shared [`UpstreamSet`] (one relaxed load each).
+//! Each member writes its upstream's counters in this core's own slot
+//! ([`Member::stats`]).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::metrics::UpstreamStats;
 use crate::upstream::{Upstream, UpstreamSet};
 
 /// Pool and breaker settings.
@@ -30,6 +33,8 @@ pub struct PoolConfig {
 /// One upstream as this core sees it.
 pub struct Member {
     pub shared: Arc<Upstream>,
+    /// This core's index: its slot in `shared.stats`.
+    core: usize,
     idle: RefCell<Vec<(TcpStream, Instant)>>,
     /// Exchanges in flight from this core: the least-connections measure.
     active: Cell<u32>,
@@ -41,9 +46,10 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(shared: Arc<Upstream>) -> Self {
+    fn new(shared: Arc<Upstream>, core: usize) -> Self {
         Member {
             shared,
+            core,
             idle: RefCell::new(Vec::new()),
             active: Cell::new(0),
             failures: Cell::new(0),
@@ -54,6 +60,12 @@ impl Member {
 
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// This core's counters for the upstream.
+    #[inline]
+    pub fn stats(&self) -> &UpstreamStats {
+        &self.shared.stats[self.core]
     }
 
     /// May take traffic now: healthy and the circuit closed, or half open
@@ -103,6 +115,7 @@ impl Member {
         self.failures.set(0);
         self.trial.set(false);
         if self.open_until.take().is_some() {
+            self.stats().restored();
             eprintln!("todo-lb: upstream {} back in rotation", self.addr());
         }
     }
@@ -113,6 +126,7 @@ impl Member {
         self.failures.set(failures);
         if failures >= config.eject_after || self.trial.get() {
             if self.open_until.get().is_none() {
+                self.stats().ejected();
                 eprintln!(
                     "todo-lb: upstream {} ejected for {:?} after {failures} failures",
                     self.addr(),
@@ -145,6 +159,8 @@ fn still_open(conn: &TcpStream) -> bool {
 
 /// This core's members, rebuilt when the shared set changes.
 pub struct Pool {
+    /// This core's index (its counters' slot).
+    core: usize,
     generation: Cell<u64>,
     members: RefCell<Vec<Rc<Member>>>,
     /// Where the next tie-break starts, so equal loads rotate.
@@ -152,13 +168,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(set: &UpstreamSet) -> Self {
+    pub fn new(set: &UpstreamSet, core: usize) -> Self {
         Pool {
+            core,
             generation: Cell::new(set.generation()),
             members: RefCell::new(
                 set.current()
                     .iter()
-                    .map(|u| Rc::new(Member::new(u.clone())))
+                    .map(|u| Rc::new(Member::new(u.clone(), core)))
                     .collect(),
             ),
             next: Cell::new(0),
@@ -177,7 +194,7 @@ impl Pool {
             .iter()
             .map(|u| match members.iter().find(|m| m.addr() == u.addr) {
                 Some(m) => m.clone(),
-                None => Rc::new(Member::new(u.clone())),
+                None => Rc::new(Member::new(u.clone(), self.core)),
             })
             .collect();
         *members = next;

@@ -17,6 +17,10 @@
 //! connection with `Connection: close` did not read what followed, so that
 //! is sent elsewhere too: this is what makes an upstream's rolling restart
 //! invisible through the balancer.
+//!
+//! Counted on the way (`metrics.rs`, this core's slots, no lock): client
+//! requests per batch; per upstream, requests written, failures by kind,
+//! and the time from writing a batch to each response, taken once per read.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -38,6 +42,7 @@ use todo_runtime::lifecycle;
 
 use crate::client_limits::{ClientConn, ClientLimits};
 use crate::config::LbConfig;
+use crate::metrics::CoreMetrics;
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::upstream::UpstreamSet;
 
@@ -93,6 +98,9 @@ pub struct LbCore {
     pub date: DateCache,
     pub draining: Cell<bool>,
     pub open: Cell<usize>,
+    /// Every core's client totals; this core writes only its own (the
+    /// admin listener reads them all).
+    pub all_metrics: Arc<[CoreMetrics]>,
     /// Client sockets open on this core, so a drain can wake the ones
     /// waiting for a request (see [`LbCore::drain`]).
     clients: RefCell<HashSet<RawFd>>,
@@ -107,6 +115,7 @@ impl LbCore {
         config: Arc<LbConfig>,
         set: Arc<UpstreamSet>,
         client_limits: Arc<ClientLimits>,
+        all_metrics: Arc<[CoreMetrics]>,
         id_prefix: u32,
     ) -> Self {
         let pool_config = PoolConfig {
@@ -118,7 +127,7 @@ impl LbCore {
         };
         LbCore {
             index,
-            pool: Pool::new(&set),
+            pool: Pool::new(&set, index),
             config,
             pool_config,
             set,
@@ -126,10 +135,17 @@ impl LbCore {
             date: DateCache::default(),
             draining: Cell::new(false),
             open: Cell::new(0),
+            all_metrics,
             clients: RefCell::new(HashSet::new()),
             id_prefix,
             ids: Cell::new(0),
         }
+    }
+
+    /// This core's client totals.
+    #[inline]
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.all_metrics[self.index]
     }
 
     /// Start draining: every client connection closes after the batch it is
@@ -223,6 +239,7 @@ async fn proxy(
         }
         if input.capacity() - input.len() < READ_CHUNK / 4 {
             if input.len() >= read_max {
+                core.metrics().requests(1);
                 response::append_error(
                     &mut out,
                     &HttpError::PAYLOAD_TOO_LARGE,
@@ -243,6 +260,7 @@ async fn proxy(
             match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
                 Ok(r) => r,
                 Err(_) if started.is_some() => {
+                    core.metrics().requests(1);
                     response::append_error(
                         &mut out,
                         &HttpError::HEADER_TIMEOUT,
@@ -313,6 +331,8 @@ async fn proxy(
             }
         }
 
+        core.metrics()
+            .requests(items.len() + usize::from(ending.is_some()));
         let admitted = client.admit(items.len());
         if admitted > 0 {
             forward(core, &mut fwd, &mut items[..admitted], &mut upbuf, &mut out).await;
@@ -352,9 +372,10 @@ enum End {
 }
 
 /// Why an upstream failed a batch: where the failure came from decides what
-/// may be sent again and what the client is answered.
+/// may be sent again and what the client is answered. Also the `kind` of
+/// `todo_lb_upstream_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Failure {
+pub enum Failure {
     /// No connection: nothing was written.
     Connect,
     /// The batch was written, then a reset, an end of stream or a response
@@ -365,6 +386,17 @@ enum Failure {
 }
 
 impl Failure {
+    pub const ALL: [Failure; 3] = [Failure::Connect, Failure::Broken, Failure::TimedOut];
+
+    /// Its `kind` label in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Broken => "broken",
+            Failure::TimedOut => "timeout",
+        }
+    }
+
     /// THE retry rule: a request that never reached the upstream may go to
     /// another one; one that did may only if it is idempotent (RFC 9110
     /// §9.2.2), since the upstream may have acted on it.
@@ -417,6 +449,7 @@ async fn forward(
             End::Done | End::Closed => member.succeeded(),
             End::Failed(failure) => {
                 last = Some(failure);
+                member.stats().failed(failure);
                 member.failed(&core.pool_config);
                 failed.push(member.addr());
                 for item in &mut items[next..upto] {
@@ -469,19 +502,28 @@ async fn exchange(
         }
     };
     let (start, end) = (items[0].start, items[items.len() - 1].end);
+    // The upstream's time is counted from here: the write, its work, the
+    // way back; the deadline too.
+    let sent = Instant::now();
     let (res, slice) = conn.write_all(std::mem::take(fwd).slice(start..end)).await;
     *fwd = slice.into_inner();
     if res.is_err() {
         member.release(None, pool);
         return (0, End::Failed(Failure::Broken));
     }
+    let stats = member.stats();
+    stats.sent(items.len());
     upbuf.clear();
-    let deadline = Instant::now() + core.config.upstream_timeout;
+    let deadline = sent + core.config.upstream_timeout;
     let mut answered = 0;
     let mut at = 0;
+    // Microseconds from `sent` to the last read's completion: every
+    // response framed from that read arrived by then.
+    let mut waited_us = 0;
     let max_body = core.config.max_body;
     loop {
         // Frame every complete response in the buffer.
+        let before = answered;
         while answered < items.len() {
             match http1::parse_response(&upbuf[at..], items[answered].head, max_body) {
                 Ok(ParsedResponse::Complete { status, len, close }) => {
@@ -500,6 +542,7 @@ async fn exchange(
                     }
                     at += len;
                     if close {
+                        stats.answered(answered - before, waited_us);
                         member.release(None, pool);
                         let end = if answered == items.len() {
                             End::Done
@@ -511,11 +554,13 @@ async fn exchange(
                 }
                 Ok(ParsedResponse::Partial) => break,
                 Err(_) => {
+                    stats.answered(answered - before, waited_us);
                     member.release(None, pool);
                     return (answered, End::Failed(Failure::Broken));
                 }
             }
         }
+        stats.answered(answered - before, waited_us);
         if answered == items.len() {
             // Anything more is a response nobody asked for: do not reuse.
             let keep = at == upbuf.len();
@@ -541,6 +586,7 @@ async fn exchange(
             }
         };
         *upbuf = slice.into_inner();
+        waited_us = sent.elapsed().as_micros() as u64;
         match res {
             Ok(n) if n > 0 => {}
             _ => {

@@ -8,7 +8,9 @@
 //! take the new set under a mutex, off the per-request path.
 //!
 //! Passive health (failures seen by the cores while forwarding) stays per
-//! core, in `pool.rs`.
+//! core, in `pool.rs`. Each upstream also carries its counters
+//! ([`UpstreamStats`], one per core, each written by its core only), so they
+//! live as long as the upstream stays in the set.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -17,20 +19,26 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::metrics::UpstreamStats;
+
 /// One upstream server.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
     /// The active check's verdict.
     healthy: AtomicBool,
+    /// Its counters, one slot per core (core `i` writes `stats[i]` only).
+    pub stats: Box<[UpstreamStats]>,
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr) -> Self {
+    /// An upstream seen by `cores` cores.
+    pub fn new(addr: SocketAddr, cores: usize) -> Self {
         Upstream {
             addr,
             // Until the first check says otherwise.
             healthy: AtomicBool::new(true),
+            stats: (0..cores).map(|_| UpstreamStats::default()).collect(),
         }
     }
 
@@ -44,18 +52,21 @@ impl Upstream {
 pub struct UpstreamSet {
     current: Mutex<Arc<[Arc<Upstream>]>>,
     generation: AtomicU64,
+    /// Cores that keep counters for each upstream.
+    cores: usize,
 }
 
 impl UpstreamSet {
-    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+    pub fn new(addrs: Vec<SocketAddr>, cores: usize) -> Self {
         UpstreamSet {
             current: Mutex::new(
                 addrs
                     .into_iter()
-                    .map(|a| Arc::new(Upstream::new(a)))
+                    .map(|a| Arc::new(Upstream::new(a, cores)))
                     .collect(),
             ),
             generation: AtomicU64::new(0),
+            cores,
         }
     }
 
@@ -68,7 +79,8 @@ impl UpstreamSet {
         self.current.lock().unwrap().clone()
     }
 
-    /// Replace the set with `addrs`, keeping the health of those that stay.
+    /// Replace the set with `addrs`, keeping the health and counters of
+    /// those that stay.
     /// Returns false when nothing changed.
     pub fn replace(&self, addrs: &[SocketAddr]) -> bool {
         let mut current = self.current.lock().unwrap();
@@ -81,7 +93,7 @@ impl UpstreamSet {
             .iter()
             .map(|a| match current.iter().find(|u| u.addr == *a) {
                 Some(u) => u.clone(),
-                None => Arc::new(Upstream::new(*a)),
+                None => Arc::new(Upstream::new(*a, self.cores)),
             })
             .collect();
         *current = next;
@@ -239,7 +251,7 @@ mod tests {
     fn a_new_set_keeps_the_health_of_those_that_stay() {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let set = UpstreamSet::new(vec![a]);
+        let set = UpstreamSet::new(vec![a], 1);
         set.current()[0].healthy.store(false, Ordering::Relaxed);
         assert!(!set.replace(&[a]));
         assert_eq!(set.generation(), 0);

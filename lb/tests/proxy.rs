@@ -1,124 +1,19 @@
 //! todo-lb over real sockets, in front of small upstream peers whose
 //! behaviour the test chooses (answer, echo the head, hang up without
-//! answering). The failover test against real todo-server processes is in
-//! bench/tests/lb_failover.rs.
+//! answering; `common/mod.rs`). The failover test against real todo-server
+//! processes is in bench/tests/lb_failover.rs; the admin endpoints are
+//! tested in `admin.rs`.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use todo_lb::config::LbConfig;
-use todo_runtime::shutdown::{self, Trigger};
-use todo_runtime::{bind_reuseport, ListenerConfig};
+use common::{get, lb, peer, read_responses, Behaviour, Lb};
 use todo_testkit::http::{read_response, Response};
 use todo_testkit::process::wait_until;
-
-/// What a peer does with each request it reads.
-#[derive(Clone, Copy)]
-enum Behaviour {
-    /// 200 with the peer's name, the request line and the head in the body.
-    Echo(&'static str),
-    /// Read one request, then close without answering.
-    HangUp,
-    /// Read requests and never answer, keeping the connection open.
-    Silent,
-}
-
-struct Peer {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-}
-
-fn peer(behaviour: Behaviour) -> Peer {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { return };
-            let counted = counted.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 65536];
-                loop {
-                    let n = match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    let mut out = Vec::new();
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        // Active health checks are not counted.
-                        if !head.starts_with("GET /health ") {
-                            counted.fetch_add(1, Ordering::SeqCst);
-                        }
-                        match behaviour {
-                            Behaviour::Echo(name) => {
-                                let body = format!("{name}\n{head}");
-                                out.extend_from_slice(
-                                    format!(
-                                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                                        body.len()
-                                    )
-                                    .as_bytes(),
-                                );
-                            }
-                            Behaviour::HangUp => return,
-                            Behaviour::Silent => {}
-                        }
-                    }
-                    if s.write_all(&out).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Peer { addr, requests }
-}
-
-struct Lb {
-    addr: SocketAddr,
-    trigger: Trigger,
-    thread: std::thread::JoinHandle<()>,
-}
-
-fn lb(upstreams: &[SocketAddr], tune: impl FnOnce(&mut LbConfig)) -> Lb {
-    let mut config = LbConfig::for_tests(upstreams);
-    config.cores = 2;
-    config.pin = false;
-    config.health_path = "/health".into();
-    config.health_interval = Duration::from_millis(200);
-    tune(&mut config);
-    let listeners = bind_reuseport(config.listen, 2, &ListenerConfig::default()).unwrap();
-    let addr = listeners[0].local_addr().unwrap();
-    let (trigger, shutdown) = shutdown::channel();
-    let thread = std::thread::spawn(move || todo_lb::run(config, listeners, shutdown).unwrap());
-    Lb {
-        addr,
-        trigger,
-        thread,
-    }
-}
-
-/// Responses read from `s` until `n` are complete: (status, body) each.
-fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = Vec::new();
-    (0..n)
-        .map(|i| read_response(s, &mut buf).unwrap_or_else(|| panic!("closed after {i} responses")))
-        .map(|r| (r.status, r.text()))
-        .collect()
-}
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
-}
 
 #[test]
 fn pipelined_requests_keep_their_order_and_carry_forwarding_headers() {
@@ -355,6 +250,7 @@ fn a_drain_closes_waiting_clients_and_ends_the_balancer() {
         addr,
         mut trigger,
         thread,
+        ..
     } = lb(&[a.addr], |_| {});
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(get("/").as_bytes()).unwrap();

@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     /// Todos seeded into an empty database.
     #[arg(long, env = "TODO_SEED", default_value_t = todo_model::seed::SEED_COUNT)]
     pub seed: usize,
+    /// One JSON line on stdout per command of each committed batch (its
+    /// result, request id and trace context): `on` (default) or `off`.
+    #[arg(long, env = "TODO_WORKER_COMMAND_LOG", default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub command_log: bool,
 }
 
 /// Where the metrics are served, if anywhere.
@@ -59,4 +63,31 @@ fn parse_listen(s: &str) -> Result<MetricsListen, String> {
     s.parse()
         .map(|addr| MetricsListen(Some(addr)))
         .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:9464, or off)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_log_is_on_unless_turned_off() {
+        let base = [
+            "todo-worker",
+            "--kafka-brokers",
+            "k:9092",
+            "--redis-url",
+            "redis://r/",
+            "--database-url",
+            "postgres://p/todo",
+        ];
+        let parse = |extra: &[&str]| {
+            WorkerConfig::try_parse_from(base.iter().chain(extra)).map(|c| c.command_log)
+        };
+        if std::env::var_os("TODO_WORKER_COMMAND_LOG").is_none() {
+            assert!(parse(&[]).unwrap());
+        }
+        assert!(!parse(&["--command-log", "off"]).unwrap());
+        assert!(parse(&["--command-log", "on"]).unwrap());
+        assert!(parse(&["--command-log", "maybe"]).is_err());
+    }
 }

@@ -10,6 +10,10 @@
 //! to another worker's ([`todo_store::StoreError::is_conflict`]). Offsets
 //! that cannot be stored (the partition moved to another worker meanwhile)
 //! mean redelivery, which the processed-commands table makes harmless.
+//!
+//! After each COMMIT: the metrics (`metrics.rs`: the batch's size and
+//! transaction time, the commands by result) and the command log
+//! (`command_log.rs`: one line per command, one write per batch).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,6 +26,7 @@ use todo_model::TodoCommand;
 
 use todo_store::pg;
 
+use crate::command_log::CommandLog;
 use crate::metrics::{Dependency, Metrics};
 use crate::outage::Outage;
 use crate::{WorkerConfig, WorkerError};
@@ -121,9 +126,11 @@ pub async fn consume(
     let mut batch: Vec<TodoCommand> = Vec::with_capacity(config.max_batch);
     // Highest offset seen per partition in this batch.
     let mut offsets: HashMap<i32, i64> = HashMap::new();
+    let mut log = CommandLog::new(config.command_log);
     loop {
         batch.clear();
         offsets.clear();
+        log.clear();
         let first = match consumer.recv().await {
             Ok(m) => m,
             Err(e) => {
@@ -139,21 +146,21 @@ pub async fn consume(
         };
         broker.ok();
         let deadline = Instant::now() + config.batch_wait;
-        take(&first, &mut batch, &mut offsets, metrics);
+        take(&first, &mut batch, &mut offsets, &mut log, metrics);
         drop(first);
         while batch.len() < config.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, consumer.recv()).await {
-                Ok(Ok(m)) => take(&m, &mut batch, &mut offsets, metrics),
+                Ok(Ok(m)) => take(&m, &mut batch, &mut offsets, &mut log, metrics),
                 // Apply what came; the next recv waits the error out.
                 Ok(Err(_)) | Err(_) => break,
             }
         }
         // The same batch until it commits: its offsets are not stored, and
         // the consumer has moved past it.
-        let applied = loop {
+        let (applied, took) = loop {
             match apply(pool, &batch).await {
-                Ok(applied) => break applied,
+                Ok(done) => break done,
                 // Another worker's transaction won a lock race (a deadlock
                 // PostgreSQL broke): not an outage; again at once.
                 Err(e) if e.is_conflict() => {
@@ -168,7 +175,9 @@ pub async fn consume(
         metrics.committed(
             &applied.outcomes,
             applied.snapshot.as_ref().map(|s| s.version()),
+            took,
         );
+        log.write(&batch, &applied.outcomes);
         for (partition, offset) in &offsets {
             if let Err(e) = consumer.store_offset(&config.topic, *partition, *offset) {
                 eprintln!(
@@ -182,21 +191,33 @@ pub async fn consume(
     }
 }
 
-async fn apply(pool: &Pool, batch: &[TodoCommand]) -> Result<pg::Applied, todo_store::StoreError> {
+/// Apply `batch` in one transaction; what it did, and how long the
+/// transaction took (BEGIN to COMMIT, without waiting for a connection).
+async fn apply(
+    pool: &Pool,
+    batch: &[TodoCommand],
+) -> Result<(pg::Applied, Duration), todo_store::StoreError> {
     let mut client = pool.get().await?;
-    pg::apply_batch(&mut client, batch).await
+    let begun = Instant::now();
+    let applied = pg::apply_batch(&mut client, batch).await?;
+    Ok((applied, begun.elapsed()))
 }
 
-/// Add one message to the batch and note its offset.
+/// Add one message to the batch and note its offset (and, for the command
+/// log, where it came from).
 fn take(
     m: &rdkafka::message::BorrowedMessage<'_>,
     batch: &mut Vec<TodoCommand>,
     offsets: &mut HashMap<i32, i64>,
+    log: &mut CommandLog,
     metrics: &Metrics,
 ) {
     offsets.insert(m.partition(), m.offset());
     match m.payload().map(sonic_rs::from_slice::<TodoCommand>) {
-        Some(Ok(cmd)) => batch.push(cmd),
+        Some(Ok(cmd)) => {
+            batch.push(cmd);
+            log.note(m.partition(), m.offset(), m.headers());
+        }
         // A command no server could have produced: skipped, and its offset
         // stored with the batch so it is not retried forever.
         other => {

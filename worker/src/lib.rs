@@ -11,9 +11,11 @@
 //!                   the outcome, bump the snapshot version, stamp the changed
 //!                   rows and tombstones with it (the feed todo-server's read
 //!                   model follows), read the newest rows -> COMMIT
+//!   -> metrics (metrics.rs), one command-log line per command (command_log.rs)
 //!   -> store the batch's offsets (committed by the consumer afterwards)
 //!   -> todo_store::publish  (beside, latest wins) SET todos:snapshot only if newer,
 //!                   PUBLISH todos:changed; retried until Redis takes it
+//! lag.rs (a thread, every 2 s): the group's lag per partition -> metrics
 //! ```
 //!
 //! A crash before COMMIT redelivers the batch and nothing was applied; a crash
@@ -29,11 +31,15 @@
 //! `tests/apply.rs` (the flow, SIGKILL, two workers), `tests/accounts.rs`
 //! (users and categories through Kafka), `tests/feed.rs` (the batch
 //! transaction, the follower's feed, racing transactions, migrating an old
-//! database) and `tests/plans.rs` (the planner picks an index for every
-//! query).
+//! database), `tests/plans.rs` (the planner picks an index for every
+//! query), `tests/metrics.rs` (batch sizes and times, redeliveries, the lag
+//! through a PostgreSQL outage) and `tests/command_log.rs` (the lines on
+//! stdout, with the records' trace headers).
 
+pub mod command_log;
 pub mod config;
 pub mod consumer;
+pub mod lag;
 pub mod metrics;
 pub mod outage;
 
@@ -57,6 +63,8 @@ pub enum WorkerError {
     },
     #[error("REDIS_URL: {0}")]
     RedisUrl(#[from] todo_store::resp::RespError),
+    #[error("thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Run the worker until the process is stopped: migrate, seed, publish the
@@ -108,6 +116,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), WorkerError> {
         }
     });
     consumer::ensure_topic(&config, &metrics).await?;
+    lag::spawn(&config, &metrics)?;
     consumer::consume(&config, &pool, &latest, &metrics).await
 }
 

@@ -15,8 +15,13 @@ fn main() -> anyhow::Result<()> {
     todo_lb::configured_upstreams(&config)?;
     let listeners = bind_reuseport(config.listen, config.core_count(), &listener_config)
         .with_context(|| format!("binding {}", config.listen))?;
+    let admin = config
+        .admin
+        .0
+        .map(|addr| std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}")))
+        .transpose()?;
     let (trigger, shutdown) = shutdown::channel();
     shutdown::on_signals("todo-lb", trigger).context("installing signal handlers")?;
-    todo_lb::run(config, listeners, shutdown)?;
+    todo_lb::run(config, listeners, admin, shutdown)?;
     Ok(())
 }

@@ -1,0 +1,242 @@
+//! todo-lb's counters, written per core on the proxy's path and summed into
+//! Prometheus text by the admin listener (`admin.rs`) at scrape time.
+//!
+//! ```text
+//! todo_lb_requests_total                          client requests parsed (forwarded or answered here)
+//! todo_lb_connections_accepted_total              client connections accepted
+//! todo_lb_connections_open                        client connections open now
+//! todo_lb_upstream_requests_total{upstream}       requests written to the upstream
+//! todo_lb_upstream_errors_total{upstream,kind}    failed exchanges: connect, timeout, broken
+//! todo_lb_upstream_ejections_total{upstream}      circuits opened (summed over cores)
+//! todo_lb_upstream_up{upstream}                   1 in rotation, 0 ejected or failing its checks
+//! todo_lb_upstream_duration_seconds{upstream}     histogram: batch written -> each response read
+//! ```
+//!
+//! The same scheme as todo-server's `server/src/metrics.rs`: every counter
+//! has one writer (its core), so it is an `AtomicU64` bumped with a relaxed
+//! load and store (plain moves on x86, no lock prefix), and every core's
+//! counters sit on cache lines of their own. Client totals are in
+//! [`CoreMetrics`], one per core; per-upstream counters are in
+//! [`UpstreamStats`], one per core inside each shared [`Upstream`], so they
+//! follow an upstream through a re-read upstreams file and go with it. No
+//! lock is taken on the request path; the renderer takes the upstream set's
+//! mutex once per scrape.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::proxy::Failure;
+use crate::upstream::Upstream;
+
+/// Upper bounds of the upstream latency histogram, in microseconds: from a
+/// loopback answer (tens of µs) to the default upstream timeout (15 s).
+const DURATION_BUCKETS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Single-writer increment (see the module doc).
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// One core's client-side totals.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    requests: AtomicU64,
+    accepted: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl CoreMetrics {
+    /// `n` client requests parsed in one batch.
+    #[inline]
+    pub fn requests(&self, n: usize) {
+        bump(&self.requests, n as u64);
+    }
+
+    pub fn accepted(&self) {
+        bump(&self.accepted, 1);
+    }
+
+    pub fn closed(&self) {
+        bump(&self.closed, 1);
+    }
+}
+
+/// One core's counters for one upstream.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct UpstreamStats {
+    requests: AtomicU64,
+    /// Per [`Failure`], in its declaration order.
+    errors: [AtomicU64; Failure::ALL.len()],
+    ejections: AtomicU64,
+    /// 1 while this core holds the upstream's circuit open.
+    ejected: AtomicU64,
+    duration: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    duration_sum_us: AtomicU64,
+}
+
+impl UpstreamStats {
+    /// `n` requests written to the upstream in one batch.
+    #[inline]
+    pub fn sent(&self, n: usize) {
+        bump(&self.requests, n as u64);
+    }
+
+    /// `n` responses read `us` microseconds after their batch was sent.
+    #[inline]
+    pub fn answered(&self, n: usize, us: u64) {
+        if n == 0 {
+            return;
+        }
+        let slot = DURATION_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(DURATION_BUCKETS_US.len());
+        bump(&self.duration[slot], n as u64);
+        bump(&self.duration_sum_us, us.saturating_mul(n as u64));
+    }
+
+    pub fn failed(&self, failure: Failure) {
+        bump(&self.errors[failure as usize], 1);
+    }
+
+    /// This core opened the upstream's circuit.
+    pub fn ejected(&self) {
+        bump(&self.ejections, 1);
+        self.ejected.store(1, Relaxed);
+    }
+
+    /// This core closed the upstream's circuit again.
+    pub fn restored(&self) {
+        self.ejected.store(0, Relaxed);
+    }
+}
+
+/// Render every core's totals and every current upstream's counters.
+pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> String {
+    let mut out = String::with_capacity(4096 + upstreams.len() * 4096);
+    let total = |f: &dyn Fn(&CoreMetrics) -> &AtomicU64| -> u64 {
+        cores.iter().map(|c| f(c).load(Relaxed)).sum()
+    };
+    out.push_str("# HELP todo_lb_requests_total Client requests parsed, forwarded or answered by the balancer (429, 502, 503, 504).\n# TYPE todo_lb_requests_total counter\n");
+    let _ = writeln!(out, "todo_lb_requests_total {}", total(&|c| &c.requests));
+    let accepted = total(&|c| &c.accepted);
+    let closed = total(&|c| &c.closed);
+    out.push_str("# HELP todo_lb_connections_accepted_total Client connections accepted.\n# TYPE todo_lb_connections_accepted_total counter\n");
+    let _ = writeln!(out, "todo_lb_connections_accepted_total {accepted}");
+    out.push_str("# HELP todo_lb_connections_open Client connections open now.\n# TYPE todo_lb_connections_open gauge\n");
+    let _ = writeln!(
+        out,
+        "todo_lb_connections_open {}",
+        accepted.saturating_sub(closed)
+    );
+
+    // Each upstream's per-core slots summed; `label` is `upstream="host:port"`.
+    let sum = |u: &Upstream, f: &dyn Fn(&UpstreamStats) -> &AtomicU64| -> u64 {
+        u.stats.iter().map(|s| f(s).load(Relaxed)).sum()
+    };
+    let labels: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("upstream=\"{}\"", u.addr))
+        .collect();
+
+    out.push_str("# HELP todo_lb_upstream_requests_total Requests written to the upstream.\n# TYPE todo_lb_upstream_requests_total counter\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        let n = sum(u, &|s| &s.requests);
+        let _ = writeln!(out, "todo_lb_upstream_requests_total{{{label}}} {n}");
+    }
+    out.push_str("# HELP todo_lb_upstream_errors_total Exchanges with the upstream that failed: connect (no connection within --connect-timeout, nothing sent), timeout (no answer within --upstream-timeout), broken (a reset, an early end of stream or a response that cannot be framed).\n# TYPE todo_lb_upstream_errors_total counter\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        for failure in Failure::ALL {
+            let n = sum(u, &|s| &s.errors[failure as usize]);
+            let kind = failure.label();
+            let _ = writeln!(
+                out,
+                "todo_lb_upstream_errors_total{{{label},kind=\"{kind}\"}} {n}"
+            );
+        }
+    }
+    out.push_str("# HELP todo_lb_upstream_ejections_total Times a core opened the upstream's circuit (passive ejection after --eject-after failures).\n# TYPE todo_lb_upstream_ejections_total counter\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        let n = sum(u, &|s| &s.ejections);
+        let _ = writeln!(out, "todo_lb_upstream_ejections_total{{{label}}} {n}");
+    }
+    out.push_str("# HELP todo_lb_upstream_up 1 when the upstream is in rotation: its active check passes and no core holds its circuit open; 0 otherwise.\n# TYPE todo_lb_upstream_up gauge\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        let up = u.healthy() && sum(u, &|s| &s.ejected) == 0;
+        let _ = writeln!(out, "todo_lb_upstream_up{{{label}}} {}", u8::from(up));
+    }
+    out.push_str("# HELP todo_lb_upstream_duration_seconds Time from writing a batch to the upstream to reading each of its responses, per request.\n# TYPE todo_lb_upstream_duration_seconds histogram\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS_US.iter().enumerate() {
+            cumulative += sum(u, &|s| &s.duration[i]);
+            let _ = writeln!(
+                out,
+                "todo_lb_upstream_duration_seconds_bucket{{{label},le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        cumulative += sum(u, &|s| &s.duration[DURATION_BUCKETS_US.len()]);
+        let _ = writeln!(
+            out,
+            "todo_lb_upstream_duration_seconds_bucket{{{label},le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "todo_lb_upstream_duration_seconds_sum{{{label}}} {}",
+            sum(u, &|s| &s.duration_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "todo_lb_upstream_duration_seconds_count{{{label}}} {cumulative}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn upstream_counters_sum_across_cores() {
+        let up = Arc::new(Upstream::new("127.0.0.1:8081".parse().unwrap(), 2));
+        up.stats[0].sent(3);
+        up.stats[1].sent(2);
+        up.stats[0].answered(3, 40);
+        up.stats[1].answered(2, 2_000_000);
+        up.stats[1].failed(Failure::TimedOut);
+        up.stats[1].ejected();
+        let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
+        cores[0].requests(5);
+        cores[1].accepted();
+        let text = render(&cores, std::slice::from_ref(&up));
+        let label = "upstream=\"127.0.0.1:8081\"";
+        for line in [
+            "todo_lb_requests_total 5".to_string(),
+            "todo_lb_connections_open 1".to_string(),
+            format!("todo_lb_upstream_requests_total{{{label}}} 5"),
+            format!("todo_lb_upstream_errors_total{{{label},kind=\"timeout\"}} 1"),
+            format!("todo_lb_upstream_errors_total{{{label},kind=\"connect\"}} 0"),
+            format!("todo_lb_upstream_ejections_total{{{label}}} 1"),
+            format!("todo_lb_upstream_up{{{label}}} 0"),
+            format!("todo_lb_upstream_duration_seconds_bucket{{{label},le=\"0.00005\"}} 3"),
+            format!("todo_lb_upstream_duration_seconds_bucket{{{label},le=\"1\"}} 3"),
+            format!("todo_lb_upstream_duration_seconds_bucket{{{label},le=\"2.5\"}} 5"),
+            format!("todo_lb_upstream_duration_seconds_count{{{label}}} 5"),
+            format!("todo_lb_upstream_duration_seconds_sum{{{label}}} 4.00012"),
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
+        }
+        up.stats[1].restored();
+        let text = render(&cores, &[up]);
+        assert!(text.contains(&format!("todo_lb_upstream_up{{{label}}} 1\n")));
+    }
+}

@@ -1,0 +1,129 @@
+//! The peers and the balancer the lb tests run: small upstreams whose
+//! behaviour the test chooses (answer, echo the head, hang up without
+//! answering, never answer) and todo-lb in-process on `127.0.0.1:0`.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use todo_lb::config::LbConfig;
+use todo_runtime::shutdown::{self, Trigger};
+use todo_runtime::{bind_reuseport, ListenerConfig};
+use todo_testkit::http::read_response;
+
+/// What a peer does with each request it reads.
+#[derive(Clone, Copy)]
+pub enum Behaviour {
+    /// 200 with the peer's name, the request line and the head in the body.
+    Echo(&'static str),
+    /// Read one request, then close without answering.
+    HangUp,
+    /// Read requests and never answer, keeping the connection open.
+    Silent,
+}
+
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+}
+
+pub fn peer(behaviour: Behaviour) -> Peer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut out = Vec::new();
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        // Active health checks are not counted.
+                        if !head.starts_with("GET /health ") {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        match behaviour {
+                            Behaviour::Echo(name) => {
+                                let body = format!("{name}\n{head}");
+                                out.extend_from_slice(
+                                    format!(
+                                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    )
+                                    .as_bytes(),
+                                );
+                            }
+                            Behaviour::HangUp => return,
+                            Behaviour::Silent => {}
+                        }
+                    }
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Peer { addr, requests }
+}
+
+pub struct Lb {
+    pub addr: SocketAddr,
+    /// The admin listener's address, when the test asked for one
+    /// (`config.admin`).
+    pub admin: Option<SocketAddr>,
+    pub trigger: Trigger,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// todo-lb on two cores in front of `upstreams`, checking health every
+/// 200 ms at `/health`; `tune` changes the rest.
+pub fn lb(upstreams: &[SocketAddr], tune: impl FnOnce(&mut LbConfig)) -> Lb {
+    let mut config = LbConfig::for_tests(upstreams);
+    config.cores = 2;
+    config.pin = false;
+    config.health_path = "/health".into();
+    config.health_interval = Duration::from_millis(200);
+    tune(&mut config);
+    let listeners = bind_reuseport(config.listen, 2, &ListenerConfig::default()).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let admin = config.admin.0.map(|a| TcpListener::bind(a).unwrap());
+    let admin_addr = admin.as_ref().map(|l| l.local_addr().unwrap());
+    let (trigger, shutdown) = shutdown::channel();
+    let thread =
+        std::thread::spawn(move || todo_lb::run(config, listeners, admin, shutdown).unwrap());
+    Lb {
+        addr,
+        admin: admin_addr,
+        trigger,
+        thread,
+    }
+}
+
+/// Responses read from `s` until `n` are complete: (status, body) each.
+pub fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    (0..n)
+        .map(|i| read_response(s, &mut buf).unwrap_or_else(|| panic!("closed after {i} responses")))
+        .map(|r| (r.status, r.text()))
+        .collect()
+}
+
+pub fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
