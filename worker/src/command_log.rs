@@ -189,6 +189,7 @@ mod tests {
             issued_at: 0,
             name: None,
             password_hash: None,
+            idempotency: None,
         }
     }
 
