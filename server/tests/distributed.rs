@@ -327,6 +327,11 @@ fn redis_restarted_reads_never_fail_and_every_core_converges() {
     worker.kill();
 }
 
+/// A `GET /commands/{id}` answer saying the command was applied.
+fn applied(r: &common::Response) -> bool {
+    r.status == 200 && r.json()["status"].as_str() == Some("applied")
+}
+
 #[test]
 fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() {
     let mut postgres = services::Private::postgres();
@@ -339,7 +344,7 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
     // Outside the snapshot, PostgreSQL answers: a todo that is not there.
     assert_eq!(server.get("/todos/12345").status, 404);
     let (before, _) = write("before");
-    server.wait_for_secs(&format!("/commands/{before}"), 30, |r| r.status == 200);
+    server.wait_for_secs(&format!("/commands/{before}"), 30, applied);
 
     postgres.stop();
     // Writes are durable in Kafka, so they are accepted; reads that need
@@ -374,7 +379,8 @@ fn postgresql_stopped_during_writes_loses_nothing_and_applies_everything_once() 
 
     postgres.start();
     for (command, todo) in &during {
-        let r = server.wait_for_secs(&format!("/commands/{command}"), 60, |r| r.status == 200);
+        // Pending (200) until the worker has committed it.
+        let r = server.wait_for_secs(&format!("/commands/{command}"), 60, applied);
         assert_eq!(r.json()["status"].as_str(), Some("applied"), "{}", r.text());
         assert_eq!(server.get(&format!("/todos/{todo}")).status, 200);
     }

@@ -194,9 +194,10 @@ impl Side {
         out
     }
 
+    /// The command's outcome; `None` while it is pending.
     fn outcome(&self, command: u64) -> Option<String> {
         let r = self.server.get(&format!("/commands/{command}"));
-        (r.status == 200).then(|| {
+        (r.status == 200 && r.json()["status"].as_str() != Some("pending")).then(|| {
             let v = r.json();
             format!(
                 "{}:{}",
