@@ -123,8 +123,9 @@ pub struct TodoCommand {
     pub password_hash: Option<String>,
     /// The client's `Idempotency-Key` for this write, with the request's
     /// fingerprint: a retry with the same key answers this command again.
+    /// Boxed: rare, and commands travel through queues by value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency: Option<Idempotency>,
+    pub idempotency: Option<Box<Idempotency>>,
 }
 
 /// How long an `Idempotency-Key` is remembered, milliseconds (24 h).

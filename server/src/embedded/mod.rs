@@ -198,23 +198,27 @@ fn apply_loop(
                     Claim::Repeat {
                         command_id,
                         todo_id,
-                    } => match store.outcome(command_id) {
-                        // Answered again without logging anything.
-                        Some(outcome) => {
+                    } => {
+                        if batch.iter().any(|(c, _)| c.command_id == command_id) {
+                            // The first is in this batch, not yet durable:
+                            // this one rides along with its ids, and
+                            // applying dedups it.
+                            cmd.command_id = command_id;
+                            cmd.todo_id = todo_id;
+                            batch.push((cmd, reply));
+                        } else {
+                            // Durable already: answered again, nothing
+                            // logged. (An outcome older than those kept
+                            // was an applied or rejected one; `Applied`
+                            // stands for "taken".)
+                            let outcome = store.outcome(command_id).unwrap_or(Outcome::Applied);
                             let _ = reply.send(Ok(Receipt {
                                 command_id,
                                 todo_id,
                                 outcome,
                             }));
                         }
-                        // The first is in this batch: this one rides along
-                        // with its ids, and applying dedups it.
-                        None => {
-                            cmd.command_id = command_id;
-                            cmd.todo_id = todo_id;
-                            batch.push((cmd, reply));
-                        }
-                    },
+                    }
                 },
                 ApplyRequest::Get(id, reply) => {
                     let _ = reply.send(store.render(id));

@@ -345,10 +345,10 @@ mod tests {
     fn a_key_stands_for_its_first_command_and_survives_the_image() {
         let mut s = Store::from_image(StoreImage::seeded(vec![]));
         let keyed = |command_id, todo_id, fingerprint: &str| TodoCommand {
-            idempotency: Some(todo_model::Idempotency {
+            idempotency: Some(Box::new(todo_model::Idempotency {
                 key: "k1".into(),
                 fingerprint: fingerprint.into(),
-            }),
+            })),
             ..create(command_id, todo_id, "a")
         };
         let first = keyed(1, 10, "f");

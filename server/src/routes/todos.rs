@@ -255,7 +255,7 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending,
 /// The write's `Idempotency-Key` (1-255 visible ASCII characters; 400
 /// otherwise) with the request's fingerprint: SHA-256 of the method, the
 /// path and the body (a DELETE's body is ignored, as above).
-fn idempotency(req: &Request<'_>) -> Result<Option<Idempotency>, HttpError> {
+fn idempotency(req: &Request<'_>) -> Result<Option<Box<Idempotency>>, HttpError> {
     let Some(key) = req.idempotency_key else {
         return Ok(None);
     };
@@ -278,11 +278,11 @@ fn idempotency(req: &Request<'_>) -> Result<Option<Idempotency>, HttpError> {
             let _ = write!(s, "{b:02x}");
             s
         });
-    Ok(Some(Idempotency {
+    Ok(Some(Box::new(Idempotency {
         // Checked above: visible ASCII.
         key: String::from_utf8_lossy(key).into_owned(),
         fingerprint,
-    }))
+    })))
 }
 
 pub const UNKNOWN_CATEGORY: HttpError = HttpError::new(
