@@ -13,9 +13,11 @@
 //! - [`response`]: appending responses to a connection's output buffer.
 //! - [`error`]: [`HttpError`], the status, code and message a client is
 //!   answered with, and whether the connection closes.
+//! - [`admin`]: the answer of an admin address (`/metrics`, `/livez`).
 //! - [`date`]: the `Date` value and the head of a `200` JSON response,
 //!   cached per core and refreshed once a second.
 
+pub mod admin;
 pub mod date;
 pub mod error;
 pub mod http1;

@@ -15,9 +15,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
-use todo_http::http1::{self, Method, Parsed, RequestLimits};
-use todo_http::response::{self, Head, Persist};
-use todo_http::DateCache;
+use todo_http::{admin, DateCache};
 use todo_runtime::{lifecycle, Shutdown};
 
 use crate::metrics::{self, CoreMetrics};
@@ -52,7 +50,6 @@ async fn answer(
     state: &AdminState,
     date: &DateCache,
 ) -> std::io::Result<()> {
-    let limits = RequestLimits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut out = Vec::new();
     date.refresh();
@@ -64,31 +61,10 @@ async fn answer(
         if res? == 0 {
             return Ok(());
         }
-        match http1::parse(&buf, &limits) {
-            Ok(Parsed::Complete(req, _)) => {
-                let (status, body) = match (req.method, req.path) {
-                    (Method::Get, "/metrics") => {
-                        (200, metrics::render(&state.cores, &state.set.current()))
-                    }
-                    (Method::Get, "/livez") => (200, "ok\n".to_string()),
-                    _ => (404, "not found: GET /metrics or /livez\n".to_string()),
-                };
-                let head = Head {
-                    status,
-                    date,
-                    persist: Persist::Close,
-                    head_only: false,
-                    text: true,
-                    extra: b"",
-                };
-                response::append(&mut out, head, &[body.as_bytes()]);
-                break;
-            }
-            Ok(Parsed::Partial { .. }) => continue,
-            Err(e) => {
-                response::append_error(&mut out, &e, date, Persist::Close);
-                break;
-            }
+        if admin::answer(&buf, date, &mut out, || {
+            metrics::render(&state.cores, &state.set.current())
+        }) {
+            break;
         }
     }
     lifecycle::flush(&mut stream, &mut out).await?;

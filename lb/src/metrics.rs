@@ -25,6 +25,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use todo_runtime::counter::bump;
+
 use crate::proxy::Failure;
 use crate::upstream::Upstream;
 
@@ -34,12 +36,6 @@ const DURATION_BUCKETS_US: [u64; 17] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
-
-/// Single-writer increment (see the module doc).
-#[inline]
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
-}
 
 /// One core's client-side totals.
 #[derive(Debug, Default)]

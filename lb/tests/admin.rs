@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{get, lb, peer, read_responses, Behaviour};
 use todo_lb::config::Admin;
-use todo_testkit::http::{read_response, Response};
+use todo_testkit::http::{read_response, series, value, Response};
 use todo_testkit::process::wait_until;
 
 fn admin_get(addr: SocketAddr, path: &str) -> Response {
@@ -27,20 +27,7 @@ fn admin_get(addr: SocketAddr, path: &str) -> Response {
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let r = admin_get(addr, "/metrics");
     assert_eq!(r.status, 200);
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("series value");
-            (series.to_string(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// The value of `series`, which must be there.
-fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
-    *m.get(series)
-        .unwrap_or_else(|| panic!("{series} not in {m:#?}"))
+    series(&r.text())
 }
 
 #[test]

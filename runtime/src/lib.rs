@@ -8,6 +8,7 @@
 //! lifecycle    the accept loop of a core, one write per batch, the wait for
 //!              open connections when draining, the lingering close
 //! shutdown     a trigger fired by SIGTERM/SIGINT (or a test), seen by every core
+//! counter      single-writer per-core counters for the metrics renderers
 //! ```
 //!
 //! Nothing here knows about todos or HTTP; a program hands each accepted
@@ -15,6 +16,7 @@
 
 pub mod alloc;
 pub mod cores;
+pub mod counter;
 pub mod lifecycle;
 pub mod listener;
 pub mod open_files;

@@ -10,6 +10,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use todo_runtime::counter::bump;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     TodosList = 0,
@@ -59,12 +61,6 @@ fn status_slot(status: u16) -> usize {
         .iter()
         .position(|&s| s == status)
         .unwrap_or(STATUSES.len() - 1)
-}
-
-/// Single-writer increment (see the module doc).
-#[inline]
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
 #[derive(Debug, Default)]

@@ -298,6 +298,24 @@ pub fn closed(s: &mut std::net::TcpStream) -> bool {
 /// `series` (a metric name with its labels, e.g.
 /// `todo_worker_dependency_up{dependency="kafka"}`); `None` when the
 /// process does not answer or has no such line.
+/// Every series of a Prometheus text: `name{labels}` -> value (panics on a
+/// line that is not `series value`).
+pub fn series(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series value");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The value of `name` in [`series`]' map, which must be there.
+pub fn value(m: &std::collections::HashMap<String, f64>, name: &str) -> f64 {
+    *m.get(name)
+        .unwrap_or_else(|| panic!("{name} not in {m:#?}"))
+}
+
 pub fn scrape(addr: std::net::SocketAddr, series: &str) -> Option<u64> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;

@@ -30,9 +30,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use todo_http::http1::{self, Parsed, RequestLimits};
-use todo_http::response::{self, Head, Persist};
-use todo_http::DateCache;
+use todo_http::{admin, DateCache};
 use todo_model::Outcome;
 
 /// The dependencies the worker waits for.
@@ -324,7 +322,6 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
 
 /// Read one request, write one answer (framed by todo-http), close.
 async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let limits = RequestLimits::default();
     let date = DateCache::default();
     let mut buf = Vec::with_capacity(1024);
     let mut out = Vec::new();
@@ -335,29 +332,8 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
-        match http1::parse(&buf, &limits) {
-            Ok(Parsed::Complete(req, _)) => {
-                let (status, body) = match (req.method, req.path) {
-                    (http1::Method::Get, "/metrics") => (200, metrics.render()),
-                    (http1::Method::Get, "/livez") => (200, "ok\n".to_string()),
-                    _ => (404, "not found: GET /metrics or /livez\n".to_string()),
-                };
-                let head = Head {
-                    status,
-                    date: &date,
-                    persist: Persist::Close,
-                    head_only: false,
-                    text: true,
-                    extra: b"",
-                };
-                response::append(&mut out, head, &[body.as_bytes()]);
-                break;
-            }
-            Ok(Parsed::Partial { .. }) => continue,
-            Err(e) => {
-                response::append_error(&mut out, &e, &date, Persist::Close);
-                break;
-            }
+        if admin::answer(&buf, &date, &mut out, || metrics.render()) {
+            break;
         }
     }
     stream.write_all(&out).await?;

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use todo_testkit::http::read_response;
+use todo_testkit::http::{read_response, series, value};
 use todo_testkit::process::wait_until;
 use todo_testkit::services::{Commands, Env, Private};
 
@@ -20,19 +20,7 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
         .unwrap();
     let r = read_response(&mut s, &mut Vec::new()).expect("an answer");
     assert_eq!(r.status, 200);
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("series value");
-            (series.to_string(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-fn value(m: &HashMap<String, f64>, series: &str) -> f64 {
-    *m.get(series)
-        .unwrap_or_else(|| panic!("{series} not in {m:#?}"))
+    series(&r.text())
 }
 
 /// Scrape until `series` reads `want` (30 s at most); that scrape. (The

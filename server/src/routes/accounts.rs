@@ -142,13 +142,7 @@ pub async fn complete_login(
                 r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{}}}"#,
                 ttl.as_secs()
             );
-            reply.with_headers(
-                core,
-                out,
-                200,
-                b"\r\nCache-Control: no-store",
-                &[body.as_bytes()],
-            );
+            reply.no_store(core, out, 200, body.as_bytes());
             200
         }
         Some(Login::Refused) => reply.error(core, out, &BAD_CREDENTIALS),

@@ -18,13 +18,7 @@ pub async fn outcome(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u
         Ok(Some(Status::Pending)) => {
             let body = format!(r#"{{"command_id":{id},"status":"pending"}}"#);
             // Polled: never cached.
-            reply.with_headers(
-                core,
-                out,
-                200,
-                b"\r\nCache-Control: no-store",
-                &[body.as_bytes()],
-            );
+            reply.no_store(core, out, 200, body.as_bytes());
             return 200;
         }
         Ok(None) => return reply.error(core, out, &errors::COMMAND_NOT_FOUND),
