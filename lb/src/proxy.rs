@@ -337,7 +337,7 @@ async fn proxy(
         if admitted > 0 {
             forward(core, &mut fwd, &mut items[..admitted], &mut upbuf, &mut out).await;
         }
-        answer_all(core, &mut out, &RATE_LIMITED, items.len() - admitted);
+        answer_all(core, &mut out, &RATE_LIMITED, &items[admitted..]);
         if let Some(err) = &ending {
             response::append_error(&mut out, err, &core.date, Persist::Close);
         }
@@ -431,7 +431,7 @@ async fn forward(
     while next < items.len() {
         // Requests that must not be sent again are answered here, in turn.
         if let Some(failure) = items[next].poisoned {
-            response::append_error(out, failure.answer(), &core.date, Persist::KeepAlive);
+            own_answer(core, out, failure.answer(), &items[next]);
             next += 1;
             continue;
         }
@@ -472,15 +472,22 @@ async fn forward(
 fn answer_rest(core: &LbCore, out: &mut Vec<u8>, items: &[Item], last: Option<Failure>) {
     for item in items {
         let err = item.poisoned.or(last).map_or(&NO_UPSTREAM, Failure::answer);
-        response::append_error(out, err, &core.date, Persist::KeepAlive);
+        own_answer(core, out, err, item);
     }
 }
 
-/// Answer `count` requests with `err` (the connection stays open).
-fn answer_all(core: &LbCore, out: &mut Vec<u8>, err: &HttpError, count: usize) {
-    for _ in 0..count {
-        response::append_error(out, err, &core.date, Persist::KeepAlive);
+/// Answer each of `items` with `err` (the connection stays open).
+fn answer_all(core: &LbCore, out: &mut Vec<u8>, err: &HttpError, items: &[Item]) {
+    for item in items {
+        own_answer(core, out, err, item);
     }
+}
+
+/// The balancer's own answer to a request: an error, without a body when
+/// the request was a HEAD (RFC 9110 §9.3.2), so the next response on the
+/// connection is read where it starts.
+fn own_answer(core: &LbCore, out: &mut Vec<u8>, err: &HttpError, item: &Item) {
+    response::append_error_to(out, err, &core.date, Persist::KeepAlive, item.head);
 }
 
 /// One batch to one upstream: write it, read its answers into `out`.

@@ -151,6 +151,17 @@ fn a_failing_upstream_is_ejected_and_no_upstream_is_503() {
     let r: Response = read_response(&mut s, &mut Vec::new()).expect("an answer");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
+    // A HEAD gets the balancer's own answer without a body, so the
+    // response pipelined after it is read where it starts.
+    s.write_all(format!("HEAD / HTTP/1.1\r\nHost: t\r\n\r\n{}", get("/")).as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = todo_testkit::http::read_answer(&mut s, &mut buf, true).expect("HEAD answer");
+    assert_eq!(head.status, 503);
+    assert!(head.body.is_empty(), "{}", head.text());
+    let next = read_response(&mut s, &mut buf).expect("the GET's answer");
+    assert_eq!(next.status, 503, "{}", next.text());
+    assert!(next.text().contains("error"), "{}", next.text());
 }
 
 #[test]
