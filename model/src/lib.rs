@@ -19,6 +19,7 @@
 
 pub mod account;
 pub mod command;
+pub mod envelope;
 pub mod ids;
 pub mod seed;
 pub mod snapshot;

@@ -49,7 +49,7 @@ pub enum Backend {
 pub enum Submission {
     Embedded(embedded::Submission),
     Kafka {
-        delivery: rdkafka::producer::DeliveryFuture,
+        delivery: crate::distributed::producer::Ticket,
         /// Redis's answer to the command's accepted mark.
         mark: flume::Receiver<bool>,
         ids: (u64, u64),
@@ -90,15 +90,18 @@ impl Backend {
     pub fn start(&self, cmd: TodoCommand, trace: Option<&Trace>) -> Submission {
         match self {
             Backend::Embedded(h) => Submission::Embedded(h.start(cmd)),
-            Backend::Distributed { producer, lookups } => match producer.start(&cmd, trace) {
-                Ok(delivery) => Submission::Kafka {
-                    delivery,
-                    // Marked while the broker takes the record.
-                    mark: lookups.mark(cmd.command_id),
-                    ids: (cmd.command_id, cmd.todo_id),
-                },
-                Err(e) => Submission::Refused(e),
-            },
+            Backend::Distributed { producer, lookups } => {
+                let ids = (cmd.command_id, cmd.todo_id);
+                match producer.start(cmd, trace) {
+                    Ok(delivery) => Submission::Kafka {
+                        delivery,
+                        // Marked while the broker takes the record.
+                        mark: lookups.mark(ids.0),
+                        ids,
+                    },
+                    Err(e) => Submission::Refused(e),
+                }
+            }
         }
     }
 

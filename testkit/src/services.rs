@@ -121,6 +121,42 @@ impl Env {
             .unwrap()
     }
 
+    /// Produce `cmds` as one envelope record (as a server packs them) to
+    /// `partition`, and wait for its delivery.
+    pub async fn produce_envelope(
+        &self,
+        producer: &FutureProducer,
+        cmds: &[TodoCommand],
+        partition: i32,
+    ) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use todo_model::envelope::{Envelope, Packed, ENVELOPE_HEADER};
+        let envelope = Envelope {
+            commands: cmds
+                .iter()
+                .map(|c| Packed {
+                    command: c.clone(),
+                    request_id: None,
+                    traceparent: None,
+                })
+                .collect(),
+        };
+        let payload = sonic_rs::to_vec(&envelope).unwrap();
+        let key = cmds[0].todo_id.to_string();
+        let record = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: ENVELOPE_HEADER,
+                value: Some("1"),
+            }));
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .expect("envelope delivered");
+    }
+
     /// Produce every command, keyed by todo id, and wait for every delivery.
     pub async fn produce(&self, producer: &FutureProducer, cmds: &[TodoCommand]) {
         let mut pending = Vec::with_capacity(cmds.len());

@@ -116,6 +116,34 @@ impl CommandLog {
         self.origins.push(origin);
     }
 
+    /// The batch's next command came from `partition` at `offset` inside an
+    /// envelope, which carried its request id and traceparent.
+    pub fn note_packed(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        request_id: Option<&str>,
+        traceparent: Option<&str>,
+    ) {
+        if !self.on {
+            return;
+        }
+        let mut keep = |value: Option<&str>| {
+            value.map(|v| {
+                let start = self.values.len();
+                self.values.extend_from_slice(v.as_bytes());
+                start..self.values.len()
+            })
+        };
+        let origin = Origin {
+            partition,
+            offset,
+            request_id: keep(request_id),
+            traceparent: keep(traceparent),
+        };
+        self.origins.push(origin);
+    }
+
     /// Write the lines of the committed batch `cmds` (the commands noted, in
     /// order) with their `outcomes`, in one write to stdout. A failed write
     /// is said once and does not stop the worker: the log is for people,

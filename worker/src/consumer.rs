@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers as _;
 use rdkafka::Message;
+use todo_model::envelope::{Envelope, ENVELOPE_HEADER};
 use todo_model::TodoCommand;
 
 use todo_store::pg;
@@ -213,6 +215,35 @@ fn take(
     metrics: &Metrics,
 ) {
     offsets.insert(m.partition(), m.offset());
+    let packed = m
+        .headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == ENVELOPE_HEADER));
+    if packed {
+        match m.payload().map(sonic_rs::from_slice::<Envelope>) {
+            Some(Ok(envelope)) => {
+                for p in envelope.commands {
+                    log.note_packed(
+                        m.partition(),
+                        m.offset(),
+                        p.request_id.as_deref(),
+                        p.traceparent.as_deref(),
+                    );
+                    batch.push(p.command);
+                }
+            }
+            other => {
+                metrics.unreadable();
+                eprintln!(
+                    "todo-worker: skipping unreadable envelope at {}/{}: {:?}",
+                    m.partition(),
+                    m.offset(),
+                    other.map(|r| r.err())
+                )
+            }
+        }
+        return;
+    }
+    // A record of one bare command (servers before envelopes).
     match m.payload().map(sonic_rs::from_slice::<TodoCommand>) {
         Some(Ok(cmd)) => {
             batch.push(cmd);

@@ -2,6 +2,17 @@
 //! delivery report says the broker has the command (acks=all); a broker that
 //! cannot be reached within `kafka_timeout` gives 503, never a 202.
 //!
+//! Packing: a core's commands are not produced one record each. [`Producer::start`]
+//! puts a command in the core's pack for its partition
+//! ([`todo_model::envelope::partition_of`]); the first [`Producer::finish`]
+//! that runs afterwards sends the whole pack, one record (an
+//! [`Envelope`]) per partition, and every command's wait ends with its
+//! record's delivery report. The commands one event-loop turn accepted
+//! (a pipelined batch, and every other connection's writes on the core)
+//! thus share a record, with no timer. The partition count comes from the
+//! broker's metadata (the `todo-kafka-meta` thread, every 10 s); until it is
+//! known, writes answer 503.
+//!
 //! Each core owns its producer (an idempotent librdkafka client). After a
 //! failed or missing delivery report the core replaces it, at most once per
 //! `kafka_timeout`: an idempotent producer whose in-flight batches timed out
@@ -16,7 +27,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use todo_model::envelope::{partition_of, Envelope, Packed, ENVELOPE_HEADER};
 use todo_model::TodoCommand;
 
 use super::{DistributedError, Settings};
@@ -27,14 +42,46 @@ pub struct Producer {
     settings: Settings,
     /// The core's client and when it was made; made on first use.
     inner: RefCell<Option<(FutureProducer, Instant)>>,
+    /// The topic's partitions, from the broker's metadata (0: not known
+    /// yet). Shared by every core's producer.
+    partitions: Arc<AtomicU32>,
+    /// Commands waiting to be sent, per partition, and which partitions
+    /// have a record in flight. Only this core touches it: the lock is never
+    /// contended (it is a `Mutex` because the producer is handed to its
+    /// core's thread, and the sending task needs it too).
+    pack: Arc<Mutex<Pack>>,
 }
 
-/// Each clone (one per core) makes its own client.
+/// Per slot (0: partitions not known yet; p + 1: partition p): the commands
+/// waiting, and whether a sender task is at work on it.
+#[derive(Default)]
+struct Pack {
+    waiting: Vec<Vec<Waiting>>,
+    sending: Vec<bool>,
+}
+
+/// A command in the pack and the end of its wait.
+struct Waiting {
+    packed: Packed,
+    done: flume::Sender<Result<(), HttpError>>,
+}
+
+/// A command handed to [`Producer::start`]; [`Producer::finish`] waits on it.
+pub struct Ticket(flume::Receiver<Result<(), HttpError>>);
+
+/// Most commands in one record; more go in the next.
+const MAX_PACK: usize = 512;
+/// How often the partition count is asked of the broker again.
+const METADATA_EVERY: Duration = Duration::from_secs(10);
+
+/// Each clone (one per core) makes its own client and pack.
 impl Clone for Producer {
     fn clone(&self) -> Self {
         Producer {
             settings: self.settings.clone(),
             inner: RefCell::new(None),
+            partitions: self.partitions.clone(),
+            pack: Arc::default(),
         }
     }
 }
@@ -55,12 +102,22 @@ fn client(settings: &Settings) -> Result<FutureProducer, DistributedError> {
 
 impl Producer {
     /// Check the settings by building one client now, so a bad
-    /// configuration fails at start-up.
+    /// configuration fails at start-up, and start the thread that learns
+    /// the topic's partition count.
     pub fn new(settings: &Settings) -> Result<Producer, DistributedError> {
-        drop(client(settings)?);
+        let meta = client(settings)?;
+        let partitions = Arc::new(AtomicU32::new(0));
+        let learned = partitions.clone();
+        let topic = settings.topic.clone();
+        std::thread::Builder::new()
+            .name("todo-kafka-meta".into())
+            .spawn(move || learn_partitions(&meta, &topic, &learned))
+            .map_err(DistributedError::Thread)?;
         Ok(Producer {
             settings: settings.clone(),
             inner: RefCell::new(None),
+            partitions,
+            pack: Arc::default(),
         })
     }
 
@@ -86,62 +143,198 @@ impl Producer {
         }
     }
 
-    /// Produce `cmd` keyed by its todo id now; [`Producer::finish`] waits
-    /// for the broker's ack. Several writes of one connection are in flight
-    /// together this way.
-    ///
-    /// The record's headers carry the request's `x-request-id` and
-    /// `traceparent`, so the worker's log names them with the command.
-    pub fn start(
-        &self,
-        cmd: &TodoCommand,
-        trace: Option<&Trace>,
-    ) -> Result<DeliveryFuture, HttpError> {
-        let payload =
-            sonic_rs::to_vec(cmd).map_err(|_| HttpError::internal("cannot encode command"))?;
-        let key = itoa::Buffer::new().format(cmd.todo_id).to_string();
-        let producer = self.current()?;
-        let mut record = FutureRecord::to(&self.settings.topic)
-            .key(&key)
-            .payload(&payload);
-        if let Some(trace) = trace {
-            let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
-                key: "x-request-id",
-                value: Some(trace.request_id.as_bytes()),
-            });
-            if let Some(tp) = &trace.traceparent {
-                headers = headers.insert(Header {
-                    key: "traceparent",
-                    value: Some(tp.as_bytes()),
-                });
-            }
-            record = record.headers(headers);
+    /// Put `cmd` in this core's pack; [`Producer::finish`] sends the pack
+    /// and waits for the broker's ack. Several writes of one connection,
+    /// and of other connections on this core, go out together this way.
+    /// The request's `x-request-id` and `traceparent` go with the command,
+    /// so the worker's log names them.
+    pub fn start(&self, cmd: TodoCommand, trace: Option<&Trace>) -> Result<Ticket, HttpError> {
+        // Slot 0: the partition count is not known yet, so each command
+        // goes in a record of its own, keyed by its todo id, where
+        // librdkafka's partitioner puts it: the partition `partition_of`
+        // names once the count is known.
+        let partitions = self.partitions.load(Relaxed);
+        let slot = if partitions == 0 {
+            0
+        } else {
+            partition_of(cmd.todo_id, partitions) as usize + 1
+        };
+        let (done, wait) = flume::bounded(1);
+        let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
+        if pack.waiting.len() <= slot {
+            pack.waiting.resize_with(slot + 1, Vec::new);
+            pack.sending.resize(slot + 1, false);
         }
-        producer
-            .send_result(record)
-            .map_err(|_| HttpError::unavailable("the write queue is full", 1))
+        pack.waiting[slot].push(Waiting {
+            packed: Packed {
+                command: cmd,
+                request_id: trace.map(|t| t.request_id.clone()),
+                traceparent: trace.and_then(|t| t.traceparent.clone()),
+            },
+            done,
+        });
+        Ok(Ticket(wait))
     }
 
-    /// Wait for the delivery report. The wait is an await on the core's event
-    /// loop, not a blocking call: the report comes from librdkafka's thread
-    /// and wakes this task.
-    pub async fn finish(&self, delivery: DeliveryFuture) -> Result<(), HttpError> {
-        // librdkafka reports by message.timeout.ms; the extra second only
-        // guards against a report that never comes.
+    /// Send the pack (if another wait has not already) and wait for this
+    /// command's record to be acknowledged. The wait is an await on the
+    /// core's event loop: the report comes from librdkafka's thread.
+    pub async fn finish(&self, ticket: Ticket) -> Result<(), HttpError> {
+        self.send_pack();
+        // Delivery reports come within message.timeout.ms; the extra
+        // second only guards against one that never comes.
         let waited = monoio::time::timeout(
-            self.settings.kafka_timeout + Duration::from_secs(1),
-            delivery,
+            self.settings.kafka_timeout + Duration::from_secs(2),
+            ticket.0.recv_async(),
         )
         .await;
         match waited {
-            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => {
+                self.replace_after_failure();
+                Err(e)
+            }
             _ => {
                 self.replace_after_failure();
-                Err(HttpError::unavailable(
-                    "the command broker did not confirm the write",
-                    1,
-                ))
+                Err(not_confirmed())
             }
+        }
+    }
+
+    /// Start a sender for every slot with commands waiting and none at
+    /// work. A sender sends one record at a time for its partition: what
+    /// waits while a record is in flight goes in the next one, so records
+    /// grow with the broker's latency (a group commit) and one todo's
+    /// commands keep their order. It runs as a task of this core, so a wait
+    /// that is dropped (its client went away) leaves the others answered.
+    fn send_pack(&self) {
+        let slots: Vec<usize> = {
+            let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
+            let Pack { waiting, sending } = &mut *pack;
+            waiting
+                .iter()
+                .zip(sending.iter_mut())
+                .enumerate()
+                .filter(|(_, (w, busy))| !w.is_empty() && !**busy)
+                .map(|(slot, (_, busy))| {
+                    *busy = true;
+                    slot
+                })
+                .collect()
+        };
+        if slots.is_empty() {
+            return;
+        }
+        let producer = match self.current() {
+            Ok(p) => p,
+            Err(e) => {
+                let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
+                for slot in slots {
+                    pack.sending[slot] = false;
+                    for w in std::mem::take(&mut pack.waiting[slot]) {
+                        let _ = w.done.send(Err(e.clone()));
+                    }
+                }
+                return;
+            }
+        };
+        for slot in slots {
+            monoio::spawn(send_slot(
+                self.pack.clone(),
+                producer.clone(),
+                self.settings.topic.clone(),
+                slot,
+                self.settings.kafka_timeout + Duration::from_secs(1),
+            ));
+        }
+    }
+}
+
+/// The sender of one slot: records of up to [`MAX_PACK`] commands, one at
+/// a time, until nothing waits; each command's wait ends with its record's
+/// delivery report.
+async fn send_slot(
+    pack: Arc<Mutex<Pack>>,
+    producer: FutureProducer,
+    topic: String,
+    slot: usize,
+    wait: Duration,
+) {
+    loop {
+        let list: Vec<Waiting> = {
+            let mut pack = pack.lock().unwrap_or_else(|e| e.into_inner());
+            let waiting = &mut pack.waiting[slot];
+            if waiting.is_empty() {
+                pack.sending[slot] = false;
+                return;
+            }
+            // Slot 0 (partitions not known): one command per record.
+            let most = if slot == 0 { 1 } else { MAX_PACK };
+            let rest = waiting.split_off(waiting.len().min(most));
+            std::mem::replace(waiting, rest)
+        };
+        let (commands, done): (Vec<Packed>, Vec<_>) =
+            list.into_iter().map(|w| (w.packed, w.done)).unzip();
+        let key = itoa::Buffer::new()
+            .format(commands[0].command.todo_id)
+            .to_string();
+        let envelope = Envelope { commands };
+        let delivery = match sonic_rs::to_vec(&envelope) {
+            Ok(payload) => {
+                let mut record = FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: ENVELOPE_HEADER,
+                        value: Some("1"),
+                    }));
+                if slot > 0 {
+                    record = record.partition(slot as i32 - 1);
+                }
+                producer
+                    .send_result(record)
+                    .map_err(|_| HttpError::unavailable("the write queue is full", 1))
+            }
+            Err(_) => Err(HttpError::internal("cannot encode commands")),
+        };
+        let result = match delivery {
+            Ok(delivery) => match monoio::time::timeout(wait, delivery).await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                _ => Err(not_confirmed()),
+            },
+            Err(e) => Err(e),
+        };
+        for d in done {
+            let _ = d.send(result.clone());
+        }
+    }
+}
+
+fn not_confirmed() -> HttpError {
+    HttpError::unavailable("the command broker did not confirm the write", 1)
+}
+
+/// The `todo-kafka-meta` thread: ask the broker how many partitions the
+/// topic has, every 100 ms until it answers, then every [`METADATA_EVERY`].
+fn learn_partitions(client: &FutureProducer, topic: &str, partitions: &AtomicU32) {
+    loop {
+        let asked = client
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5));
+        let count = asked.ok().and_then(|m| {
+            m.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as u32)
+        });
+        match count {
+            Some(n) if n > 0 => {
+                if partitions.swap(n, Relaxed) != n {
+                    eprintln!("todo-server: topic {topic}: {n} partitions");
+                }
+                std::thread::sleep(METADATA_EVERY);
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
 }
