@@ -4,6 +4,9 @@
 # run. Starts PostgreSQL, Redis, tansu, todo-worker and one todo-server
 # (scripts/services.sh up), then stops them.
 #
+# Then the worker applies the backlog, and PostgreSQL must hold exactly one
+# processed command per accepted write.
+#
 #   ./bench/writes.sh [--duration 10s] [--connections 64] [--pipelining 8]
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
@@ -38,7 +41,21 @@ RAW=$("$BIN/todo-bench" "kafka://$KAFKA_BROKERS/bench-raw-$$" -c "$IN_FLIGHT" -d
 
 kill -CONT "$(cat "$DIR/worker.pid")"
 
-python3 - "$HTTP" "$RAW" "$SIZE" "$IN_FLIGHT" <<'PY' | tee "$ROOT/bench/results/writes-latest.md"
+# Every accepted write applied exactly once: the worker works the backlog
+# off; then PostgreSQL must hold one processed command per 202.
+ACCEPTED=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["responses"] - sum(d["wrong_status"].values()))' "$HTTP")
+PSQL=$(command -v psql || echo /usr/lib/postgresql/15/bin/psql)
+log "waiting for the worker to apply $ACCEPTED commands"
+APPLY_START=$SECONDS
+PROCESSED=0
+while [ $((SECONDS - APPLY_START)) -lt "${APPLY_WAIT:-600}" ]; do
+  PROCESSED=$("$PSQL" -qtA "$DATABASE_URL" -c "SELECT count(*) FROM processed_commands" 2>/dev/null || echo 0)
+  [ "$PROCESSED" -ge "$ACCEPTED" ] && break
+  sleep 1
+done
+APPLY_SECONDS=$((SECONDS - APPLY_START))
+
+python3 - "$HTTP" "$RAW" "$SIZE" "$IN_FLIGHT" "$ACCEPTED" "$PROCESSED" "$APPLY_SECONDS" <<'PY' | tee "$ROOT/bench/results/writes-latest.md"
 import json, sys, datetime
 http, raw = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 size, inflight = sys.argv[3], sys.argv[4]
@@ -49,4 +66,7 @@ print("|---|---:|---:|---:|")
 print(f"| todo-server, 202 after the delivery report | {http['requests_per_sec']:,.0f} | {http['latency']['p99_us']/1000:.1f} ms | {http['requests_per_sec']/raw['per_sec']:.2f} |")
 print(f"| broker alone (rdkafka, {size}-byte messages) | {raw['per_sec']:,.0f} | | 1.00 |")
 print(f"\nErrors counted by todo-bench: {errors}; failed deliveries producing alone: {raw['failed']}.")
+accepted, processed, secs = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+verdict = "exactly once" if processed == accepted else "MISMATCH"
+print(f"Accepted {accepted:,}; processed_commands after the backlog: {processed:,} ({verdict}); the worker took {secs} s ({accepted/max(secs,1):,.0f} commands/s).")
 PY

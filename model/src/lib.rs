@@ -8,6 +8,8 @@
 //!   accepted write: todos, registrations, categories), and [`decide`], the
 //!   ONE apply rule (ownership, existence, uniqueness, categories) every
 //!   applier calls.
+//! - [`envelope`]: many commands in one Kafka record, and the partition of
+//!   a todo's commands.
 //! - [`snapshot`]: [`Snapshot`], the ONE renderer of the served JSON bytes: the
 //!   newest [`SNAPSHOT_MAX`] todos rendered once, sliced per `limit=N`.
 //! - [`ids`]: [`IdGenerator`], time-ordered ids made without coordination.
@@ -34,7 +36,8 @@ pub use ids::IdGenerator;
 pub use snapshot::{Snapshot, SNAPSHOT_MAX};
 pub use todo::{FieldError, Todo};
 
-/// Kafka topic carrying [`TodoCommand`]s, keyed by todo id (per-todo order).
+/// Kafka topic carrying [`TodoCommand`]s, packed in envelopes per partition
+/// ([`envelope`]); a todo's commands share a partition (per-todo order).
 pub const COMMANDS_TOPIC: &str = "todo-commands";
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp here.

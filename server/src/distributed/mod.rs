@@ -2,8 +2,10 @@
 //! `KAFKA_BROKERS`, `REDIS_URL` and `DATABASE_URL` are all set.
 //!
 //! ```text
-//! write:   core -> producer.rs: TodoCommand to Kafka (idempotent, acks=all,
-//!          keyed by todo id) -> await the delivery report -> 202 | 503
+//! write:   core -> producer.rs: TodoCommand into the core's pack for its
+//!          partition; one envelope record per partition in flight per core
+//!          (idempotent, acks=all) -> await the delivery report -> 202 | 503;
+//!          Redis accepted mark (lookup.rs) meanwhile
 //! refresh: core -> refresh.rs: its own Redis subscriber on todos:changed;
 //!          GET todos:snapshot on every (re)subscribe and every message;
 //!          newer versions only; stale while Redis is away
