@@ -254,6 +254,100 @@ fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
 }
 
 #[test]
+fn writes_under_load_come_back_after_a_broker_restart_and_every_202_is_applied() {
+    // Eight clients write without pause through the outage: each core's
+    // packs always hold commands, so its senders never rest, and the
+    // client replaced after the failure must be the one they use.
+    let mut broker = services::Private::broker();
+    let rt = runtime();
+    let env = rt.block_on(Env::with(2, Some(broker.addr()), None));
+    let _worker = env.start_worker();
+    let server = start_server(&env, 4, &["--kafka-timeout", "2s"]);
+    let token = Server::token_with_secret(SECRET, "lou");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let restarted = std::sync::Mutex::new(None::<Instant>);
+    let after_restart = std::sync::atomic::AtomicUsize::new(0);
+    let accepted: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let (server, token, stop) = (&server, &token, &stop);
+                let (restarted, after_restart) = (&restarted, &after_restart);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut i = 0;
+                    // The deadline turns a failure below into a panic, not
+                    // clients writing forever.
+                    let deadline = Instant::now() + Duration::from_secs(150);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && Instant::now() < deadline
+                    {
+                        i += 1;
+                        let r = server.send_json(
+                            "POST",
+                            "/todos",
+                            token,
+                            &format!(r#"{{"title":"c{c} w{i}"}}"#),
+                        );
+                        assert!(matches!(r.status, 202 | 503), "{} {}", r.status, r.text());
+                        if r.status == 202 {
+                            let v = r.json();
+                            mine.push((
+                                v["command_id"].as_u64().unwrap(),
+                                v["todo_id"].as_u64().unwrap(),
+                            ));
+                            if restarted.lock().unwrap().is_some() {
+                                after_restart.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        // Load, then the broker away for longer than the producer's
+        // timeout, then back.
+        common::wait_until("writes accepted", Duration::from_secs(30), || {
+            let n: u64 = todo_testkit::http::scrape(
+                server.addr,
+                r#"todo_requests_total{route="todos_write",status="202"}"#,
+            )
+            .unwrap_or(0);
+            (n >= 50).then_some(())
+        });
+        broker.kill();
+        common::wait_until("writes refused", Duration::from_secs(30), || {
+            let n = todo_testkit::http::scrape(
+                server.addr,
+                r#"todo_requests_total{route="todos_write",status="503"}"#,
+            )
+            .unwrap_or(0);
+            (n >= 20).then_some(())
+        });
+        broker.start();
+        *restarted.lock().unwrap() = Some(Instant::now());
+        common::wait_until(
+            "writes flowing again under load",
+            Duration::from_secs(60),
+            || (after_restart.load(std::sync::atomic::Ordering::Relaxed) >= 200).then_some(()),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        clients
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    // Every 202 applied, once.
+    common::wait_until(
+        "every accepted write applied",
+        Duration::from_secs(60),
+        || {
+            let (outcomes, rows) = applied_and_rows(&rt, &env, &accepted);
+            (outcomes == accepted.len() as i64 && rows == accepted.len() as i64).then_some(())
+        },
+    );
+}
+
+#[test]
 fn redis_restarted_reads_never_fail_and_every_core_converges() {
     let mut redis = services::Private::redis();
     let rt = runtime();

@@ -2,19 +2,22 @@
 //! delivery report says the broker has the command (acks=all); a broker that
 //! cannot be reached within `kafka_timeout` gives 503, never a 202.
 //!
-//! Packing: a core's commands are not produced one record each. [`Producer::start`]
-//! puts a command in the core's pack for its partition
-//! ([`todo_model::envelope::partition_of`]); the first [`Producer::finish`]
-//! that runs afterwards sends the whole pack, one record (an
-//! [`Envelope`]) per partition, and every command's wait ends with its
-//! record's delivery report. The commands one event-loop turn accepted
-//! (a pipelined batch, and every other connection's writes on the core)
-//! thus share a record, with no timer. The partition count comes from the
+//! Packing: a core's commands are not produced one record each.
+//! [`Producer::start`] puts a command in the core's pack for its partition
+//! ([`todo_model::envelope::partition_of`]); [`Producer::finish`] starts a
+//! sender for that partition unless one is at work. A sender sends one
+//! record (an [`Envelope`] of up to [`MAX_PACK`] commands) at a time and,
+//! while it waits for the delivery report, what arrives for the partition
+//! waits for the next record: records grow with the broker's latency (a
+//! group commit, no timer), and one todo's commands keep their order. Every
+//! command's wait ends with its record's delivery report. The partition count comes from the
 //! broker's metadata (the `todo-kafka-meta` thread, every 10 s); until it is
-//! known, writes answer 503.
+//! known, each command goes in a record of its own, keyed by its todo id,
+//! which librdkafka's partitioner puts in that same partition.
 //!
 //! Each core owns its producer (an idempotent librdkafka client). After a
-//! failed or missing delivery report the core replaces it, at most once per
+//! failed or missing delivery report the core replaces it (its senders take
+//! the client anew for every record), at most once per
 //! `kafka_timeout`: an idempotent producer whose in-flight batches timed out
 //! can be left waiting on sequence numbers the restarted broker no longer
 //! knows, and a fresh producer id is the reliable way out. (Measured here
@@ -22,7 +25,6 @@
 //! again; a fresh one does.) The old client is dropped on a helper thread,
 //! because its drop purges and flushes for up to half a second.
 
-use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -40,8 +42,6 @@ use todo_http::HttpError;
 
 pub struct Producer {
     settings: Settings,
-    /// The core's client and when it was made; made on first use.
-    inner: RefCell<Option<(FutureProducer, Instant)>>,
     /// The topic's partitions, from the broker's metadata (0: not known
     /// yet). Shared by every core's producer.
     partitions: Arc<AtomicU32>,
@@ -53,11 +53,38 @@ pub struct Producer {
 }
 
 /// Per slot (0: partitions not known yet; p + 1: partition p): the commands
-/// waiting, and whether a sender task is at work on it.
+/// waiting, and whether a sender task is at work on it; and the core's
+/// client, with when it was made (made on first use).
 #[derive(Default)]
 struct Pack {
     waiting: Vec<Vec<Waiting>>,
     sending: Vec<bool>,
+    client: Option<(FutureProducer, Instant)>,
+}
+
+impl Pack {
+    fn client(&mut self, settings: &Settings) -> Result<FutureProducer, HttpError> {
+        if self.client.is_none() {
+            let made = client(settings)
+                .map_err(|_| HttpError::unavailable("cannot create the Kafka producer", 1))?;
+            self.client = Some((made, Instant::now()));
+        }
+        Ok(self.client.as_ref().expect("made above").0.clone())
+    }
+
+    /// After a failed or missing delivery report: a fresh client, at most
+    /// once per `kafka_timeout` (see the module doc).
+    fn replace_after_failure(&mut self, kafka_timeout: Duration) {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(|(_, made)| made.elapsed() >= kafka_timeout)
+        {
+            if let Some((old, _)) = self.client.take() {
+                std::thread::spawn(move || drop(old));
+            }
+        }
+    }
 }
 
 /// A command in the pack and the end of its wait.
@@ -79,7 +106,6 @@ impl Clone for Producer {
     fn clone(&self) -> Self {
         Producer {
             settings: self.settings.clone(),
-            inner: RefCell::new(None),
             partitions: self.partitions.clone(),
             pack: Arc::default(),
         }
@@ -115,32 +141,13 @@ impl Producer {
             .map_err(DistributedError::Thread)?;
         Ok(Producer {
             settings: settings.clone(),
-            inner: RefCell::new(None),
             partitions,
             pack: Arc::default(),
         })
     }
 
-    fn current(&self) -> Result<FutureProducer, HttpError> {
-        let mut inner = self.inner.borrow_mut();
-        if inner.is_none() {
-            let made = client(&self.settings)
-                .map_err(|_| HttpError::unavailable("cannot create the Kafka producer", 1))?;
-            *inner = Some((made, Instant::now()));
-        }
-        Ok(inner.as_ref().expect("made above").0.clone())
-    }
-
-    fn replace_after_failure(&self) {
-        let mut inner = self.inner.borrow_mut();
-        if inner
-            .as_ref()
-            .is_some_and(|(_, made)| made.elapsed() >= self.settings.kafka_timeout)
-        {
-            if let Some((old, _)) = inner.take() {
-                std::thread::spawn(move || drop(old));
-            }
-        }
+    fn pack(&self) -> std::sync::MutexGuard<'_, Pack> {
+        self.pack.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Put `cmd` in this core's pack; [`Producer::finish`] sends the pack
@@ -160,7 +167,7 @@ impl Producer {
             partition_of(cmd.todo_id, partitions) as usize + 1
         };
         let (done, wait) = flume::bounded(1);
-        let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pack = self.pack();
         if pack.waiting.len() <= slot {
             pack.waiting.resize_with(slot + 1, Vec::new);
             pack.sending.resize(slot + 1, false);
@@ -190,12 +197,11 @@ impl Producer {
         .await;
         match waited {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => {
-                self.replace_after_failure();
-                Err(e)
-            }
+            // The sender replaced the client if it failed.
+            Ok(Ok(Err(e))) => Err(e),
             _ => {
-                self.replace_after_failure();
+                self.pack()
+                    .replace_after_failure(self.settings.kafka_timeout);
                 Err(not_confirmed())
             }
         }
@@ -208,44 +214,15 @@ impl Producer {
     /// commands keep their order. It runs as a task of this core, so a wait
     /// that is dropped (its client went away) leaves the others answered.
     fn send_pack(&self) {
-        let slots: Vec<usize> = {
-            let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
-            let Pack { waiting, sending } = &mut *pack;
-            waiting
-                .iter()
-                .zip(sending.iter_mut())
-                .enumerate()
-                .filter(|(_, (w, busy))| !w.is_empty() && !**busy)
-                .map(|(slot, (_, busy))| {
-                    *busy = true;
-                    slot
-                })
-                .collect()
-        };
-        if slots.is_empty() {
-            return;
-        }
-        let producer = match self.current() {
-            Ok(p) => p,
-            Err(e) => {
-                let mut pack = self.pack.lock().unwrap_or_else(|e| e.into_inner());
-                for slot in slots {
-                    pack.sending[slot] = false;
-                    for w in std::mem::take(&mut pack.waiting[slot]) {
-                        let _ = w.done.send(Err(e.clone()));
-                    }
-                }
-                return;
+        let mut pack = self.pack();
+        let Pack {
+            waiting, sending, ..
+        } = &mut *pack;
+        for (slot, (list, busy)) in waiting.iter().zip(sending.iter_mut()).enumerate() {
+            if !list.is_empty() && !*busy {
+                *busy = true;
+                monoio::spawn(send_slot(self.pack.clone(), self.settings.clone(), slot));
             }
-        };
-        for slot in slots {
-            monoio::spawn(send_slot(
-                self.pack.clone(),
-                producer.clone(),
-                self.settings.topic.clone(),
-                slot,
-                self.settings.kafka_timeout + Duration::from_secs(1),
-            ));
         }
     }
 }
@@ -253,17 +230,18 @@ impl Producer {
 /// The sender of one slot: records of up to [`MAX_PACK`] commands, one at
 /// a time, until nothing waits; each command's wait ends with its record's
 /// delivery report.
-async fn send_slot(
-    pack: Arc<Mutex<Pack>>,
-    producer: FutureProducer,
-    topic: String,
-    slot: usize,
-    wait: Duration,
-) {
+async fn send_slot(pack: Arc<Mutex<Pack>>, settings: Settings, slot: usize) {
+    let wait = settings.kafka_timeout + Duration::from_secs(1);
     loop {
-        let list: Vec<Waiting> = {
+        // The client is taken anew for every record: one replaced after a
+        // failure is not used again.
+        let (list, producer) = {
             let mut pack = pack.lock().unwrap_or_else(|e| e.into_inner());
             let waiting = &mut pack.waiting[slot];
+            // A command whose wait ended (it was answered 503 after
+            // `kafka_timeout`, or its client went away) got no 202: it is
+            // not sent after all.
+            waiting.retain(|w| !w.done.is_disconnected());
             if waiting.is_empty() {
                 pack.sending[slot] = false;
                 return;
@@ -271,42 +249,54 @@ async fn send_slot(
             // Slot 0 (partitions not known): one command per record.
             let most = if slot == 0 { 1 } else { MAX_PACK };
             let rest = waiting.split_off(waiting.len().min(most));
-            std::mem::replace(waiting, rest)
+            let list = std::mem::replace(waiting, rest);
+            (list, pack.client(&settings))
         };
         let (commands, done): (Vec<Packed>, Vec<_>) =
             list.into_iter().map(|w| (w.packed, w.done)).unzip();
-        let key = itoa::Buffer::new()
-            .format(commands[0].command.todo_id)
-            .to_string();
-        let envelope = Envelope { commands };
-        let delivery = match sonic_rs::to_vec(&envelope) {
-            Ok(payload) => {
-                let mut record = FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
-                        key: ENVELOPE_HEADER,
-                        value: Some("1"),
-                    }));
-                if slot > 0 {
-                    record = record.partition(slot as i32 - 1);
-                }
-                producer
-                    .send_result(record)
-                    .map_err(|_| HttpError::unavailable("the write queue is full", 1))
-            }
-            Err(_) => Err(HttpError::internal("cannot encode commands")),
-        };
-        let result = match delivery {
-            Ok(delivery) => match monoio::time::timeout(wait, delivery).await {
-                Ok(Ok(Ok(_))) => Ok(()),
-                _ => Err(not_confirmed()),
-            },
+        let result = match producer {
+            Ok(producer) => send_record(&producer, &settings.topic, slot, commands, wait).await,
             Err(e) => Err(e),
         };
+        if result.is_err() {
+            let mut pack = pack.lock().unwrap_or_else(|e| e.into_inner());
+            pack.replace_after_failure(settings.kafka_timeout);
+        }
         for d in done {
             let _ = d.send(result.clone());
         }
+    }
+}
+
+/// Produce one envelope of `commands` to `slot`'s partition and wait (at
+/// most `wait`) for its delivery report.
+async fn send_record(
+    producer: &FutureProducer,
+    topic: &str,
+    slot: usize,
+    commands: Vec<Packed>,
+    wait: Duration,
+) -> Result<(), HttpError> {
+    let key = itoa::Buffer::new()
+        .format(commands[0].command.todo_id)
+        .to_string();
+    let payload = sonic_rs::to_vec(&Envelope { commands })
+        .map_err(|_| HttpError::internal("cannot encode commands"))?;
+    let mut record = FutureRecord::to(topic).key(&key).payload(&payload).headers(
+        OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: ENVELOPE_HEADER,
+            value: Some("1"),
+        }),
+    );
+    if slot > 0 {
+        record = record.partition(slot as i32 - 1);
+    }
+    let delivery = producer
+        .send_result(record)
+        .map_err(|_| HttpError::unavailable("the write queue is full", 1))?;
+    match monoio::time::timeout(wait, delivery).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        _ => Err(not_confirmed()),
     }
 }
 
