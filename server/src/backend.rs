@@ -86,7 +86,7 @@ impl Backend {
     /// Hand a command over now; [`Backend::finish`] says whether it was
     /// accepted. Starting several before finishing any lets one
     /// connection's pipelined writes share the wait.
-    /// `trace` goes into the Kafka record's headers.
+    /// `trace` travels with the command in its Kafka envelope.
     pub fn start(&self, cmd: TodoCommand, trace: Option<&Trace>) -> Submission {
         match self {
             Backend::Embedded(h) => Submission::Embedded(h.start(cmd)),

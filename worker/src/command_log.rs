@@ -10,9 +10,9 @@
 //!
 //! `time` is the commit's (RFC 3339, UTC, microseconds); `result` is
 //! `applied`, `rejected` (with `reason`) or `duplicate` (processed before,
-//! skipped); `request_id` and `traceparent` are the Kafka record's
-//! `x-request-id` and `traceparent` headers, present when the record has
-//! them, so a write can be followed from the server's access log to its
+//! skipped); `request_id` and `traceparent` are the ones the command's
+//! envelope carries for it (a record of one bare command: the record's
+//! `x-request-id` and `traceparent` headers), present when known, so a write can be followed from the server's access log to its
 //! outcome. `TODO_WORKER_COMMAND_LOG=off` turns it off.
 //!
 //! While a batch is gathered, [`CommandLog::note`] keeps where each command
