@@ -286,8 +286,6 @@ pub async fn command_outcome(
 /// What an `Idempotency-Key` stands for, as [`claim_key`] found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyClaim {
-    /// True when this call made the record (no live one existed).
-    pub new: bool,
     pub fingerprint: String,
     pub command_id: u64,
     pub todo_id: u64,
@@ -317,9 +315,9 @@ pub async fn claim_key(
                     todo_id = EXCLUDED.todo_id, created_ms = EXCLUDED.created_ms
                 WHERE k.created_ms < $6 - $7
             RETURNING fingerprint, command_id, todo_id)
-        SELECT fingerprint, command_id, todo_id, true FROM ins
+        SELECT fingerprint, command_id, todo_id FROM ins
         UNION ALL
-        SELECT fingerprint, command_id, todo_id, false FROM idempotency_keys
+        SELECT fingerprint, command_id, todo_id FROM idempotency_keys
          WHERE user_name = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)";
     // A record committed by a concurrent claim after this statement's
     // snapshot is neither inserted over nor seen: asking again sees it.
@@ -343,7 +341,6 @@ pub async fn claim_key(
                 fingerprint: r.get(0),
                 command_id: r.get::<_, i64>(1) as u64,
                 todo_id: r.get::<_, i64>(2) as u64,
-                new: r.get(3),
             });
         }
     }
