@@ -413,17 +413,15 @@ async fn every_query_is_an_index_scan() {
         &plans,
         &[
             // facts
-            "FROM todos WHERE id = $1 FOR UPDATE",
-            "FROM categories WHERE id = $1 FOR KEY SHARE",
+            "FROM todos WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "FROM categories WHERE id = ANY($1) ORDER BY id FOR KEY SHARE",
             "FROM categories WHERE id = $1 FOR UPDATE",
             "owner = $1 AND name = $2",
             "FROM users WHERE username = $1",
             "count(*) FROM todos WHERE category_id = $1",
             // writes and stamps
-            "UPDATE todos SET owner",
-            "DELETE FROM todos",
+            "DELETE FROM todos WHERE id = ANY($1)",
             "DELETE FROM categories",
-            "UPDATE todos SET version",
             "UPDATE categories SET version",
             "UPDATE users SET version",
             "DELETE FROM deleted",

@@ -4,11 +4,16 @@
 //! ```text
 //! record     INSERT processed_commands (whole batch, ON CONFLICT DO NOTHING)
 //!            -> which commands are new; the others were applied before
-//! per new    look up what cmd.needs() names (rows locked), decide, write
-//!            the Change, note which rows changed
+//! todo runs  each run of new todo commands (create, update, delete) between
+//!            two of another kind, in four round trips however long: read
+//!            the todos and categories they name (locked, in id order),
+//!            decide each in turn in memory, DELETE and upsert the end states
+//! the others one at a time: look up what cmd.needs() names (rows locked),
+//!            decide, write the Change
+//! 1st write  UPDATE snapshot_version (+1; its row lock orders these
+//!            commits), so todos are written once, with their version
 //! outcomes   UPDATE processed_commands (whole batch): applied | rejected + reason
-//! if changed UPDATE snapshot_version (+1, its row lock orders these commits)
-//!            -> stamp the changed rows and tombstones with that version
+//! if changed stamp changed users and categories, and tombstones, with the version
 //!            -> render the newest rows as the snapshot of that version
 //! COMMIT
 //! ```
@@ -30,10 +35,12 @@
 //!   (two user ids, two partitions) are decided one after the other. The
 //!   unique indexes stay the backstop.
 //!
-//! Locks are taken in command order, so two workers can deadlock (say, each
-//! renames one of two categories to the other's old name). PostgreSQL then
-//! aborts one transaction and its batch is applied again
-//! ([`StoreError::is_conflict`]).
+//! A todo run locks its rows in id order; the other commands lock in command
+//! order, and the version row is locked at the first write, so two workers
+//! can deadlock (say, each renames one of two categories to the other's old
+//! name, or one deletes a category another is putting todos in after its
+//! first write). PostgreSQL then aborts one transaction and its batch is
+//! applied again ([`StoreError::is_conflict`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -66,23 +73,32 @@ pub async fn apply_batch(
     let tx = client.transaction().await?;
     let mut new = record(&tx, cmds).await?;
     let mut changed = Changed::default();
-    let mut outcomes = Vec::with_capacity(cmds.len());
-    for cmd in cmds {
+    let mut outcomes = vec![None; cmds.len()];
+    // The new todo commands since the last command of another kind: applied
+    // together, before the next one of another kind (which reads the tables).
+    let mut run = Vec::new();
+    for (i, cmd) in cmds.iter().enumerate() {
         // `remove`: a command that came twice in one batch is new only once.
-        outcomes.push(if new.remove(&cmd.command_id) {
-            Some(apply(&tx, cmd, &mut changed).await?)
-        } else {
-            None
-        });
+        if !new.remove(&cmd.command_id) {
+            continue;
+        }
+        if matches!(cmd.op, Op::Create | Op::Update | Op::Delete) {
+            run.push(i);
+            continue;
+        }
+        apply_todos(&tx, cmds, &run, &mut outcomes, &mut changed).await?;
+        run.clear();
+        outcomes[i] = Some(apply(&tx, cmd, &mut changed).await?);
     }
+    apply_todos(&tx, cmds, &run, &mut outcomes, &mut changed).await?;
     record_outcomes(&tx, cmds, &outcomes).await?;
-    // Rendering inside the transaction, after taking the version row's lock,
-    // makes the snapshot exactly the state its version names: another worker's
+    // Rendering inside the transaction, holding the version row's lock, makes
+    // the snapshot exactly the state its version names: another worker's
     // commit has to wait for ours.
     let snapshot = if changed.is_empty() {
         None
     } else {
-        let version = super::next_version(&tx).await?;
+        let version = changed.version(&tx).await?;
         changed.stamp(&tx, version).await?;
         Some(render(&tx, version as u64).await?)
     };
@@ -147,32 +163,172 @@ async fn record_outcomes(
     Ok(())
 }
 
-/// Look up the facts `cmd` needs, decide, and write the change.
+/// Apply a run of todo commands (create, update, delete) in four round
+/// trips however long it is: read every todo they name (`FOR UPDATE`) and
+/// every category they put a todo in (`FOR KEY SHARE`), in id order; decide
+/// each command in turn on those facts as the earlier ones left them; write
+/// each touched todo's end state, deletes in one statement and the rest in
+/// one upsert. Each command's outcome is what [`apply`] would have decided.
+async fn apply_todos(
+    tx: &Transaction<'_>,
+    cmds: &[TodoCommand],
+    run: &[usize],
+    outcomes: &mut [Option<Outcome>],
+    changed: &mut Changed,
+) -> Result<(), StoreError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut todo_ids: Vec<i64> = run.iter().map(|&i| cmds[i].todo_id as i64).collect();
+    todo_ids.sort_unstable();
+    todo_ids.dedup();
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM todos WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        ))
+        .await?;
+    // Every named id, present or not: the facts as the run goes on.
+    let mut todos: HashMap<u64, Option<Todo>> = todo_ids.iter().map(|&id| (id as u64, None)).collect();
+    for r in tx.query(&stmt, &[&todo_ids]).await? {
+        let todo = todo_from(&r);
+        todos.insert(todo.id, Some(todo));
+    }
+    let mut category_ids: Vec<i64> = run
+        .iter()
+        .filter_map(|&i| cmds[i].needs().category)
+        .map(|id| id as i64)
+        .collect();
+    category_ids.sort_unstable();
+    category_ids.dedup();
+    let mut categories = HashMap::new();
+    if !category_ids.is_empty() {
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {CATEGORY_COLUMNS} FROM categories WHERE id = ANY($1) ORDER BY id FOR KEY SHARE"
+            ))
+            .await?;
+        for r in tx.query(&stmt, &[&category_ids]).await? {
+            let category = category_from(&r);
+            categories.insert(category.id, category);
+        }
+    }
+    let mut written = HashMap::new();
+    for &i in run {
+        let cmd = &cmds[i];
+        let facts = Facts {
+            todo: todos.get(&cmd.todo_id).and_then(Option::as_ref),
+            category: cmd.needs().category.and_then(|id| categories.get(&id)),
+            name_taken: false,
+            username_taken: false,
+            category_todos: 0,
+        };
+        outcomes[i] = Some(match decide(&facts, cmd) {
+            Ok(Change::Insert(todo) | Change::Update(todo)) => {
+                written.insert(todo.id, Kept::Put);
+                todos.insert(todo.id, Some(todo));
+                Outcome::Applied
+            }
+            Ok(Change::Delete(id)) => {
+                written.insert(id, Kept::Deleted);
+                todos.insert(id, None);
+                Outcome::Applied
+            }
+            // A todo command changes a todo only; any other change is a
+            // model bug, written by the one-command path so nothing is lost.
+            Ok(other) => write(tx, other, changed).await?,
+            Err(rejection) => Outcome::Rejected(rejection),
+        });
+    }
+    if written.is_empty() {
+        return Ok(());
+    }
+    let version = changed.version(tx).await?;
+    let (put, deleted) = split(&written);
+    if !deleted.is_empty() {
+        delete_todos(tx, &deleted).await?;
+    }
+    if !put.is_empty() {
+        let rows: Vec<&Todo> = put
+            .iter()
+            .filter_map(|id| todos.get(&(*id as u64)).and_then(Option::as_ref))
+            .collect();
+        upsert_todos(tx, &rows, version).await?;
+    }
+    changed.todos.extend(written);
+    Ok(())
+}
+
+async fn delete_todos(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached("DELETE FROM todos WHERE id = ANY($1)")
+        .await?;
+    tx.execute(&stmt, &[&ids]).await?;
+    Ok(())
+}
+
+/// Insert `rows`, or overwrite the rows of their ids, in one statement,
+/// stamped with the batch's `version` (one write per row: a later stamp
+/// would be a second version of each row in every index).
+async fn upsert_todos(
+    tx: &Transaction<'_>,
+    rows: &[&Todo],
+    version: i64,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO todos ({COLUMNS}, version)
+             SELECT *, $9 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
+                                      $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[])
+             ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, title = EXCLUDED.title,
+                description = EXCLUDED.description, completed = EXCLUDED.completed,
+                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+                category_id = EXCLUDED.category_id, version = EXCLUDED.version"
+        ))
+        .await?;
+    let ids: Vec<i64> = rows.iter().map(|t| t.id as i64).collect();
+    let owners: Vec<&str> = rows.iter().map(|t| t.owner.as_str()).collect();
+    let titles: Vec<&str> = rows.iter().map(|t| t.title.as_str()).collect();
+    let descriptions: Vec<&str> = rows.iter().map(|t| t.description.as_str()).collect();
+    let completed: Vec<bool> = rows.iter().map(|t| t.completed).collect();
+    let created: Vec<i64> = rows.iter().map(|t| t.created_at as i64).collect();
+    let updated: Vec<i64> = rows.iter().map(|t| t.updated_at as i64).collect();
+    let category: Vec<Option<i64>> = rows.iter().map(|t| t.category_id.map(|c| c as i64)).collect();
+    tx.execute(
+        &stmt,
+        &[
+            &ids,
+            &owners,
+            &titles,
+            &descriptions,
+            &completed,
+            &created,
+            &updated,
+            &category,
+            &version,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Look up the facts a command of users or categories needs, decide, and
+/// write the change (todo commands go through [`apply_todos`]).
 async fn apply(
     tx: &Transaction<'_>,
     cmd: &TodoCommand,
     changed: &mut Changed,
 ) -> Result<Outcome, StoreError> {
     let needs = cmd.needs();
-    let todo = match needs.todo {
+    // A category being renamed or deleted is locked before its name or its
+    // todos are looked at, so no todo can enter it meanwhile.
+    let category = match needs.category {
         Some(id) => row(
             tx,
-            &format!("SELECT {COLUMNS} FROM todos WHERE id = $1 FOR UPDATE"),
+            &format!("SELECT {CATEGORY_COLUMNS} FROM categories WHERE id = $1 FOR UPDATE"),
             id,
         )
         .await?
-        .map(|r| todo_from(&r)),
-        None => None,
-    };
-    let category = match needs.category {
-        Some(id) => {
-            let lock = match cmd.op {
-                Op::Create | Op::Update | Op::Delete => "FOR KEY SHARE",
-                _ => "FOR UPDATE",
-            };
-            let sql = format!("SELECT {CATEGORY_COLUMNS} FROM categories WHERE id = $1 {lock}");
-            row(tx, &sql, id).await?.map(|r| category_from(&r))
-        }
+        .map(|r| category_from(&r)),
         None => None,
     };
     let name_taken = match needs.category_name {
@@ -209,7 +365,7 @@ async fn apply(
         None => 0,
     };
     let facts = Facts {
-        todo: todo.as_ref(),
+        todo: None,
         category: category.as_ref(),
         name_taken,
         username_taken,
@@ -248,29 +404,13 @@ async fn write(
     changed: &mut Changed,
 ) -> Result<Outcome, StoreError> {
     match change {
-        Change::Insert(t) => {
-            let stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO todos ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                ))
-                .await?;
-            tx.execute(&stmt, &todo_params(&t).as_params()).await?;
-            changed.todos.insert(t.id, Kept::Put);
-        }
-        Change::Update(t) => {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE todos SET owner = $2, title = $3, description = $4, completed = $5,
-                        created_at = $6, updated_at = $7, category_id = $8
-                     WHERE id = $1",
-                )
-                .await?;
-            tx.execute(&stmt, &todo_params(&t).as_params()).await?;
+        Change::Insert(t) | Change::Update(t) => {
+            let version = changed.version(tx).await?;
+            upsert_todos(tx, &[&t], version).await?;
             changed.todos.insert(t.id, Kept::Put);
         }
         Change::Delete(id) => {
-            let stmt = tx.prepare_cached("DELETE FROM todos WHERE id = $1").await?;
-            tx.execute(&stmt, &[&(id as i64)]).await?;
+            delete_todos(tx, &[id as i64]).await?;
             changed.todos.insert(id, Kept::Deleted);
         }
         Change::InsertUser(u) => {
@@ -338,40 +478,6 @@ async fn put_category(tx: &Transaction<'_>, c: &Category) -> Result<(), StoreErr
     Ok(())
 }
 
-/// A todo as the parameters of [`COLUMNS`].
-struct TodoParams<'a> {
-    todo: &'a Todo,
-    id: i64,
-    created_at: i64,
-    updated_at: i64,
-    category_id: Option<i64>,
-}
-
-fn todo_params(todo: &Todo) -> TodoParams<'_> {
-    TodoParams {
-        todo,
-        id: todo.id as i64,
-        created_at: todo.created_at as i64,
-        updated_at: todo.updated_at as i64,
-        category_id: todo.category_id.map(|c| c as i64),
-    }
-}
-
-impl TodoParams<'_> {
-    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
-        [
-            &self.id,
-            &self.todo.owner,
-            &self.todo.title,
-            &self.todo.description,
-            &self.todo.completed,
-            &self.created_at,
-            &self.updated_at,
-            &self.category_id,
-        ]
-    }
-}
-
 /// Whether a row changed in this batch is there at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kept {
@@ -383,6 +489,9 @@ enum Kept {
 /// and deleted in one batch is a tombstone only).
 #[derive(Default)]
 struct Changed {
+    /// The batch's snapshot version, taken (with its row's lock) before the
+    /// first todo is written.
+    version: Option<i64>,
     todos: HashMap<u64, Kept>,
     users: Vec<i64>,
     categories: HashMap<u64, Kept>,
@@ -393,7 +502,18 @@ impl Changed {
         self.todos.is_empty() && self.users.is_empty() && self.categories.is_empty()
     }
 
-    /// Stamp every changed row with `version`; tombstones for the deleted,
+    /// The batch's version, taken now if it was not yet.
+    async fn version(&mut self, tx: &Transaction<'_>) -> Result<i64, StoreError> {
+        if let Some(version) = self.version {
+            return Ok(version);
+        }
+        let version = super::next_version(tx).await?;
+        self.version = Some(version);
+        Ok(version)
+    }
+
+    /// Stamp every changed row not written with `version` already (users and
+    /// categories), and tombstones for the deleted,
     /// none for the present (a put removes an older tombstone of its id, so
     /// an id is never both in the feed's puts and its deletes).
     async fn stamp(&self, tx: &Transaction<'_>, version: i64) -> Result<(), StoreError> {
@@ -403,12 +523,14 @@ impl Changed {
         ] {
             let (put, deleted) = split(rows);
             if !put.is_empty() {
-                let stamp = tx
-                    .prepare_cached(&format!(
-                        "UPDATE {table} SET version = $1 WHERE id = ANY($2)"
-                    ))
-                    .await?;
-                tx.execute(&stamp, &[&version, &put]).await?;
+                if table != "todos" {
+                    let stamp = tx
+                        .prepare_cached(&format!(
+                            "UPDATE {table} SET version = $1 WHERE id = ANY($2)"
+                        ))
+                        .await?;
+                    tx.execute(&stamp, &[&version, &put]).await?;
+                }
                 let revive = tx
                     .prepare_cached("DELETE FROM deleted WHERE kind = $1 AND id = ANY($2)")
                     .await?;
