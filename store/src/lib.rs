@@ -29,12 +29,24 @@ pub use publish::Publisher;
 pub const SNAPSHOT_KEY: &str = "todos:snapshot";
 /// Redis pub/sub channel announcing a new snapshot version.
 pub const CHANGED_CHANNEL: &str = "todos:changed";
-/// `todos:accepted:<command id>` exists (for a day) once a server accepted
-/// the command, so every server answers `pending` for it until it is
-/// applied.
+/// Once a server accepted a command, its id is a field of the hash
+/// `todos:accepted:hour:<h>`, h the hour its id was made in (Unix ms /
+/// 3,600,000), so every server answers `pending` for it until it is
+/// applied. One `HSET` marks all of a moment's commands of one hour; the
+/// hash expires [`ACCEPTED_TTL_SECS`] after its last mark, more than a day
+/// after each of its ids was made.
+pub const ACCEPTED_HOUR_PREFIX: &str = "todos:accepted:hour:";
+/// `todos:accepted:<command id>`: the mark servers wrote before the hourly
+/// hashes (a string key of its own), still looked up during an upgrade.
 pub const ACCEPTED_PREFIX: &str = "todos:accepted:";
-/// Seconds an accepted mark is kept.
-pub const ACCEPTED_TTL_SECS: u64 = 24 * 60 * 60;
+/// Seconds an hour's marks are kept after its last one.
+pub const ACCEPTED_TTL_SECS: u64 = 25 * 60 * 60;
+
+/// The hash holding command `command_id`'s accepted mark.
+pub fn accepted_key(command_id: u64) -> String {
+    let hour = todo_model::ids::id_time_ms(command_id) / 3_600_000;
+    format!("{ACCEPTED_HOUR_PREFIX}{hour}")
+}
 
 /// Why a PostgreSQL operation failed.
 #[derive(Debug, thiserror::Error)]

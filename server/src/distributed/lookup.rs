@@ -247,10 +247,13 @@ async fn fill(pool: &deadpool_postgres::Pool, cache: &Publisher) -> bool {
     cache.publish(&snapshot).await.is_ok()
 }
 
-/// The accepted-marks task: takes every mark queued, sends them to Redis
-/// in one pipelined write (`SET todos:accepted:<id> 1 EX 86400`,
-/// `EXISTS ...`), answers each. Redis away: marks answer false and
-/// lookups 503 until it is back; the connection is made again per batch.
+/// The accepted-marks task: takes every mark queued and sends them to
+/// Redis in one pipelined write: per hour of the ids marked, one
+/// `HSET todos:accepted:hour:<h> <id> 1 <id> 1 ...` and its `EXPIRE`; per
+/// lookup, `HEXISTS` and (marks from servers before the hourly hashes)
+/// `EXISTS todos:accepted:<id>`. Answers each. Redis away: marks answer
+/// false and lookups 503 until it is back; the connection is made again
+/// per batch.
 async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
     use todo_store::redis::Connection;
     use todo_store::resp::Frame;
@@ -265,28 +268,49 @@ async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
                 Err(_) => break,
             }
         }
-        let keys: Vec<String> = batch
-            .iter()
-            .map(|m| match m {
-                Mark::Set(id, _) | Mark::Exists(id, _) => {
-                    format!("{}{id}", todo_store::ACCEPTED_PREFIX)
+        // The hours marked, each with its ids; the lookups; and per mark,
+        // its hour's or its lookup's index.
+        let mut hours: Vec<(String, Vec<String>)> = Vec::new();
+        let mut lookups: Vec<(String, String, String)> = Vec::new();
+        let mut places = Vec::with_capacity(batch.len());
+        for mark in &batch {
+            match mark {
+                Mark::Set(id, _) => {
+                    let key = todo_store::accepted_key(*id);
+                    let at = match hours.iter().position(|(k, _)| *k == key) {
+                        Some(at) => at,
+                        None => {
+                            hours.push((key, Vec::new()));
+                            hours.len() - 1
+                        }
+                    };
+                    hours[at].1.push(id.to_string());
+                    places.push(at);
                 }
-            })
-            .collect();
-        let commands: Vec<Vec<&[u8]>> = batch
-            .iter()
-            .zip(&keys)
-            .map(|(m, key)| match m {
-                Mark::Set(..) => vec![
-                    b"SET".as_slice(),
-                    key.as_bytes(),
-                    b"1",
-                    b"EX",
-                    ttl.as_bytes(),
-                ],
-                Mark::Exists(..) => vec![b"EXISTS".as_slice(), key.as_bytes()],
-            })
-            .collect();
+                Mark::Exists(id, _) => {
+                    places.push(lookups.len());
+                    lookups.push((
+                        todo_store::accepted_key(*id),
+                        id.to_string(),
+                        format!("{}{id}", todo_store::ACCEPTED_PREFIX),
+                    ));
+                }
+            }
+        }
+        let mut commands: Vec<Vec<&[u8]>> = Vec::with_capacity(hours.len() * 2 + lookups.len() * 2);
+        for (key, ids) in &hours {
+            let mut hset = Vec::with_capacity(2 + ids.len() * 2);
+            hset.extend([b"HSET".as_slice(), key.as_bytes()]);
+            for id in ids {
+                hset.extend([id.as_bytes(), b"1"]);
+            }
+            commands.push(hset);
+            commands.push(vec![b"EXPIRE", key.as_bytes(), ttl.as_bytes()]);
+        }
+        for (key, id, old) in &lookups {
+            commands.push(vec![b"HEXISTS", key.as_bytes(), id.as_bytes()]);
+            commands.push(vec![b"EXISTS", old.as_bytes()]);
+        }
         let replies = async {
             if conn.is_none() {
                 conn = Some(Connection::connect(&url).await?);
@@ -318,15 +342,18 @@ async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
                 None
             }
         };
-        for (i, mark) in batch.into_iter().enumerate() {
-            let reply = replies.as_ref().map(|r| &r[i]);
+        // Replies: each hour's HSET and EXPIRE, then each lookup's HEXISTS
+        // and EXISTS.
+        for (mark, place) in batch.into_iter().zip(places) {
             match mark {
                 Mark::Set(_, tx) => {
-                    let _ = tx.send(matches!(reply, Some(Frame::SimpleString(_))));
+                    let reply = replies.as_ref().map(|r| &r[place * 2]);
+                    let _ = tx.send(matches!(reply, Some(Frame::Integer(_))));
                 }
                 Mark::Exists(_, tx) => {
-                    let _ = tx.send(match reply {
-                        Some(Frame::Integer(n)) => Ok(*n > 0),
+                    let at = hours.len() * 2 + place * 2;
+                    let _ = tx.send(match replies.as_ref().map(|r| (&r[at], &r[at + 1])) {
+                        Some((Frame::Integer(new), Frame::Integer(old))) => Ok(*new > 0 || *old > 0),
                         _ => Err(Unavailable),
                     });
                 }

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use todo_model::envelope::{partition_of, Envelope, Packed, ENVELOPE_HEADER};
+use todo_model::envelope::{partition_of, Packed, ENVELOPE_HEADER};
 use todo_model::TodoCommand;
 
 use super::{DistributedError, Settings};
@@ -41,7 +41,9 @@ use crate::trace::Trace;
 use todo_http::HttpError;
 
 pub struct Producer {
-    settings: Settings,
+    settings: Arc<Settings>,
+    /// Records and commands the broker acknowledged, all cores together.
+    delivered: Arc<Delivered>,
     /// The topic's partitions, from the broker's metadata (0: not known
     /// yet). Shared by every core's producer.
     partitions: Arc<AtomicU32>,
@@ -87,6 +89,15 @@ impl Pack {
     }
 }
 
+/// What the broker acknowledged, counted once per record (the cores share
+/// it: a record is hundreds of commands under load, so the counters are
+/// touched rarely).
+#[derive(Default)]
+struct Delivered {
+    records: AtomicU64,
+    commands: AtomicU64,
+}
+
 /// A command in the pack and the end of its wait.
 struct Waiting {
     packed: Packed,
@@ -106,6 +117,7 @@ impl Clone for Producer {
     fn clone(&self) -> Self {
         Producer {
             settings: self.settings.clone(),
+            delivered: self.delivered.clone(),
             partitions: self.partitions.clone(),
             pack: Arc::default(),
         }
@@ -140,10 +152,27 @@ impl Producer {
             .spawn(move || learn_partitions(&meta, &topic, &learned))
             .map_err(DistributedError::Thread)?;
         Ok(Producer {
-            settings: settings.clone(),
+            settings: Arc::new(settings.clone()),
+            delivered: Arc::default(),
             partitions,
             pack: Arc::default(),
         })
+    }
+
+    /// The producer's metrics, Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "# HELP todo_kafka_records_total Kafka records the broker acknowledged (each an envelope of commands).\n\
+             # TYPE todo_kafka_records_total counter\n\
+             todo_kafka_records_total {}\n\
+             # HELP todo_kafka_record_commands_total Commands in the records the broker acknowledged.\n\
+             # TYPE todo_kafka_record_commands_total counter\n\
+             todo_kafka_record_commands_total {}\n",
+            self.delivered.records.load(Relaxed),
+            self.delivered.commands.load(Relaxed),
+        );
     }
 
     fn pack(&self) -> std::sync::MutexGuard<'_, Pack> {
@@ -221,7 +250,12 @@ impl Producer {
         for (slot, (list, busy)) in waiting.iter().zip(sending.iter_mut()).enumerate() {
             if !list.is_empty() && !*busy {
                 *busy = true;
-                monoio::spawn(send_slot(self.pack.clone(), self.settings.clone(), slot));
+                monoio::spawn(send_slot(
+                    self.pack.clone(),
+                    self.settings.clone(),
+                    self.delivered.clone(),
+                    slot,
+                ));
             }
         }
     }
@@ -229,13 +263,21 @@ impl Producer {
 
 /// The sender of one slot: records of up to [`MAX_PACK`] commands, one at
 /// a time, until nothing waits; each command's wait ends with its record's
-/// delivery report.
-async fn send_slot(pack: Arc<Mutex<Pack>>, settings: Settings, slot: usize) {
+/// delivery report. The list of commands and the record's bytes are kept
+/// from one record to the next: a busy slot allocates neither.
+async fn send_slot(
+    pack: Arc<Mutex<Pack>>,
+    settings: Arc<Settings>,
+    delivered: Arc<Delivered>,
+    slot: usize,
+) {
     let wait = settings.kafka_timeout + Duration::from_secs(1);
+    let mut list: Vec<Waiting> = Vec::new();
+    let mut payload = Vec::new();
     loop {
         // The client is taken anew for every record: one replaced after a
         // failure is not used again.
-        let (list, producer) = {
+        let producer = {
             let mut pack = pack.lock().unwrap_or_else(|e| e.into_inner());
             let waiting = &mut pack.waiting[slot];
             // A command whose wait ended (it was answered 503 after
@@ -248,41 +290,51 @@ async fn send_slot(pack: Arc<Mutex<Pack>>, settings: Settings, slot: usize) {
             }
             // Slot 0 (partitions not known): one command per record.
             let most = if slot == 0 { 1 } else { MAX_PACK };
-            let rest = waiting.split_off(waiting.len().min(most));
-            let list = std::mem::replace(waiting, rest);
-            (list, pack.client(&settings))
+            if waiting.len() <= most {
+                // `list` is empty: the slot gets its capacity back.
+                std::mem::swap(waiting, &mut list);
+            } else {
+                list.extend(waiting.drain(..most));
+            }
+            pack.client(&settings)
         };
-        let (commands, done): (Vec<Packed>, Vec<_>) =
-            list.into_iter().map(|w| (w.packed, w.done)).unzip();
         let result = match producer {
-            Ok(producer) => send_record(&producer, &settings.topic, slot, commands, wait).await,
+            Ok(producer) => {
+                send_record(&producer, &settings.topic, slot, &list, &mut payload, wait).await
+            }
             Err(e) => Err(e),
         };
         if result.is_err() {
             let mut pack = pack.lock().unwrap_or_else(|e| e.into_inner());
             pack.replace_after_failure(settings.kafka_timeout);
+        } else {
+            delivered.records.fetch_add(1, Relaxed);
+            delivered.commands.fetch_add(list.len() as u64, Relaxed);
         }
-        for d in done {
-            let _ = d.send(result.clone());
+        for w in list.drain(..) {
+            let _ = w.done.send(result.clone());
         }
     }
 }
 
-/// Produce one envelope of `commands` to `slot`'s partition and wait (at
-/// most `wait`) for its delivery report.
+/// Produce one envelope of `list`'s commands (its bytes written into
+/// `payload`) to `slot`'s partition and wait (at most `wait`) for its
+/// delivery report.
 async fn send_record(
     producer: &FutureProducer,
     topic: &str,
     slot: usize,
-    commands: Vec<Packed>,
+    list: &[Waiting],
+    payload: &mut Vec<u8>,
     wait: Duration,
 ) -> Result<(), HttpError> {
     let key = itoa::Buffer::new()
-        .format(commands[0].command.todo_id)
+        .format(list[0].packed.command.todo_id)
         .to_string();
-    let payload = sonic_rs::to_vec(&Envelope { commands })
+    payload.clear();
+    sonic_rs::to_writer(&mut *payload, &Commands(list))
         .map_err(|_| HttpError::internal("cannot encode commands"))?;
-    let mut record = FutureRecord::to(topic).key(&key).payload(&payload).headers(
+    let mut record = FutureRecord::to(topic).key(&key).payload(&payload[..]).headers(
         OwnedHeaders::new_with_capacity(1).insert(Header {
             key: ENVELOPE_HEADER,
             value: Some("1"),
@@ -297,6 +349,25 @@ async fn send_record(
     match monoio::time::timeout(wait, delivery).await {
         Ok(Ok(Ok(_))) => Ok(()),
         _ => Err(not_confirmed()),
+    }
+}
+
+/// The waiting commands as an [`Envelope`] writes them, without moving
+/// them out of their list.
+struct Commands<'a>(&'a [Waiting]);
+
+impl serde::Serialize for Commands<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Seq<'a>(&'a [Waiting]);
+        impl serde::Serialize for Seq<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|w| &w.packed))
+            }
+        }
+        let mut envelope = s.serialize_struct("Envelope", 1)?;
+        envelope.serialize_field("commands", &Seq(self.0))?;
+        envelope.end()
     }
 }
 
@@ -326,5 +397,48 @@ fn learn_partitions(client: &FutureProducer, topic: &str, partitions: &AtomicU32
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use todo_model::envelope::Envelope;
+    use todo_model::{Fields, Op};
+
+    #[test]
+    fn a_list_is_written_as_its_envelope() {
+        let packed: Vec<Packed> = (0..3u64)
+            .map(|i| Packed {
+                command: TodoCommand {
+                    command_id: 10 + i,
+                    op: Op::Create,
+                    todo_id: 20 + i,
+                    user: format!("user{i}"),
+                    fields: Fields {
+                        title: Some(format!("t\"{i}")),
+                        ..Fields::default()
+                    },
+                    issued_at: 1_700_000_000_000 + i,
+                    name: None,
+                    password_hash: None,
+                    idempotency: None,
+                },
+                request_id: (i != 1).then(|| format!("req-{i}")),
+                traceparent: (i == 2)
+                    .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            })
+            .collect();
+        let list: Vec<Waiting> = packed
+            .iter()
+            .map(|p| Waiting {
+                packed: p.clone(),
+                done: flume::bounded(1).0,
+            })
+            .collect();
+        let ours = sonic_rs::to_vec(&Commands(&list)).unwrap();
+        let envelope = Envelope { commands: packed };
+        assert_eq!(ours, sonic_rs::to_vec(&envelope).unwrap());
+        assert_eq!(sonic_rs::from_slice::<Envelope>(&ours).unwrap(), envelope);
     }
 }

@@ -55,6 +55,9 @@ pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
         services.accounts.hashes(),
         services.model.version(),
     );
+    if let crate::backend::Backend::Distributed { producer, .. } = &core.backend {
+        producer.render_metrics(&mut text);
+    }
     response::append(
         out,
         response::Head {
