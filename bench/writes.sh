@@ -7,13 +7,13 @@
 # Then the worker applies the backlog, and PostgreSQL must hold exactly one
 # processed command per accepted write.
 #
-#   ./bench/writes.sh [--duration 10s] [--connections 64] [--pipelining 8]
+#   ./bench/writes.sh [--duration 10s] [--connections 64] [--pipelining 32]
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
-PIPELINING=${PIPELINING:-8}
+PIPELINING=${PIPELINING:-32}
 parse_flags "$@"
 
 build_release
