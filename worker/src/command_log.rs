@@ -5,10 +5,12 @@
 //! ```text
 //! {"time":"2026-01-31T12:00:00.123456Z","event":"command","command_id":1,"todo_id":2,
 //!  "op":"update","user":"alice","result":"rejected","reason":"not_owner",
-//!  "request_id":"...","traceparent":"00-...-01","partition":0,"offset":17}
+//!  "request_id":"...","traceparent":"00-...-01","partition":0,"offset":17,
+//!  "received":"2026-01-31T12:00:00.101234Z"}
 //! ```
 //!
-//! `time` is the commit's (RFC 3339, UTC, microseconds); `result` is
+//! `time` is the commit's (RFC 3339, UTC, microseconds), `received` when
+//! the worker took the command's record from the consumer; `result` is
 //! `applied`, `rejected` (with `reason`) or `duplicate` (processed before,
 //! skipped); `request_id` and `traceparent` are the ones the command's
 //! envelope carries for it (a record of one bare command: the record's
@@ -31,6 +33,8 @@ use todo_model::{Outcome, TodoCommand};
 struct Origin {
     partition: i32,
     offset: i64,
+    /// When the record was taken from the consumer.
+    received: SystemTime,
     /// Ranges in [`CommandLog::values`].
     request_id: Option<Range<usize>>,
     traceparent: Option<Range<usize>>,
@@ -54,6 +58,7 @@ struct Line<'a> {
     traceparent: Option<Cow<'a, str>>,
     partition: i32,
     offset: i64,
+    received: &'a str,
 }
 
 /// The command log of the consume loop: gathers a batch's origins, writes
@@ -89,13 +94,20 @@ impl CommandLog {
 
     /// The batch's next command came from `partition` at `offset`, with
     /// these record headers.
-    pub fn note<H: Headers>(&mut self, partition: i32, offset: i64, headers: Option<&H>) {
+    pub fn note<H: Headers>(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        received: SystemTime,
+        headers: Option<&H>,
+    ) {
         if !self.on {
             return;
         }
         let mut origin = Origin {
             partition,
             offset,
+            received,
             request_id: None,
             traceparent: None,
         };
@@ -122,6 +134,7 @@ impl CommandLog {
         &mut self,
         partition: i32,
         offset: i64,
+        received: SystemTime,
         request_id: Option<&str>,
         traceparent: Option<&str>,
     ) {
@@ -138,6 +151,7 @@ impl CommandLog {
         let origin = Origin {
             partition,
             offset,
+            received,
             request_id: keep(request_id),
             traceparent: keep(traceparent),
         };
@@ -173,7 +187,13 @@ impl CommandLog {
                 .clone()
                 .map(|r| String::from_utf8_lossy(&self.values[r]))
         };
+        // A record's commands share its time: formatted once.
+        let mut received: Option<(SystemTime, String)> = None;
         for ((cmd, outcome), origin) in cmds.iter().zip(outcomes).zip(&self.origins) {
+            if received.as_ref().is_none_or(|(at, _)| *at != origin.received) {
+                let text = humantime::format_rfc3339_micros(origin.received).to_string();
+                received = Some((origin.received, text));
+            }
             let (result, reason) = match outcome {
                 Some(Outcome::Applied) => ("applied", None),
                 Some(Outcome::Rejected(why)) => ("rejected", Some(why.as_str())),
@@ -192,6 +212,7 @@ impl CommandLog {
                 traceparent: text(&origin.traceparent),
                 partition: origin.partition,
                 offset: origin.offset,
+                received: received.as_ref().map_or("", |(_, text)| text),
             };
             // Serializing plain fields into a Vec cannot fail.
             let _ = sonic_rs::to_writer(&mut self.out, &line);
@@ -237,9 +258,10 @@ mod tests {
                 key: "traceparent",
                 value: Some(&b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..]),
             });
-        log.note(3, 40, Some(&headers));
-        log.note::<OwnedHeaders>(1, 7, None);
-        log.note::<OwnedHeaders>(1, 8, None);
+        let taken = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_769_860_800_100_007);
+        log.note(3, 40, taken, Some(&headers));
+        log.note::<OwnedHeaders>(1, 7, taken, None);
+        log.note::<OwnedHeaders>(1, 8, SystemTime::UNIX_EPOCH, None);
         let cmds = [
             cmd(1, Op::Create, "alice"),
             cmd(2, Op::Delete, "bob\n"),
@@ -275,6 +297,9 @@ mod tests {
             (first["partition"].as_i64(), first["offset"].as_i64()),
             (Some(3), Some(40))
         );
+        assert_eq!(first["received"].as_str(), Some("2026-01-31T12:00:00.100007Z"));
+        assert_eq!(lines[1]["received"].as_str(), Some("2026-01-31T12:00:00.100007Z"));
+        assert_eq!(lines[2]["received"].as_str(), Some("1970-01-01T00:00:00.000000Z"));
         assert_eq!(lines[1]["user"].as_str(), Some("bob\n"));
         assert_eq!(lines[1]["result"].as_str(), Some("rejected"));
         assert_eq!(lines[1]["reason"].as_str(), Some("not_owner"));
@@ -286,7 +311,7 @@ mod tests {
     #[test]
     fn off_notes_and_writes_nothing() {
         let mut log = CommandLog::new(false);
-        log.note::<OwnedHeaders>(0, 1, None);
+        log.note::<OwnedHeaders>(0, 1, SystemTime::now(), None);
         assert!(log.origins.is_empty());
         log.write(&[cmd(1, Op::Create, "a")], &[Some(Outcome::Applied)]);
         assert!(log.out.is_empty());

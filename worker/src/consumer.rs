@@ -215,6 +215,7 @@ fn take(
     metrics: &Metrics,
 ) {
     offsets.insert(m.partition(), m.offset());
+    let received = std::time::SystemTime::now();
     let packed = m
         .headers()
         .is_some_and(|h| h.iter().any(|h| h.key == ENVELOPE_HEADER));
@@ -225,6 +226,7 @@ fn take(
                     log.note_packed(
                         m.partition(),
                         m.offset(),
+                        received,
                         p.request_id.as_deref(),
                         p.traceparent.as_deref(),
                     );
@@ -247,7 +249,7 @@ fn take(
     match m.payload().map(sonic_rs::from_slice::<TodoCommand>) {
         Some(Ok(cmd)) => {
             batch.push(cmd);
-            log.note(m.partition(), m.offset(), m.headers());
+            log.note(m.partition(), m.offset(), received, m.headers());
         }
         // A command no server could have produced: skipped, and its offset
         // stored with the batch so it is not retried forever.
