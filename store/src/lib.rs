@@ -59,6 +59,10 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("PostgreSQL pool: {0}")]
     BuildPool(deadpool_postgres::BuildError),
+    /// Another worker recorded one of the batch's commands first; the batch
+    /// is applied again (skipping it).
+    #[error("PostgreSQL: another worker applied a command of this batch meanwhile")]
+    Raced,
     /// A row stayed contended through every retry.
     #[error("PostgreSQL: {0}")]
     Contended(String),
@@ -70,6 +74,9 @@ impl StoreError {
     /// the same work again at once is the remedy.
     pub fn is_conflict(&self) -> bool {
         use tokio_postgres::error::SqlState;
+        if matches!(self, StoreError::Raced) {
+            return true;
+        }
         let StoreError::Db(e) = self else {
             return false;
         };

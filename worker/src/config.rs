@@ -33,7 +33,8 @@ pub struct WorkerConfig {
     /// Most commands applied in one transaction.
     #[arg(long, env = "TODO_WORKER_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
-    /// Longest wait for a batch to fill once its first command arrived.
+    /// Longest wait for a batch to fill once its first command arrived
+    /// (gathering also ends once no record has come for 1 ms).
     #[arg(long, env = "TODO_WORKER_BATCH_WAIT", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
     /// PostgreSQL connections in the pool.

@@ -115,6 +115,10 @@ pub fn consumer(config: &WorkerConfig) -> Result<StreamConsumer, WorkerError> {
     Ok(consumer)
 }
 
+/// How long the gathering of a batch waits for one more record before
+/// applying what it has (at most `batch_wait` in all).
+const IDLE_GAP: Duration = Duration::from_millis(1);
+
 /// Consume until an error; each applied batch's snapshot goes to `latest`.
 pub async fn consume(
     config: &WorkerConfig,
@@ -150,9 +154,11 @@ pub async fn consume(
         let deadline = Instant::now() + config.batch_wait;
         take(&first, &mut batch, &mut offsets, &mut log, metrics);
         drop(first);
+        // A fetch's records arrive together: once none has come for
+        // IDLE_GAP, what the broker had is in the batch.
         while batch.len() < config.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, consumer.recv()).await {
+            match tokio::time::timeout(left.min(IDLE_GAP), consumer.recv()).await {
                 Ok(Ok(m)) => take(&m, &mut batch, &mut offsets, &mut log, metrics),
                 // Apply what came; the next recv waits the error out.
                 Ok(Err(_)) | Err(_) => break,

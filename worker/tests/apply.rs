@@ -224,3 +224,81 @@ async fn two_workers_share_the_partitions_and_apply_each_command_once() {
         w.kill();
     }
 }
+
+/// A command recorded by another worker while this batch was being applied
+/// (a partition that moved while both held it): the batch rolls back whole
+/// and, done again, skips that command, so nothing is applied twice.
+#[tokio::test]
+async fn a_batch_that_loses_a_command_to_another_worker_rolls_back_and_skips_it() {
+    use todo_store::pg;
+    let env = Env::new(1).await;
+    let pool = pg::pool(&env.database_url, 2).unwrap();
+    pg::migrate_and_seed(&mut pool.get().await.unwrap(), 0)
+        .await
+        .unwrap();
+    let mut cmds = Commands::new(1);
+    let batch: Vec<_> = (0..3).map(|i| cmds.create("ann", &format!("t{i}"))).collect();
+    let raced = &batch[1];
+
+    // The other worker: its record of the middle command, not committed yet.
+    let mut other = env.db().await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO processed_commands (command_id, todo_id, op, user_name, outcome)
+         VALUES ($1, $2, 'create', 'ann', 'applied')",
+        &[&(raced.command_id as i64), &(raced.todo_id as i64)],
+    )
+    .await
+    .unwrap();
+    let ours = {
+        let (pool, batch) = (pool.clone(), batch.clone());
+        tokio::spawn(async move { pg::apply_batch(&mut pool.get().await.unwrap(), &batch).await })
+    };
+    // Ours waits for that row's transaction once it records its outcomes.
+    let watcher = env.db().await;
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    tx.commit().await.unwrap();
+    let lost = ours.await.unwrap().err().expect("the batch lost the race");
+    assert!(lost.is_conflict(), "{lost}");
+
+    let again = pg::apply_batch(&mut pool.get().await.unwrap(), &batch)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.outcomes,
+        vec![Some(todo_model::Outcome::Applied), None, Some(todo_model::Outcome::Applied)]
+    );
+    let present = |id: u64| {
+        let watcher = &watcher;
+        async move {
+            watcher
+                .query_one("SELECT count(*) FROM todos WHERE id = $1", &[&(id as i64)])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(present(batch[0].todo_id).await, 1);
+    // The losing attempt's write of the raced command was rolled back.
+    assert_eq!(present(raced.todo_id).await, 0);
+    assert_eq!(present(batch[2].todo_id).await, 1);
+    let recorded: i64 = watcher
+        .query_one("SELECT count(*) FROM processed_commands", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 3);
+}

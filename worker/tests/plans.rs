@@ -425,7 +425,7 @@ async fn every_query_is_an_index_scan() {
             "UPDATE categories SET version",
             "UPDATE users SET version",
             "DELETE FROM deleted",
-            "UPDATE processed_commands",
+            "FROM processed_commands WHERE command_id = ANY($1)",
             // the snapshot, the feed, the lookups
             "ORDER BY id DESC LIMIT 1000",
             "FROM todos WHERE version > $1",

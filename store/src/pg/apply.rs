@@ -2,7 +2,7 @@
 //! ONE transaction (write path, design section 5).
 //!
 //! ```text
-//! record     INSERT processed_commands (whole batch, ON CONFLICT DO NOTHING)
+//! new        SELECT processed_commands (whole batch)
 //!            -> which commands are new; the others were applied before
 //! todo runs  each run of new todo commands (create, update, delete) between
 //!            two of another kind, in four round trips however long: read
@@ -12,7 +12,9 @@
 //!            decide, write the Change
 //! 1st write  UPDATE snapshot_version (+1; its row lock orders these
 //!            commits), so todos are written once, with their version
-//! outcomes   UPDATE processed_commands (whole batch): applied | rejected + reason
+//! record     INSERT processed_commands (the new ones, with their outcomes,
+//!            ON CONFLICT DO NOTHING): one row missing -> another worker
+//!            applied that command meanwhile -> roll back, apply again
 //! if changed stamp changed users and categories, and tombstones, with the version
 //!            -> render the newest rows as the snapshot of that version
 //! COMMIT
@@ -20,8 +22,10 @@
 //!
 //! Exactly once: a redelivered command's id is recorded already, so it is
 //! skipped; a command being applied by another worker right now (a partition
-//! that moved) makes our INSERT of its id wait for that transaction, then
-//! skip it. The facts are read under locks so that two workers applying
+//! that moved) makes our INSERT of its id wait for that transaction and
+//! then find it recorded: ours rolls back ([`StoreError::Raced`]) and is
+//! done again, skipping it. Each command's row is written once, outcome
+//! included (no pending row updated later). The facts are read under locks so that two workers applying
 //! related commands at once still decide on the truth:
 //!
 //! - the todo row `FOR UPDATE` (its commands come in order on one partition,
@@ -71,7 +75,7 @@ pub async fn apply_batch(
     cmds: &[TodoCommand],
 ) -> Result<Applied, StoreError> {
     let tx = client.transaction().await?;
-    let mut new = record(&tx, cmds).await?;
+    let mut new = not_processed(&tx, cmds).await?;
     let mut changed = Changed::default();
     let mut outcomes = vec![None; cmds.len()];
     // The new todo commands since the last command of another kind: applied
@@ -91,7 +95,7 @@ pub async fn apply_batch(
         outcomes[i] = Some(apply(&tx, cmd, &mut changed).await?);
     }
     apply_todos(&tx, cmds, &run, &mut outcomes, &mut changed).await?;
-    record_outcomes(&tx, cmds, &outcomes).await?;
+    record(&tx, cmds, &outcomes).await?;
     // Rendering inside the transaction, holding the version row's lock, makes
     // the snapshot exactly the state its version names: another worker's
     // commit has to wait for ours.
@@ -106,60 +110,64 @@ pub async fn apply_batch(
     Ok(Applied { outcomes, snapshot })
 }
 
-/// Record every command id of the batch as pending; the ids that were not
-/// recorded before.
-async fn record(tx: &Transaction<'_>, cmds: &[TodoCommand]) -> Result<HashSet<u64>, StoreError> {
-    let mut seen = HashSet::with_capacity(cmds.len());
-    let mut firsts: Vec<&TodoCommand> = cmds.iter().filter(|c| seen.insert(c.command_id)).collect();
-    // In id order: two workers recording overlapping batches (a partition
-    // that moved) wait for each other's ids in one order, never in a cycle.
-    firsts.sort_unstable_by_key(|c| c.command_id);
+/// The ids of the batch's commands that were not processed before (each
+/// once, however often it came).
+async fn not_processed(
+    tx: &Transaction<'_>,
+    cmds: &[TodoCommand],
+) -> Result<HashSet<u64>, StoreError> {
+    let mut new: HashSet<u64> = cmds.iter().map(|c| c.command_id).collect();
+    let ids: Vec<i64> = new.iter().map(|&id| id as i64).collect();
     let stmt = tx
-        .prepare_cached(
-            "INSERT INTO processed_commands (command_id, todo_id, op, user_name, outcome)
-             SELECT c, t, o, u, 'pending'
-             FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) AS n (c, t, o, u)
-             ORDER BY c
-             ON CONFLICT DO NOTHING
-             RETURNING command_id",
-        )
+        .prepare_cached("SELECT command_id FROM processed_commands WHERE command_id = ANY($1)")
         .await?;
-    let ids: Vec<i64> = firsts.iter().map(|c| c.command_id as i64).collect();
-    let targets: Vec<i64> = firsts.iter().map(|c| c.todo_id as i64).collect();
-    let ops: Vec<&str> = firsts.iter().map(|c| c.op.as_str()).collect();
-    let users: Vec<&str> = firsts.iter().map(|c| c.user.as_str()).collect();
-    let rows = tx.query(&stmt, &[&ids, &targets, &ops, &users]).await?;
-    Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    for row in tx.query(&stmt, &[&ids]).await? {
+        new.remove(&(row.get::<_, i64>(0) as u64));
+    }
+    Ok(new)
 }
 
-/// Write each new command's outcome over its pending record.
-async fn record_outcomes(
+/// Record the outcome of every command applied now. Another worker that
+/// applied one of them meanwhile (a partition that moved while both held
+/// it) committed its record first: ours then loses the race
+/// ([`StoreError::Raced`]) and the whole transaction is rolled back, to be
+/// done again without the commands it already did.
+async fn record(
     tx: &Transaction<'_>,
     cmds: &[TodoCommand],
     outcomes: &[Option<Outcome>],
 ) -> Result<(), StoreError> {
-    let mut ids = Vec::new();
-    let mut statuses = Vec::new();
-    let mut reasons = Vec::new();
-    for (cmd, outcome) in cmds.iter().zip(outcomes) {
-        if let Some(outcome) = outcome {
-            let (status, reason) = stored_outcome(*outcome);
-            ids.push(cmd.command_id as i64);
-            statuses.push(status);
-            reasons.push(reason);
-        }
-    }
-    if ids.is_empty() {
+    let mut done: Vec<(&TodoCommand, Outcome)> = cmds
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(cmd, outcome)| outcome.map(|o| (cmd, o)))
+        .collect();
+    if done.is_empty() {
         return Ok(());
     }
+    // In id order: two workers recording overlapping batches wait for each
+    // other's ids in one order, never in a cycle.
+    done.sort_unstable_by_key(|(c, _)| c.command_id);
     let stmt = tx
         .prepare_cached(
-            "UPDATE processed_commands p SET outcome = n.o, reason = n.r
-             FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[]) AS n (c, o, r)
-             WHERE p.command_id = n.c",
+            "INSERT INTO processed_commands (command_id, todo_id, op, user_name, outcome, reason)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[],
+                                  $5::TEXT[], $6::TEXT[])
+             ON CONFLICT DO NOTHING",
         )
         .await?;
-    tx.execute(&stmt, &[&ids, &statuses, &reasons]).await?;
+    let ids: Vec<i64> = done.iter().map(|(c, _)| c.command_id as i64).collect();
+    let targets: Vec<i64> = done.iter().map(|(c, _)| c.todo_id as i64).collect();
+    let ops: Vec<&str> = done.iter().map(|(c, _)| c.op.as_str()).collect();
+    let users: Vec<&str> = done.iter().map(|(c, _)| c.user.as_str()).collect();
+    let (statuses, reasons): (Vec<&str>, Vec<Option<&str>>) =
+        done.iter().map(|(_, o)| stored_outcome(*o)).unzip();
+    let recorded = tx
+        .execute(&stmt, &[&ids, &targets, &ops, &users, &statuses, &reasons])
+        .await?;
+    if recorded as usize != done.len() {
+        return Err(StoreError::Raced);
+    }
     Ok(())
 }
 
