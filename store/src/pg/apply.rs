@@ -39,6 +39,12 @@
 //!   (two user ids, two partitions) are decided one after the other. The
 //!   unique indexes stay the backstop.
 //!
+//! Statements that look up a list of ids (`= ANY($1)`) are unnamed
+//! (`query_typed`): planned for each run, with the list at hand and each
+//! table's size now. A plan cached while a table was still small (a fresh
+//! deployment's `processed_commands`) would go on reading the whole table
+//! long after it has grown: measured, a backlog that never drained.
+//!
 //! A todo run locks its rows in id order; the other commands lock in command
 //! order, and the version row is locked at the first write, so two workers
 //! can deadlock (say, each renames one of two categories to the other's old
@@ -49,6 +55,7 @@
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::types::Type;
 use todo_model::{decide, Category, Change, Facts, Op, Outcome, Snapshot, Todo, TodoCommand};
 
 use super::{category_from, render, stored_outcome, todo_from, CATEGORY_COLUMNS, COLUMNS};
@@ -118,10 +125,13 @@ async fn not_processed(
 ) -> Result<HashSet<u64>, StoreError> {
     let mut new: HashSet<u64> = cmds.iter().map(|c| c.command_id).collect();
     let ids: Vec<i64> = new.iter().map(|&id| id as i64).collect();
-    let stmt = tx
-        .prepare_cached("SELECT command_id FROM processed_commands WHERE command_id = ANY($1)")
+    let rows = tx
+        .query_typed(
+            "SELECT command_id FROM processed_commands WHERE command_id = ANY($1)",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
         .await?;
-    for row in tx.query(&stmt, &[&ids]).await? {
+    for row in rows {
         new.remove(&(row.get::<_, i64>(0) as u64));
     }
     Ok(new)
@@ -190,14 +200,15 @@ async fn apply_todos(
     let mut todo_ids: Vec<i64> = run.iter().map(|&i| cmds[i].todo_id as i64).collect();
     todo_ids.sort_unstable();
     todo_ids.dedup();
-    let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM todos WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-        ))
+    let rows = tx
+        .query_typed(
+            &format!("SELECT {COLUMNS} FROM todos WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            &[(&todo_ids, Type::INT8_ARRAY)],
+        )
         .await?;
     // Every named id, present or not: the facts as the run goes on.
     let mut todos: HashMap<u64, Option<Todo>> = todo_ids.iter().map(|&id| (id as u64, None)).collect();
-    for r in tx.query(&stmt, &[&todo_ids]).await? {
+    for r in rows {
         let todo = todo_from(&r);
         todos.insert(todo.id, Some(todo));
     }
@@ -210,12 +221,13 @@ async fn apply_todos(
     category_ids.dedup();
     let mut categories = HashMap::new();
     if !category_ids.is_empty() {
-        let stmt = tx
-            .prepare_cached(&format!(
-                "SELECT {CATEGORY_COLUMNS} FROM categories WHERE id = ANY($1) ORDER BY id FOR KEY SHARE"
-            ))
-            .await?;
-        for r in tx.query(&stmt, &[&category_ids]).await? {
+        let sql = format!(
+            "SELECT {CATEGORY_COLUMNS} FROM categories WHERE id = ANY($1) ORDER BY id FOR KEY SHARE"
+        );
+        for r in tx
+            .query_typed(&sql, &[(&category_ids, Type::INT8_ARRAY)])
+            .await?
+        {
             let category = category_from(&r);
             categories.insert(category.id, category);
         }
@@ -267,10 +279,11 @@ async fn apply_todos(
 }
 
 async fn delete_todos(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
-    let stmt = tx
-        .prepare_cached("DELETE FROM todos WHERE id = ANY($1)")
-        .await?;
-    tx.execute(&stmt, &[&ids]).await?;
+    tx.execute_typed(
+        "DELETE FROM todos WHERE id = ANY($1)",
+        &[(&ids, Type::INT8_ARRAY)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -532,17 +545,17 @@ impl Changed {
             let (put, deleted) = split(rows);
             if !put.is_empty() {
                 if table != "todos" {
-                    let stamp = tx
-                        .prepare_cached(&format!(
-                            "UPDATE {table} SET version = $1 WHERE id = ANY($2)"
-                        ))
-                        .await?;
-                    tx.execute(&stamp, &[&version, &put]).await?;
-                }
-                let revive = tx
-                    .prepare_cached("DELETE FROM deleted WHERE kind = $1 AND id = ANY($2)")
+                    tx.execute_typed(
+                        &format!("UPDATE {table} SET version = $1 WHERE id = ANY($2)"),
+                        &[(&version, Type::INT8), (&put, Type::INT8_ARRAY)],
+                    )
                     .await?;
-                tx.execute(&revive, &[&kind, &put]).await?;
+                }
+                tx.execute_typed(
+                    "DELETE FROM deleted WHERE kind = $1 AND id = ANY($2)",
+                    &[(&kind, Type::TEXT), (&put, Type::INT8_ARRAY)],
+                )
+                .await?;
             }
             if !deleted.is_empty() {
                 let tombstone = tx
@@ -556,10 +569,11 @@ impl Changed {
             }
         }
         if !self.users.is_empty() {
-            let stamp = tx
-                .prepare_cached("UPDATE users SET version = $1 WHERE id = ANY($2)")
-                .await?;
-            tx.execute(&stamp, &[&version, &self.users]).await?;
+            tx.execute_typed(
+                "UPDATE users SET version = $1 WHERE id = ANY($2)",
+                &[(&version, Type::INT8), (&self.users, Type::INT8_ARRAY)],
+            )
+            .await?;
         }
         Ok(())
     }
