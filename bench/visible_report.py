@@ -35,7 +35,8 @@ with open(os.path.join(run, "worker.log")) as f:
             worker[d["command_id"]] = (unix_us(d["received"]), unix_us(d["time"]))
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-print(f"Run {now} on {os.cpu_count()} CPUs; two todo-servers (every core watched), one todo-worker, tansu, PostgreSQL, Redis on this machine.\n")
+parts = os.environ.get("PARTITIONS", "?")
+print(f"Run {now} on {os.cpu_count()} CPUs; two todo-servers (every core watched), one todo-worker, tansu ({parts} partitions), PostgreSQL, Redis on this machine.\n")
 curves, lags = {}, {}
 for rate in rates:
     report = json.load(open(os.path.join(run, f"report-{rate}.json")))
@@ -106,7 +107,7 @@ ax.set_xlabel("ms from the write's due time until listed on every core of two se
 ax.set_ylabel("fraction of writes")
 ax.grid(True, which="both", alpha=.3)
 ax.legend()
-ax.set_title("Write to visible (open loop, release build)")
+ax.set_title(f"Write to visible (open loop, release build, {parts} partitions)")
 fig.tight_layout()
 fig.savefig(os.path.join(root, "docs", "write-visible.png"), dpi=100)
 
@@ -117,7 +118,7 @@ ax.set_xlabel("seconds since the writes began")
 ax.set_ylabel("consumer lag (messages, all partitions)")
 ax.grid(True, alpha=.3)
 ax.legend()
-ax.set_title("todo-worker consumer lag while writing")
+ax.set_title(f"todo-worker consumer lag while writing ({parts} partitions)")
 fig.tight_layout()
 fig.savefig(os.path.join(root, "docs", "write-lag.png"), dpi=100)
 print("Plots: docs/write-visible.png, docs/write-lag.png.")
