@@ -115,7 +115,7 @@ fig, ax = plt.subplots(figsize=(8, 4.5))
 for rate, points in lags.items():
     ax.plot([t for t, _ in points], [l for _, l in points], marker=".", label=f"{int(float(rate)):,} writes/s")
 ax.set_xlabel("seconds since the writes began")
-ax.set_ylabel("consumer lag (messages, all partitions)")
+ax.set_ylabel("consumer lag (records, all partitions)")
 ax.grid(True, alpha=.3)
 ax.legend()
 ax.set_title(f"todo-worker consumer lag while writing ({parts} partitions)")
