@@ -149,7 +149,11 @@ fn addr(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{url}: no address"))
 }
 
-fn get(stream: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> anyhow::Result<todo_testkit::http::Response> {
+fn get(
+    stream: &mut TcpStream,
+    path: &str,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<todo_testkit::http::Response> {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")?;
     read_response(stream, buf).context("connection closed")
 }
@@ -209,7 +213,10 @@ fn watch(
         if etag.is_empty() {
             write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")?;
         } else {
-            write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n")?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"
+            )?;
         }
         let r = read_response(&mut s, &mut buf).context("a watched core closed")?;
         let now = clock.now();
@@ -297,7 +304,8 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
         }));
     }
     for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
     }
     let mut all = Vec::new();
     let mut refused: HashMap<u16, u64> = HashMap::new();
@@ -328,8 +336,8 @@ fn summary(h: &Histogram<u64>) -> sonic_rs::Value {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if !(cli.rate > 0.0) || cli.connections == 0 {
-        bail!("--rate and --connections must be above 0");
+    if !cli.rate.is_finite() || cli.rate <= 0.0 || cli.connections == 0 {
+        bail!("--rate must be a number above 0 and --connections at least 1");
     }
     let clock = Clock::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -340,7 +348,9 @@ fn main() -> anyhow::Result<()> {
             let seen = Arc::new(Mutex::new(Seen::default()));
             cores.push((server.clone(), core, seen.clone()));
             let (limit, poll, stop) = (cli.limit, cli.poll, stop.clone());
-            watchers.push(std::thread::spawn(move || watch(s, limit, poll, clock, seen, stop)));
+            watchers.push(std::thread::spawn(move || {
+                watch(s, limit, poll, clock, seen, stop)
+            }));
         }
     }
     let (written, refused) = write_all(&cli, clock)?;
@@ -351,7 +361,10 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(_, _, seen)| {
                 let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                written.iter().filter(|w| seen.when(w.todo_id).is_none()).count()
+                written
+                    .iter()
+                    .filter(|w| seen.when(w.todo_id).is_none())
+                    .count()
             })
             .sum();
         if left == 0 || Instant::now() >= deadline {
@@ -361,7 +374,8 @@ fn main() -> anyhow::Result<()> {
     }
     stop.store(true, Relaxed);
     for w in watchers {
-        w.join().map_err(|_| anyhow::anyhow!("a watcher panicked"))??;
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a watcher panicked"))??;
     }
 
     let mut accept = Histogram::<u64>::new(3)?;
@@ -381,7 +395,9 @@ fn main() -> anyhow::Result<()> {
         let times: Vec<Option<(u64, bool)>> = seen.iter().map(|s| s.when(w.todo_id)).collect();
         passed_unseen += times.iter().flatten().filter(|(_, passed)| *passed).count() as u64;
         let listed: Vec<u64> = times.iter().flatten().map(|(t, _)| *t).collect();
-        let everywhere = (listed.len() == times.len()).then(|| listed.iter().max().copied()).flatten();
+        let everywhere = (listed.len() == times.len())
+            .then(|| listed.iter().max().copied())
+            .flatten();
         if let Some(min) = listed.iter().min() {
             first.record(min.saturating_sub(w.due_us))?;
         }
@@ -408,11 +424,16 @@ fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     // Histogram of due -> listed on every core, in ms buckets.
-    let bounds_ms = [5u64, 10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 5000];
+    let bounds_ms = [
+        5u64, 10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 5000,
+    ];
     let mut buckets = vec![0u64; bounds_ms.len() + 1];
     for v in every.iter_recorded() {
         let ms = v.value_iterated_to() / 1000;
-        let at = bounds_ms.iter().position(|&b| ms < b).unwrap_or(bounds_ms.len());
+        let at = bounds_ms
+            .iter()
+            .position(|&b| ms < b)
+            .unwrap_or(bounds_ms.len());
         buckets[at] += v.count_at_value();
     }
     let histogram: Vec<sonic_rs::Value> = bounds_ms

@@ -190,7 +190,10 @@ impl CommandLog {
         // A record's commands share its time: formatted once.
         let mut received: Option<(SystemTime, String)> = None;
         for ((cmd, outcome), origin) in cmds.iter().zip(outcomes).zip(&self.origins) {
-            if received.as_ref().is_none_or(|(at, _)| *at != origin.received) {
+            if received
+                .as_ref()
+                .is_none_or(|(at, _)| *at != origin.received)
+            {
                 let text = humantime::format_rfc3339_micros(origin.received).to_string();
                 received = Some((origin.received, text));
             }
@@ -258,7 +261,8 @@ mod tests {
                 key: "traceparent",
                 value: Some(&b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..]),
             });
-        let taken = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_769_860_800_100_007);
+        let taken =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_769_860_800_100_007);
         log.note(3, 40, taken, Some(&headers));
         log.note::<OwnedHeaders>(1, 7, taken, None);
         log.note::<OwnedHeaders>(1, 8, SystemTime::UNIX_EPOCH, None);
@@ -297,9 +301,18 @@ mod tests {
             (first["partition"].as_i64(), first["offset"].as_i64()),
             (Some(3), Some(40))
         );
-        assert_eq!(first["received"].as_str(), Some("2026-01-31T12:00:00.100007Z"));
-        assert_eq!(lines[1]["received"].as_str(), Some("2026-01-31T12:00:00.100007Z"));
-        assert_eq!(lines[2]["received"].as_str(), Some("1970-01-01T00:00:00.000000Z"));
+        assert_eq!(
+            first["received"].as_str(),
+            Some("2026-01-31T12:00:00.100007Z")
+        );
+        assert_eq!(
+            lines[1]["received"].as_str(),
+            Some("2026-01-31T12:00:00.100007Z")
+        );
+        assert_eq!(
+            lines[2]["received"].as_str(),
+            Some("1970-01-01T00:00:00.000000Z")
+        );
         assert_eq!(lines[1]["user"].as_str(), Some("bob\n"));
         assert_eq!(lines[1]["result"].as_str(), Some("rejected"));
         assert_eq!(lines[1]["reason"].as_str(), Some("not_owner"));

@@ -237,7 +237,9 @@ async fn a_batch_that_loses_a_command_to_another_worker_rolls_back_and_skips_it(
         .await
         .unwrap();
     let mut cmds = Commands::new(1);
-    let batch: Vec<_> = (0..3).map(|i| cmds.create("ann", &format!("t{i}"))).collect();
+    let batch: Vec<_> = (0..3)
+        .map(|i| cmds.create("ann", &format!("t{i}")))
+        .collect();
     let raced = &batch[1];
 
     // The other worker: its record of the middle command, not committed yet.
@@ -279,7 +281,11 @@ async fn a_batch_that_loses_a_command_to_another_worker_rolls_back_and_skips_it(
         .unwrap();
     assert_eq!(
         again.outcomes,
-        vec![Some(todo_model::Outcome::Applied), None, Some(todo_model::Outcome::Applied)]
+        vec![
+            Some(todo_model::Outcome::Applied),
+            None,
+            Some(todo_model::Outcome::Applied)
+        ]
     );
     let present = |id: u64| {
         let watcher = &watcher;

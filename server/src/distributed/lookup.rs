@@ -353,7 +353,9 @@ async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
                 Mark::Exists(_, tx) => {
                     let at = hours.len() * 2 + place * 2;
                     let _ = tx.send(match replies.as_ref().map(|r| (&r[at], &r[at + 1])) {
-                        Some((Frame::Integer(new), Frame::Integer(old))) => Ok(*new > 0 || *old > 0),
+                        Some((Frame::Integer(new), Frame::Integer(old))) => {
+                            Ok(*new > 0 || *old > 0)
+                        }
                         _ => Err(Unavailable),
                     });
                 }

@@ -334,12 +334,13 @@ async fn send_record(
     payload.clear();
     sonic_rs::to_writer(&mut *payload, &Commands(list))
         .map_err(|_| HttpError::internal("cannot encode commands"))?;
-    let mut record = FutureRecord::to(topic).key(&key).payload(&payload[..]).headers(
-        OwnedHeaders::new_with_capacity(1).insert(Header {
+    let mut record = FutureRecord::to(topic)
+        .key(&key)
+        .payload(&payload[..])
+        .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
             key: ENVELOPE_HEADER,
             value: Some("1"),
-        }),
-    );
+        }));
     if slot > 0 {
         record = record.partition(slot as i32 - 1);
     }

@@ -55,8 +55,8 @@
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{GenericClient, Transaction};
-use tokio_postgres::types::Type;
 use todo_model::{decide, Category, Change, Facts, Op, Outcome, Snapshot, Todo, TodoCommand};
+use tokio_postgres::types::Type;
 
 use super::{category_from, render, stored_outcome, todo_from, CATEGORY_COLUMNS, COLUMNS};
 use crate::StoreError;
@@ -207,7 +207,8 @@ async fn apply_todos(
         )
         .await?;
     // Every named id, present or not: the facts as the run goes on.
-    let mut todos: HashMap<u64, Option<Todo>> = todo_ids.iter().map(|&id| (id as u64, None)).collect();
+    let mut todos: HashMap<u64, Option<Todo>> =
+        todo_ids.iter().map(|&id| (id as u64, None)).collect();
     for r in rows {
         let todo = todo_from(&r);
         todos.insert(todo.id, Some(todo));
@@ -313,7 +314,10 @@ async fn upsert_todos(
     let completed: Vec<bool> = rows.iter().map(|t| t.completed).collect();
     let created: Vec<i64> = rows.iter().map(|t| t.created_at as i64).collect();
     let updated: Vec<i64> = rows.iter().map(|t| t.updated_at as i64).collect();
-    let category: Vec<Option<i64>> = rows.iter().map(|t| t.category_id.map(|c| c as i64)).collect();
+    let category: Vec<Option<i64>> = rows
+        .iter()
+        .map(|t| t.category_id.map(|c| c as i64))
+        .collect();
     tx.execute(
         &stmt,
         &[
