@@ -42,9 +42,14 @@ pub const ACCEPTED_PREFIX: &str = "todos:accepted:";
 /// Seconds an hour's marks are kept after its last one.
 pub const ACCEPTED_TTL_SECS: u64 = 25 * 60 * 60;
 
-/// The hash holding command `command_id`'s accepted mark.
-pub fn accepted_key(command_id: u64) -> String {
-    let hour = todo_model::ids::id_time_ms(command_id) / 3_600_000;
+/// The hour (Unix ms / 3,600,000) whose hash holds command `command_id`'s
+/// accepted mark.
+pub fn accepted_hour(command_id: u64) -> u64 {
+    todo_model::ids::id_time_ms(command_id) / 3_600_000
+}
+
+/// The hash holding the accepted marks of `hour` ([`accepted_hour`]).
+pub fn accepted_key(hour: u64) -> String {
     format!("{ACCEPTED_HOUR_PREFIX}{hour}")
 }
 

@@ -268,19 +268,19 @@ async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
                 Err(_) => break,
             }
         }
-        // The hours marked, each with its ids; the lookups; and per mark,
-        // its hour's or its lookup's index.
-        let mut hours: Vec<(String, Vec<String>)> = Vec::new();
+        // The hours marked (almost always one), each with its ids; the
+        // lookups; and per mark, its hour's or its lookup's index.
+        let mut hours: Vec<(u64, Vec<String>)> = Vec::new();
         let mut lookups: Vec<(String, String, String)> = Vec::new();
         let mut places = Vec::with_capacity(batch.len());
         for mark in &batch {
             match mark {
                 Mark::Set(id, _) => {
-                    let key = todo_store::accepted_key(*id);
-                    let at = match hours.iter().position(|(k, _)| *k == key) {
+                    let hour = todo_store::accepted_hour(*id);
+                    let at = match hours.iter().position(|(h, _)| *h == hour) {
                         Some(at) => at,
                         None => {
-                            hours.push((key, Vec::new()));
+                            hours.push((hour, Vec::new()));
                             hours.len() - 1
                         }
                     };
@@ -290,15 +290,19 @@ async fn run_marks(rx: flume::Receiver<Mark>, url: String) {
                 Mark::Exists(id, _) => {
                     places.push(lookups.len());
                     lookups.push((
-                        todo_store::accepted_key(*id),
+                        todo_store::accepted_key(todo_store::accepted_hour(*id)),
                         id.to_string(),
                         format!("{}{id}", todo_store::ACCEPTED_PREFIX),
                     ));
                 }
             }
         }
+        let hour_keys: Vec<String> = hours
+            .iter()
+            .map(|(hour, _)| todo_store::accepted_key(*hour))
+            .collect();
         let mut commands: Vec<Vec<&[u8]>> = Vec::with_capacity(hours.len() * 2 + lookups.len() * 2);
-        for (key, ids) in &hours {
+        for (key, (_, ids)) in hour_keys.iter().zip(&hours) {
             let mut hset = Vec::with_capacity(2 + ids.len() * 2);
             hset.extend([b"HSET".as_slice(), key.as_bytes()]);
             for id in ids {
