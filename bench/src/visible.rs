@@ -254,7 +254,7 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
         cli.token,
         body.len()
     ));
-    let mut threads = Vec::new();
+    let (mut senders, mut readers) = (Vec::new(), Vec::new());
     for c in 0..cli.connections {
         let mut out = TcpStream::connect(server)?;
         out.set_nodelay(true)?;
@@ -262,7 +262,7 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
         let (tx, rx) = mpsc::channel::<u64>();
         let request = request.clone();
         let step = cli.connections as u32;
-        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+        senders.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let mut n = c as u32;
             loop {
                 let due = start + every * n;
@@ -277,7 +277,7 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
                 n += step;
             }
         }));
-        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+        readers.push(std::thread::spawn(move || -> anyhow::Result<Results> {
             let mut buf = Vec::new();
             let mut written = Vec::new();
             let mut refused: HashMap<u16, u64> = HashMap::new();
@@ -296,20 +296,19 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
                     *refused.entry(r.status).or_default() += 1;
                 }
             }
-            WRITTEN
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((written, refused));
-            Ok(())
+            Ok((written, refused))
         }));
     }
-    for t in threads {
+    for t in senders {
         t.join()
             .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
     }
     let mut all = Vec::new();
     let mut refused: HashMap<u16, u64> = HashMap::new();
-    for (w, r) in WRITTEN.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+    for t in readers {
+        let (w, r) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a reader panicked"))??;
         all.extend(w);
         for (status, n) in r {
             *refused.entry(status).or_default() += n;
@@ -318,8 +317,8 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
     Ok((all, refused))
 }
 
+/// A connection's accepted writes, and its other answers by status.
 type Results = (Vec<Written>, HashMap<u16, u64>);
-static WRITTEN: Mutex<Vec<Results>> = Mutex::new(Vec::new());
 
 /// Percentiles (ms) of microsecond values.
 fn summary(h: &Histogram<u64>) -> sonic_rs::Value {
@@ -354,21 +353,22 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let (written, refused) = write_all(&cli, clock)?;
-    // Every accepted write listed everywhere, or the settle time over.
+    // Every accepted write listed everywhere, or the settle time over. Per
+    // core, the ids it has not listed yet; looked up a chunk per lock, so a
+    // watcher is never held up long while it records.
     let deadline = Instant::now() + cli.settle;
-    loop {
-        let left: usize = cores
-            .iter()
-            .map(|(_, _, seen)| {
+    let mut left: Vec<Vec<u64>> = cores
+        .iter()
+        .map(|_| written.iter().map(|w| w.todo_id).collect())
+        .collect();
+    while left.iter().any(|ids| !ids.is_empty()) && Instant::now() < deadline {
+        for ((_, _, seen), ids) in cores.iter().zip(&mut left) {
+            let mut still = Vec::new();
+            for chunk in ids.chunks(10_000) {
                 let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                written
-                    .iter()
-                    .filter(|w| seen.when(w.todo_id).is_none())
-                    .count()
-            })
-            .sum();
-        if left == 0 || Instant::now() >= deadline {
-            break;
+                still.extend(chunk.iter().filter(|&&id| seen.when(id).is_none()));
+            }
+            *ids = still;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
