@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use todo_model::envelope::{partition_of, Packed, ENVELOPE_HEADER};
+use todo_model::envelope::{partition_of, EnvelopeOf, Packed, ENVELOPE_HEADER};
 use todo_model::TodoCommand;
 
 use super::{DistributedError, Settings};
@@ -332,7 +332,11 @@ async fn send_record(
         .format(list[0].packed.command.todo_id)
         .to_string();
     payload.clear();
-    sonic_rs::to_writer(&mut *payload, &Commands(list))
+    let envelope = EnvelopeOf {
+        items: list,
+        packed: |w: &Waiting| &w.packed,
+    };
+    sonic_rs::to_writer(&mut *payload, &envelope)
         .map_err(|_| HttpError::internal("cannot encode commands"))?;
     let mut record = FutureRecord::to(topic)
         .key(&key)
@@ -350,25 +354,6 @@ async fn send_record(
     match monoio::time::timeout(wait, delivery).await {
         Ok(Ok(Ok(_))) => Ok(()),
         _ => Err(not_confirmed()),
-    }
-}
-
-/// The waiting commands as an [`Envelope`] writes them, without moving
-/// them out of their list.
-struct Commands<'a>(&'a [Waiting]);
-
-impl serde::Serialize for Commands<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        struct Seq<'a>(&'a [Waiting]);
-        impl serde::Serialize for Seq<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.iter().map(|w| &w.packed))
-            }
-        }
-        let mut envelope = s.serialize_struct("Envelope", 1)?;
-        envelope.serialize_field("commands", &Seq(self.0))?;
-        envelope.end()
     }
 }
 
@@ -398,48 +383,5 @@ fn learn_partitions(client: &FutureProducer, topic: &str, partitions: &AtomicU32
             }
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use todo_model::envelope::Envelope;
-    use todo_model::{Fields, Op};
-
-    #[test]
-    fn a_list_is_written_as_its_envelope() {
-        let packed: Vec<Packed> = (0..3u64)
-            .map(|i| Packed {
-                command: TodoCommand {
-                    command_id: 10 + i,
-                    op: Op::Create,
-                    todo_id: 20 + i,
-                    user: format!("user{i}"),
-                    fields: Fields {
-                        title: Some(format!("t\"{i}")),
-                        ..Fields::default()
-                    },
-                    issued_at: 1_700_000_000_000 + i,
-                    name: None,
-                    password_hash: None,
-                    idempotency: None,
-                },
-                request_id: (i != 1).then(|| format!("req-{i}")),
-                traceparent: (i == 2)
-                    .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            })
-            .collect();
-        let list: Vec<Waiting> = packed
-            .iter()
-            .map(|p| Waiting {
-                packed: p.clone(),
-                done: flume::bounded(1).0,
-            })
-            .collect();
-        let ours = sonic_rs::to_vec(&Commands(&list)).unwrap();
-        let envelope = Envelope { commands: packed };
-        assert_eq!(ours, sonic_rs::to_vec(&envelope).unwrap());
-        assert_eq!(sonic_rs::from_slice::<Envelope>(&ours).unwrap(), envelope);
     }
 }
