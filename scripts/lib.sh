@@ -21,15 +21,16 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# wait_tcp PORT NAME [SECONDS]: until something accepts on 127.0.0.1:PORT
-# (SECONDS, default 30, at most).
+# wait_tcp [HOST:]PORT NAME [SECONDS]: until something accepts on HOST:PORT
+# (HOST default 127.0.0.1; SECONDS, default 30, at most).
 wait_tcp() {
-  local tries=$(( ${3:-30} * 10 ))
+  local tries=$(( ${3:-30} * 10 )) host=127.0.0.1 port=$1
+  case $1 in *:*) host=${1%:*}; port=${1##*:} ;; esac
   for _ in $(seq "$tries"); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "$2 did not start listening on port $1" >&2
+  echo "$2 did not start listening on $host:$port" >&2
   return 1
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real services for the distributed path, on loopback and free ports:
+# Real services for the distributed path, on loopback (or TODO_SERVICES_HOST,
+# an address of this host's, as scripts/cluster.sh uses) and free ports:
 # PostgreSQL 15 (Debian package, initdb), Redis (Debian package) and a
 # Kafka-protocol broker (tansu from crates.io, durable sqlite:// storage).
 #
@@ -40,6 +41,7 @@ install() {
 
 start() {
   local dir=${1:-$(mktemp -d /tmp/todo-services.XXXXXX)}
+  local host=${TODO_SERVICES_HOST:-127.0.0.1}
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   install
@@ -49,17 +51,23 @@ start() {
   mkdir -p "$dir/pg"
   chown postgres: "$dir/pg" "$dir"
   runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/pg" -U postgres --auth=trust -E UTF8 >"$dir/pg-init.log"
+  # initdb trusts loopback only; on another address, trust its subnet too.
+  if [ "$host" != 127.0.0.1 ]; then
+    echo "host all all samenet trust" >> "$dir/pg/pg_hba.conf"
+  fi
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w start \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $dir/pg -c max_connections=200" >/dev/null
+    -o "-p $pg_port -c listen_addresses=$host -k $dir/pg -c max_connections=200" >/dev/null
   head -1 "$dir/pg/postmaster.pid" > "$dir/postgres.pid"
-  runuser -u postgres -- "$PG_BIN/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres todo
+  runuser -u postgres -- "$PG_BIN/createdb" -h "$host" -p "$pg_port" -U postgres todo
 
   local redis_port; redis_port=$(free_port)
   mkdir -p "$dir/redis"
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" --save '' --appendonly no \
+  # Protected mode refuses every address but loopback; the address is a
+  # test host's own when it is not loopback.
+  redis-server --port "$redis_port" --bind "$host" --protected-mode "$([ "$host" = 127.0.0.1 ] && echo yes || echo no)" --dir "$dir/redis" --save '' --appendonly no \
     --daemonize no >"$dir/redis.log" 2>&1 &
   echo $! > "$dir/redis.pid"
-  wait_tcp "$redis_port" redis
+  wait_tcp "$host:$redis_port" redis
 
   local brokers=${KAFKA_BROKERS:-}
   if [ -z "$brokers" ]; then
@@ -67,18 +75,18 @@ start() {
     mkdir -p "$dir/tansu"
     # The sqlite:// path is relative to the broker's working directory.
     (cd "$dir/tansu" && exec tansu broker \
-      --listener-url "tcp://127.0.0.1:$kafka_port" \
-      --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+      --listener-url "tcp://$host:$kafka_port" \
+      --advertised-listener-url "tcp://$host:$kafka_port" \
       --storage-engine "sqlite://tansu.db" >"$dir/tansu.log" 2>&1) &
     echo $! > "$dir/tansu.pid"
-    wait_tcp "$kafka_port" tansu
-    brokers=127.0.0.1:$kafka_port
+    wait_tcp "$host:$kafka_port" tansu
+    brokers=$host:$kafka_port
   fi
 
   cat > "$dir/env" <<ENV
 export KAFKA_BROKERS=$brokers
-export REDIS_URL=redis://127.0.0.1:$redis_port/
-export DATABASE_URL=postgres://postgres@127.0.0.1:$pg_port/todo?sslmode=disable
+export REDIS_URL=redis://$host:$redis_port/
+export DATABASE_URL=postgres://postgres@$host:$pg_port/todo?sslmode=disable
 export TODO_SERVICES_DIR=$dir
 ENV
   echo "$dir"

@@ -26,7 +26,10 @@ use crate::mix::Mix;
 
 #[derive(Clone)]
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// Where the URL points, then any `--also` addresses serving the same
+    /// URL: connections are spread over them, and with `reconnect` a
+    /// connection that cannot reach its own address moves to the next.
+    pub addrs: Vec<SocketAddr>,
     pub mix: Mix,
     pub connections: usize,
     pub executors: usize,
@@ -96,8 +99,9 @@ pub async fn run_shard(plan: &Plan, shard: usize) -> ShardResult {
     let conns = per + extra;
     // Connect everything first, so the measured phase has no handshakes in it.
     let mut streams = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        streams.push(glommio::spawn_local(Conn::connect(plan.addr)));
+    for i in 0..conns {
+        let addr = plan.addrs[(shard + i * plan.executors) % plan.addrs.len()];
+        streams.push(glommio::spawn_local(Conn::connect(addr)));
     }
     let mut connected = Vec::with_capacity(conns);
     for s in streams {
@@ -188,6 +192,8 @@ struct Conn {
     sent: u64,
     /// The longest wait for an answer seen on this connection, microseconds.
     longest_wait_us: u64,
+    /// Which of the plan's addresses this connection uses.
+    target: usize,
 }
 
 fn wait_us(now: Instant, due: Instant) -> u64 {
@@ -205,6 +211,7 @@ impl Conn {
             sent: 0,
             closing: false,
             longest_wait_us: 0,
+            target: index as usize % plan.addrs.len(),
         }
     }
 
@@ -346,14 +353,23 @@ impl Conn {
         Ok(())
     }
 
-    /// The server closed the connection: open a new one and queue again the
+    /// The server closed the connection: open a new one (to the next of the
+    /// plan's addresses that takes it, this one first) and queue again the
     /// unanswered requests that are idempotent; the others count as errors.
     async fn reopen(
         &mut self,
         plan: &Plan,
         result: &RefCell<ShardResult>,
     ) -> Result<TcpStream, Failure> {
-        let stream = Self::connect(plan.addr).await?;
+        let mut stream = Err(Failure::Connect);
+        for _ in 0..plan.addrs.len() {
+            stream = Self::connect(plan.addrs[self.target]).await;
+            if stream.is_ok() {
+                break;
+            }
+            self.target = (self.target + 1) % plan.addrs.len();
+        }
+        let stream = stream?;
         self.closing = false;
         self.filled = 0;
         self.out.clear();

@@ -78,6 +78,12 @@ struct Cli {
     /// requests in flight is an error.
     #[arg(long)]
     reconnect: bool,
+    /// Another HOST:PORT serving the same URL (repeatable), as a name with
+    /// several addresses: connections are spread over the URL's address and
+    /// these, and with --reconnect a connection whose address refuses it
+    /// moves to the next.
+    #[arg(long, value_name = "HOST:PORT")]
+    also: Vec<std::net::SocketAddr>,
     /// Instead of load: this many connections that send their request one
     /// byte a second (reopened when the server ends them), for -d; with
     /// --unread, in the same process. Prints JSON.
@@ -183,7 +189,9 @@ fn main() -> anyhow::Result<()> {
     };
     let executors = placement.executor_count();
     let plan = load::Plan {
-        addr: target.addr,
+        addrs: std::iter::once(target.addr)
+            .chain(cli.also.iter().copied())
+            .collect(),
         mix,
         connections: cli.connections,
         executors,
