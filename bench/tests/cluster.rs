@@ -241,6 +241,10 @@ fn a_cluster_rides_out_a_cut_link_a_killed_worker_and_a_stopped_balancer() {
         return;
     }
     let before = machine_network();
+    assert!(
+        !before.0.lines().any(|l| l.starts_with("todo-sw")),
+        "a cluster is up already: scripts/cluster.sh down first"
+    );
     let guard = Down;
     cluster_ok(&["up", "--servers", "2", "--workers", "2"]);
     let env: HashMap<String, String> = std::fs::read_to_string(format!("{STATE}/env"))
@@ -262,10 +266,7 @@ fn a_cluster_rides_out_a_cut_link_a_killed_worker_and_a_stopped_balancer() {
     assert!(!pids.is_empty(), "no process found on the test hosts");
     std::mem::forget(guard);
     cluster_ok(&["down"]);
-    let left: Vec<&u32> = pids
-        .iter()
-        .filter(|p| running(**p))
-        .collect();
+    let left: Vec<&u32> = pids.iter().filter(|p| running(**p)).collect();
     assert!(left.is_empty(), "cluster.sh down left processes {left:?}");
     assert_eq!(
         machine_network(),
@@ -361,26 +362,32 @@ fn scenario(env: &HashMap<String, String>) {
     wait_served(srv1, todos_served(srv1), 500);
 
     // 2. Every process of wrk1 is killed (SIGKILL, mid-batch as it may be).
-    // wrk2 goes on applying; writes go on being accepted. Then wrk1's
-    // supervisor starts it again and it rejoins the group.
+    // The group drops it after the session timeout (6 s) and wrk2 rejoins;
+    // wrk2 goes on applying, and writes go on being accepted meanwhile. Then
+    // wrk1's supervisor starts it again and it rejoins the group.
     //
     // tansu 0.6.0 does not move a dead member's partitions to the members
-    // left: it drops the member after the session timeout but keeps the
-    // group's generation, so wrk2's rejoin gets its old assignment back.
-    // A joining member starts a new generation, so the restart is what
-    // redistributes them here. A Kafka broker does it on its own, within
-    // session.timeout.ms (docs/distributed.md).
+    // left: it drops the member but keeps the group's generation, so wrk2's
+    // rejoin gets its old assignment back. A joining member starts a new
+    // generation, so the restart is what redistributes them here, once the
+    // dead member is gone (restarted before, the dead member would be
+    // given partitions again). A Kafka broker moves them on its own.
     let workers = addrs(&env["CLUSTER_WORKERS"]);
-    let applied =
-        |w: SocketAddr| scrape(w, "todo_worker_commands_total{result=\"applied\"}").unwrap_or(0);
+    let metric = |w: SocketAddr, name: &str| scrape(w, name).unwrap_or(0);
+    let applied = "todo_worker_commands_total{result=\"applied\"}";
+    let assignments = "todo_worker_assignments_total";
+    let (wrk2_applied, wrk2_assignments) =
+        (metric(workers[1], applied), metric(workers[1], assignments));
     cluster_ok(&["kill", "wrk1"]);
-    let wrk2_before = applied(workers[1]);
+    wait_until("the group dropping wrk1", Duration::from_secs(30), || {
+        (metric(workers[1], assignments) > wrk2_assignments).then_some(())
+    });
     wait_until("wrk2 applying alone", Duration::from_secs(20), || {
-        (applied(workers[1]) >= wrk2_before + 50).then_some(())
+        (metric(workers[1], applied) >= wrk2_applied + 50).then_some(())
     });
     cluster_ok(&["start", "wrk1"]);
     wait_until("wrk1 applying again", Duration::from_secs(30), || {
-        (applied(workers[0]) > 0).then_some(())
+        (metric(workers[0], applied) > 0).then_some(())
     });
 
     // 3. lb1 is stopped; its clients move to lb2.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Headers as _;
 use rdkafka::Message;
 use todo_model::envelope::{Envelope, ENVELOPE_HEADER};
@@ -92,8 +92,56 @@ async fn create_topic(config: &WorkerConfig) -> Result<(), WorkerError> {
     Ok(())
 }
 
-pub fn consumer(config: &WorkerConfig) -> Result<StreamConsumer, WorkerError> {
-    let consumer: StreamConsumer = ClientConfig::new()
+/// The consumer's callbacks: each rebalance is logged and counted
+/// (`todo_worker_partitions`, `todo_worker_assignments_total`), so an
+/// operator sees which worker holds what, and when the group moved it.
+pub struct Rebalances {
+    metrics: Arc<Metrics>,
+}
+
+impl rdkafka::ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            self.metrics.revoked();
+            eprintln!(
+                "todo-worker: rebalance: giving back partitions {}",
+                partitions(list)
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                self.metrics.assigned(list.count());
+                eprintln!(
+                    "todo-worker: rebalance: holding partitions {}",
+                    partitions(list)
+                );
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => eprintln!("todo-worker: rebalance failed: {e}"),
+        }
+    }
+}
+
+/// `[0, 3, 5]`: the partition numbers of `list`.
+fn partitions(list: &rdkafka::TopicPartitionList) -> String {
+    let mut numbers: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+    numbers.sort_unstable();
+    format!("{numbers:?}")
+}
+
+pub fn consumer(
+    config: &WorkerConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<StreamConsumer<Rebalances>, WorkerError> {
+    let context = Rebalances {
+        metrics: metrics.clone(),
+    };
+    let consumer: StreamConsumer<Rebalances> = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "true")
@@ -110,7 +158,7 @@ pub fn consumer(config: &WorkerConfig) -> Result<StreamConsumer, WorkerError> {
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "10000")
-        .create()?;
+        .create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     Ok(consumer)
 }
@@ -126,7 +174,7 @@ pub async fn consume(
     latest: &tokio::sync::watch::Sender<std::sync::Arc<todo_model::Snapshot>>,
     metrics: &Arc<Metrics>,
 ) -> Result<(), WorkerError> {
-    let consumer = consumer(config)?;
+    let consumer = consumer(config, metrics)?;
     let mut broker = Outage::new(Dependency::Broker, metrics);
     let mut postgres = Outage::new(Dependency::Postgres, metrics);
     let mut batch: Vec<TodoCommand> = Vec::with_capacity(config.max_batch);

@@ -132,6 +132,10 @@ pub struct Metrics {
     unreadable: AtomicU64,
     snapshot_version: AtomicU64,
     published_version: AtomicU64,
+    /// Partitions of the topic this worker holds now.
+    partitions: AtomicU64,
+    /// Assignments received from the group coordinator.
+    assignments: AtomicU64,
     /// Commands per committed batch.
     batch_commands: Histogram,
     /// A committed batch's transaction, microseconds.
@@ -153,6 +157,8 @@ impl Metrics {
             unreadable: AtomicU64::new(0),
             snapshot_version: AtomicU64::new(0),
             published_version: AtomicU64::new(0),
+            partitions: AtomicU64::new(0),
+            assignments: AtomicU64::new(0),
             batch_commands: Histogram::new(&BATCH_BUCKETS),
             apply_us: Histogram::new(&APPLY_BUCKETS_US),
             lag: Mutex::new(Vec::new()),
@@ -201,6 +207,17 @@ impl Metrics {
 
     pub fn published(&self, version: u64) {
         self.published_version.fetch_max(version, Relaxed);
+    }
+
+    /// The group gave this worker `count` partitions (a rebalance ended).
+    pub fn assigned(&self, count: usize) {
+        self.partitions.store(count as u64, Relaxed);
+        self.assignments.fetch_add(1, Relaxed);
+    }
+
+    /// The group took this worker's partitions back (a rebalance began).
+    pub fn revoked(&self) {
+        self.partitions.store(0, Relaxed);
     }
 
     /// The lag of every partition of the topic, as just measured.
@@ -277,6 +294,18 @@ impl Metrics {
             out,
             "todo_worker_redeliveries_skipped_total {}",
             self.duplicates.load(Relaxed)
+        );
+        out.push_str("# HELP todo_worker_partitions Partitions of the topic this worker holds now (0 during a rebalance).\n# TYPE todo_worker_partitions gauge\n");
+        let _ = writeln!(
+            out,
+            "todo_worker_partitions {}",
+            self.partitions.load(Relaxed)
+        );
+        out.push_str("# HELP todo_worker_assignments_total Partition assignments received from the consumer group (one per rebalance this worker took part in).\n# TYPE todo_worker_assignments_total counter\n");
+        let _ = writeln!(
+            out,
+            "todo_worker_assignments_total {}",
+            self.assignments.load(Relaxed)
         );
         out.push_str("# HELP todo_worker_consumer_lag Messages between the consumer group's committed offset and the partition's high watermark, measured every 2 s.\n# TYPE todo_worker_consumer_lag gauge\n");
         for (partition, lag) in self.lag.lock().unwrap_or_else(|e| e.into_inner()).iter() {
