@@ -48,33 +48,37 @@ pids_of() { ip netns pids "todo-$1"; }
 psql_count() { client psql -qtA "$DATABASE_URL" -c "$1"; }
 
 ROWS=()
-# measure NAME URL PIDS...: todo-bench from the client for DURATION; adds a
-# row "name rate p99 cpu-seconds-of-PIDS errors".
+# measure NAME URL LB_PID SERVER_PID...: todo-bench from the client for
+# DURATION; adds a row "name|rate|p99|server ticks|balancer ticks|seconds|errors"
+# (LB_PID - for none).
 measure() {
-  local name=$1 url=$2; shift 2
-  local before after out
+  local name=$1 url=$2 lb=$3; shift 3
+  local before after lb_before=0 lb_after=0 out
   before=$(cpu_ticks "$@")
+  [ "$lb" = - ] || lb_before=$(cpu_ticks "$lb")
   out=$(client taskset -c "$FRONT_CPUS" "$BIN/todo-bench" "$url" -c "$CONNECTIONS" -p "$PIPELINING" \
     -d "$DURATION" --cpus "${FRONT_CPUS%%[,-]*}" --json)
   after=$(cpu_ticks "$@")
-  ROWS+=("$name|$(json_field "$out" requests_per_sec)|$(json_field "$out" latency.p99_us)|$(( after - before ))|$(json_field "$out" seconds)|$(bench_errors "$out")")
+  [ "$lb" = - ] || lb_after=$(cpu_ticks "$lb")
+  ROWS+=("$name|$(json_field "$out" requests_per_sec)|$(json_field "$out" latency.p99_us)|$((after - before))|$((lb_after - lb_before))|$(json_field "$out" seconds)|$(bench_errors "$out")")
 }
 
 log "reads: straight to one server (the peer)"
-measure "1 server, no balancer" "http://${SERVERS[0]}/todos?limit=1" $(pids_of srv1)
+measure "1 server, no balancer" "http://${SERVERS[0]}/todos?limit=1" - $(pids_of srv1)
 LB_IP=${CLUSTER_LBS%%:*}
 for k in 1 2 3; do
   ups=()
   for i in $(seq "$k"); do ups+=(--upstream "${SERVERS[$((i - 1))]}"); done
   port=$((8100 + k))
-  "$CLUSTER" exec lb1 taskset -c "$FRONT_CPUS" "$BIN/todo-lb" --listen "$LB_IP:$port" "${ups[@]}" \
+  # ip netns exec and taskset exec the balancer: $! is its pid.
+  ip netns exec todo-lb1 taskset -c "$FRONT_CPUS" "$BIN/todo-lb" --listen "$LB_IP:$port" "${ups[@]}" \
     --cores 1 >"$TODO_CLUSTER_DIR/scale-lb-$k.log" 2>&1 &
   lb_pid=$!
   for _ in $(seq 100); do client curl -fs -o /dev/null "http://$LB_IP:$port/readyz" && break; sleep 0.1; done
   server_pids=()
   for i in $(seq "$k"); do server_pids+=($(pids_of "srv$i")); done
   log "reads: todo-lb in front of $k server(s)"
-  measure "$k server(s) behind todo-lb" "http://$LB_IP:$port/todos?limit=1" "${server_pids[@]}" "$lb_pid"
+  measure "$k server(s) behind todo-lb" "http://$LB_IP:$port/todos?limit=1" "$lb_pid" "${server_pids[@]}"
   kill "$lb_pid"
   wait "$lb_pid" 2>/dev/null || true
 done
@@ -88,6 +92,8 @@ stop_workers() {
     for _ in $(seq 300); do [ -z "$(pids_of "wrk$i")" ] && break; sleep 0.1; done
   done
 }
+# broker_pid: the broker's process.
+broker_pid() { cat "$TODO_CLUSTER_DIR/svc/tansu.pid"; }
 # postgres_ticks: "PID TICKS" for every PostgreSQL process (backends come
 # and go: a step counts what each used, new ones from zero).
 postgres_ticks() {
@@ -102,6 +108,7 @@ WROWS=()
 for k in 1 2 3; do
   stop_workers
   base=$(psql_count "SELECT count(*) FROM processed_commands")
+  since=$(psql_count "SELECT coalesce(max(processed_at), 'epoch') FROM processed_commands")
   log "writes: a backlog of $BACKLOG with no worker running"
   out=$(client env TODO_TOKEN="$TOKEN" "$BIN/todo-bench" "http://${SERVERS[0]}/todos" --mix "1:POST /todos" \
     -c 64 -p 32 -n "$BACKLOG" --json)
@@ -111,6 +118,7 @@ for k in 1 2 3; do
   worker_pids=()
   for i in $(seq "$k"); do "$CLUSTER" start "wrk$i" >/dev/null; worker_pids+=($(pids_of "wrk$i")); done
   before=$(cpu_ticks "${worker_pids[@]}")
+  broker_before=$(cpu_ticks $(broker_pid))
   pg_before=$(postgres_ticks | tr "\n" " ")
   done_at=0
   for _ in $(seq 6000); do
@@ -120,10 +128,14 @@ for k in 1 2 3; do
   done
   [ "$done_at" != 0 ] || { echo "the backlog was not applied within 10 minutes" >&2; exit 1; }
   after=$(cpu_ticks "${worker_pids[@]}")
+  broker_after=$(cpu_ticks $(broker_pid))
+  # From the first transaction to the last: the rate once applying began
+  # (the workers' start and the group's forming left out).
+  span=$(psql_count "SELECT extract(epoch FROM max(processed_at) - min(processed_at)) FROM processed_commands WHERE processed_at > '$since'")
   pg_used=$(postgres_ticks | awk -v before="$pg_before" '
     BEGIN { n = split(before, b, " "); for (i = 1; i < n; i += 2) start[b[i]] = b[i + 1] }
     { used += $2 - ($1 in start ? start[$1] : 0) } END { print used + 0 }')
-  WROWS+=("$k|$accepted|$(python3 -c "print($done_at - $start)")|$((after - before))|$pg_used|$((now - base))")
+  WROWS+=("$k|$accepted|$(python3 -c "print($done_at - $start)")|$span|$((after - before))|$pg_used|$((broker_after - broker_before))|$((now - base))")
 done
 
 HZ=$(getconf CLK_TCK)
@@ -136,25 +148,27 @@ reads, writes = args[:sep], args[sep + 1:]
 print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC over scripts/cluster.sh test hosts; "
       f"server and worker hosts on CPU {server_cpus}, balancer and client on CPU {front_cpus}.\n")
 print("#### Reads (GET /todos?limit=1, pipelined)\n")
-print("| path | req/s | vs no balancer | p99 | CPU-s of servers (+ balancer) per million requests | errors |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| path | req/s | vs no balancer | p99 | servers' CPU per request | balancer's CPU per request | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 peer = None
 for row in reads:
-    name, rate, p99, ticks, secs, errors = row.split("|")
+    name, rate, p99, sticks, lticks, secs, errors = row.split("|")
     rate = float(rate)
     peer = peer or rate
-    per_m = int(ticks) / hz / (rate * float(secs)) * 1e6
-    print(f"| {name} | {rate:,.0f} | {rate / peer:.2f} | {int(p99) / 1000:.1f} ms | {per_m:.2f} | {errors} |")
+    n = rate * float(secs)
+    lb = f"{int(lticks) / hz / n * 1e9:,.0f} ns" if int(lticks) else "-"
+    print(f"| {name} | {rate:,.0f} | {rate / peer:.2f} | {int(p99) / 1000:.1f} ms | {int(sticks) / hz / n * 1e9:,.0f} ns | {lb} | {errors} |")
 print("\n#### Writes (a backlog applied by k workers)\n")
-print("| workers | commands | seconds | commands/s | vs one worker | CPU-s of workers per 10k | CPU-s of PostgreSQL per 10k | applied |")
-print("|---:|---:|---:|---:|---:|---:|---:|---|")
+print("| workers | commands | start to done | applying | commands/s applying | vs one worker | CPU per command: workers | PostgreSQL | broker | applied |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 base = None
 for row in writes:
-    k, accepted, secs, wticks, pticks, applied = row.split("|")
-    accepted, secs = int(accepted), float(secs)
-    rate = accepted / secs
+    k, accepted, secs, span, wticks, pticks, bticks, applied = row.split("|")
+    accepted, secs, span = int(accepted), float(secs), float(span)
+    rate = accepted / span
     base = base or rate
     verdict = "exactly once" if int(applied) == accepted else f"MISMATCH ({applied})"
-    print(f"| {k} | {accepted:,} | {secs:.1f} | {rate:,.0f} | {rate / base:.2f} | "
-          f"{int(wticks) / hz / accepted * 1e4:.2f} | {int(pticks) / hz / accepted * 1e4:.2f} | {verdict} |")
+    us = lambda t: f"{int(t) / hz / accepted * 1e6:.1f} µs"
+    print(f"| {k} | {accepted:,} | {secs:.1f} s | {span:.1f} s | {rate:,.0f} | {rate / base:.2f} | "
+          f"{us(wticks)} | {us(pticks)} | {us(bticks)} | {verdict} |")
 PY
