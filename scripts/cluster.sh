@@ -183,7 +183,10 @@ up() {
   for i in $(seq "$workers"); do add_host "wrk$i"; done
 
   log "cluster: services on svc ($(ip_of svc))"
-  TODO_SERVICES_HOST=$(ip_of svc) on svc taskset -c "$(cpus SVC)" "$ROOT/scripts/services.sh" start "$DIR/svc" >/dev/null
+  # The cluster's own broker, always: a KAFKA_BROKERS from the caller (the
+  # test suite's, on loopback) cannot be reached from the hosts.
+  env -u KAFKA_BROKERS TODO_SERVICES_HOST="$(ip_of svc)" \
+    ip netns exec "$(ns svc)" taskset -c "$(cpus SVC)" "$ROOT/scripts/services.sh" start "$DIR/svc" >/dev/null
   cp "$DIR/svc/env" "$DIR/env"
   local secret; secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
   local list=()
