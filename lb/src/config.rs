@@ -58,6 +58,21 @@ pub struct LbConfig {
     /// let through (half open) and its result closes or reopens it.
     #[arg(long, env = "TODO_LB_EJECT_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub eject_for: Duration,
+    /// How each batch of requests picks its upstream:
+    /// `least-conn`: the fewest exchanges in flight from this core;
+    /// `round-robin`: in turn;
+    /// `p2c`: the better of two chosen at random, by a peak-EWMA of its
+    /// latency (10 s decay) times its exchanges in flight + 1 (the Finagle
+    /// and Linkerd rule), so a slow upstream loses traffic while it is slow;
+    /// `hash`: a consistent hash of `--hash-key`, so one key keeps going to
+    /// one upstream while it is in rotation.
+    #[arg(long, env = "TODO_LB_BALANCE", value_enum, default_value_t = Balance::LeastConn)]
+    pub balance: Balance,
+    /// What `--balance hash` hashes: `client-ip`; `jwt-sub`, the bearer
+    /// token's subject (read, not verified: it only routes); or
+    /// `header:NAME`. A request without it hashes by its client address.
+    #[arg(long, env = "TODO_LB_HASH_KEY", default_value = "client-ip", value_parser = parse_hash_key)]
+    pub hash_key: HashKey,
     /// Other upstreams tried when one fails before answering an idempotent
     /// request (GET, HEAD, PUT, DELETE, OPTIONS; RFC 9110 §9.2.2).
     #[arg(long, env = "TODO_LB_RETRIES", default_value_t = 2)]
@@ -126,6 +141,39 @@ fn parse_admin(s: &str) -> Result<Admin, String> {
     s.parse()
         .map(|addr| Admin(Some(addr)))
         .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:9000, or off)"))
+}
+
+/// The balancing policies (`--balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Balance {
+    LeastConn,
+    RoundRobin,
+    P2c,
+    Hash,
+}
+
+/// What `--balance hash` hashes (`--hash-key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    JwtSub,
+    /// A header's value; the name is kept lowercase.
+    Header(String),
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    match s {
+        "client-ip" => Ok(HashKey::ClientIp),
+        "jwt-sub" => Ok(HashKey::JwtSub),
+        _ => match s.strip_prefix("header:") {
+            Some(name)
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':') =>
+            {
+                Ok(HashKey::Header(name.to_ascii_lowercase()))
+            }
+            _ => Err(format!("{s}: expected client-ip, jwt-sub or header:NAME")),
+        },
+    }
 }
 
 impl LbConfig {

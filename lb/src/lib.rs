@@ -28,6 +28,7 @@ pub mod config;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ring;
 pub mod upstream;
 
 use std::net::TcpListener;

@@ -1,5 +1,7 @@
-//! One core's view of the upstreams: keep-alive connection pools,
-//! least-connections selection and passive ejection (a circuit breaker).
+//! One core's view of the upstreams: keep-alive connection pools, the
+//! balancing policy (`--balance`: least connections, round robin, power of
+//! two choices on peak-EWMA latency, consistent hash, `ring.rs`) and passive
+//! ejection (a circuit breaker).
 //!
 //! All of it is per core and `!Send`: connections and counts are this core's
 //! own, so no lock is taken to pick an upstream. The active checker's
@@ -17,8 +19,14 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::config::Balance;
 use crate::metrics::UpstreamStats;
+use crate::ring::Ring;
 use crate::upstream::{Upstream, UpstreamSet};
+
+/// How fast `p2c`'s latency estimate forgets, seconds (Finagle's default):
+/// a stall weighs on an upstream for about this long after it ends.
+const EWMA_DECAY_S: f64 = 10.0;
 
 /// Pool and breaker settings.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +51,10 @@ pub struct Member {
     open_until: Cell<Option<Instant>>,
     /// Half open: one exchange is testing the upstream.
     trial: Cell<bool>,
+    /// `p2c`: peak-EWMA of the latency seen from this core, microseconds,
+    /// as of `ewma_at`.
+    ewma_us: Cell<f64>,
+    ewma_at: Cell<Instant>,
 }
 
 impl Member {
@@ -55,9 +67,42 @@ impl Member {
             failures: Cell::new(0),
             open_until: Cell::new(None),
             trial: Cell::new(false),
+            ewma_us: Cell::new(0.0),
+            ewma_at: Cell::new(Instant::now()),
         }
     }
 
+    /// `p2c`: a response came `latency_us` after its batch was written. A
+    /// latency above the estimate replaces it at once (the peak); one below
+    /// pulls it down as the time since the last one allows.
+    pub fn observe(&self, latency_us: u64) {
+        let now = Instant::now();
+        let latency = latency_us as f64;
+        let current = self.decayed(now);
+        let next = if latency > current {
+            latency
+        } else {
+            let elapsed = now.saturating_duration_since(self.ewma_at.get());
+            let w = (-elapsed.as_secs_f64() / EWMA_DECAY_S).exp();
+            current * w + latency * (1.0 - w)
+        };
+        self.ewma_us.set(next);
+        self.ewma_at.set(now);
+    }
+
+    /// The estimate now: it fades while nothing is observed, so an upstream
+    /// that was slow is tried again in time.
+    fn decayed(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.ewma_at.get());
+        self.ewma_us.get() * (-elapsed.as_secs_f64() / EWMA_DECAY_S).exp()
+    }
+
+    /// `p2c`'s cost: the latency estimate times the exchanges in flight + 1.
+    fn cost(&self, now: Instant) -> f64 {
+        // Never zero, so the exchanges in flight still count before any
+        // latency has been seen.
+        (self.decayed(now) + 1.0) * f64::from(self.active.get() + 1)
+    }
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
     }
@@ -163,23 +208,43 @@ pub struct Pool {
     core: usize,
     generation: Cell<u64>,
     members: RefCell<Vec<Rc<Member>>>,
-    /// Where the next tie-break starts, so equal loads rotate.
+    /// Where the next tie-break (or round-robin turn) starts, so equal loads
+    /// rotate.
     next: Cell<usize>,
+    balance: Balance,
+    /// `hash`: the ring of the members, rebuilt with them.
+    ring: RefCell<Ring>,
+    /// `p2c`'s random choices (xorshift; this core's own).
+    rng: Cell<u64>,
 }
 
 impl Pool {
-    pub fn new(set: &UpstreamSet, core: usize) -> Self {
+    pub fn new(set: &UpstreamSet, core: usize, balance: Balance) -> Self {
+        let members: Vec<Rc<Member>> = set
+            .current()
+            .iter()
+            .map(|u| Rc::new(Member::new(u.clone(), core)))
+            .collect();
         Pool {
             core,
             generation: Cell::new(set.generation()),
-            members: RefCell::new(
-                set.current()
-                    .iter()
-                    .map(|u| Rc::new(Member::new(u.clone(), core)))
-                    .collect(),
-            ),
+            ring: RefCell::new(ring_of(balance, &members)),
+            members: RefCell::new(members),
             next: Cell::new(0),
+            balance,
+            rng: Cell::new(
+                0x9e37_79b9_7f4a_7c15 ^ (core as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+            ),
         }
+    }
+
+    fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x
     }
 
     fn refresh(&self, set: &UpstreamSet) {
@@ -197,12 +262,14 @@ impl Pool {
                 None => Rc::new(Member::new(u.clone(), self.core)),
             })
             .collect();
+        *self.ring.borrow_mut() = ring_of(self.balance, &next);
         *members = next;
     }
 
-    /// The available upstream with the fewest exchanges in flight from this
-    /// core, skipping `exclude`; ties go round-robin.
-    pub fn pick(&self, set: &UpstreamSet, exclude: &[SocketAddr]) -> Option<Rc<Member>> {
+    /// The upstream for the next batch, by the policy, among those
+    /// available and not in `exclude`; `key` is the batch's hash key
+    /// (`hash` only).
+    pub fn pick(&self, set: &UpstreamSet, exclude: &[SocketAddr], key: u64) -> Option<Rc<Member>> {
         self.refresh(set);
         let members = self.members.borrow();
         let n = members.len();
@@ -210,18 +277,75 @@ impl Pool {
             return None;
         }
         let now = Instant::now();
+        let usable = |m: &Member| m.available(now) && !exclude.contains(&m.addr());
+        match self.balance {
+            Balance::LeastConn => least_conn(&members, self.turn(n), &usable),
+            Balance::RoundRobin => {
+                let start = self.turn(n);
+                (0..n)
+                    .map(|i| &members[(start + i) % n])
+                    .find(|m| usable(m))
+                    .cloned()
+            }
+            Balance::P2c => {
+                // Two distinct members at random; the cheaper one that can
+                // take it. When neither can, the least loaded one that can.
+                let a = (self.random() % n as u64) as usize;
+                let b = if n > 1 {
+                    (a + 1 + (self.random() % (n as u64 - 1)) as usize) % n
+                } else {
+                    a
+                };
+                let (ma, mb) = (&members[a], &members[b]);
+                match (usable(ma), usable(mb)) {
+                    (true, true) if mb.cost(now) < ma.cost(now) => Some(mb.clone()),
+                    (true, _) => Some(ma.clone()),
+                    (false, true) => Some(mb.clone()),
+                    (false, false) => least_conn(&members, self.turn(n), &usable),
+                }
+            }
+            Balance::Hash => self
+                .ring
+                .borrow()
+                .find(key, |i| usable(&members[i]))
+                .map(|i| members[i].clone()),
+        }
+    }
+
+    /// Where this pick's scan starts; the next one starts one further.
+    fn turn(&self, n: usize) -> usize {
         let start = self.next.get() % n;
         self.next.set(start + 1);
-        let mut best: Option<&Rc<Member>> = None;
-        for i in 0..n {
-            let m = &members[(start + i) % n];
-            if !m.available(now) || exclude.contains(&m.addr()) {
-                continue;
-            }
-            if best.is_none_or(|b| m.active.get() < b.active.get()) {
-                best = Some(m);
-            }
+        start
+    }
+}
+
+/// The usable member with the fewest exchanges in flight from this core,
+/// scanning from `start` so ties rotate.
+fn least_conn(
+    members: &[Rc<Member>],
+    start: usize,
+    usable: &impl Fn(&Member) -> bool,
+) -> Option<Rc<Member>> {
+    let n = members.len();
+    let mut best: Option<&Rc<Member>> = None;
+    for i in 0..n {
+        let m = &members[(start + i) % n];
+        if !usable(m) {
+            continue;
         }
-        best.cloned()
+        if best.is_none_or(|b| m.active.get() < b.active.get()) {
+            best = Some(m);
+        }
+    }
+    best.cloned()
+}
+
+/// The hash ring of `members` when the policy is `hash` (empty otherwise).
+fn ring_of(balance: Balance, members: &[Rc<Member>]) -> Ring {
+    if balance == Balance::Hash {
+        Ring::new(&members.iter().map(|m| m.addr()).collect::<Vec<_>>())
+    } else {
+        Ring::default()
     }
 }

@@ -41,9 +41,10 @@ use todo_http::{DateCache, HttpError};
 use todo_runtime::lifecycle;
 
 use crate::client_limits::{ClientConn, ClientLimits};
-use crate::config::LbConfig;
+use crate::config::{Balance, HashKey, LbConfig};
 use crate::metrics::CoreMetrics;
 use crate::pool::{Member, Pool, PoolConfig};
+use crate::ring;
 use crate::upstream::UpstreamSet;
 
 /// Read buffer growth step, bytes.
@@ -127,7 +128,7 @@ impl LbCore {
         };
         LbCore {
             index,
-            pool: Pool::new(&set, index),
+            pool: Pool::new(&set, index, config.balance),
             config,
             pool_config,
             set,
@@ -191,6 +192,8 @@ struct Item {
     poisoned: Option<Failure>,
     /// The client asked to close after this one (`Connection: close`).
     closes: bool,
+    /// `--balance hash`: the request's key (0 under other policies).
+    key: u64,
 }
 
 /// Serve one client connection until it closes.
@@ -299,7 +302,12 @@ async fn proxy(
                     }
                     fwd.extend_from_slice(b"\r\n");
                     fwd.extend_from_slice(&raw[req.head_len..]);
+                    let key = match config.balance {
+                        Balance::Hash => hash_key(&config.hash_key, &req, head, peer),
+                        _ => 0,
+                    };
                     items.push(Item {
+                        key,
                         start,
                         end: fwd.len(),
                         idempotent: matches!(
@@ -416,6 +424,43 @@ impl Failure {
     }
 }
 
+/// `--balance hash`: the key of a request, by `--hash-key`; the client's
+/// address when the request does not carry it.
+fn hash_key(how: &HashKey, req: &http1::Request<'_>, head: &[u8], peer: SocketAddr) -> u64 {
+    let by_client = || match peer.ip() {
+        std::net::IpAddr::V4(ip) => ring::key(&ip.octets()),
+        std::net::IpAddr::V6(ip) => ring::key(&ip.octets()),
+    };
+    match how {
+        HashKey::ClientIp => by_client(),
+        HashKey::JwtSub => req
+            .authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(|token| jsonwebtoken::dangerous::insecure_decode::<Subject>(token).ok())
+            .map_or_else(by_client, |t| ring::key(t.claims.sub.as_bytes())),
+        HashKey::Header(name) => {
+            header_value(head, name.as_bytes()).map_or_else(by_client, ring::key)
+        }
+    }
+}
+
+/// The claim `--hash-key jwt-sub` reads.
+#[derive(serde::Deserialize)]
+struct Subject {
+    sub: String,
+}
+
+/// The value of header `name` (lowercase) in a request head, trimmed.
+fn header_value<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (field, value) = line.split_at(colon);
+        field
+            .eq_ignore_ascii_case(name)
+            .then(|| value[1..].trim_ascii())
+    })
+}
+
 /// Send `items` (their bytes in `fwd`) and append their answers to `out`, in
 /// order, retrying on other upstreams as the module doc says.
 async fn forward(
@@ -435,11 +480,14 @@ async fn forward(
             next += 1;
             continue;
         }
+        // A run goes to one upstream: it ends before a poisoned request, or
+        // (hash) at the first request with another key.
+        let key = items[next].key;
         let upto = items[next..]
             .iter()
-            .position(|i| i.poisoned.is_some())
+            .position(|i| i.poisoned.is_some() || i.key != key)
             .map_or(items.len(), |p| next + p);
-        let Some(member) = core.pool.pick(&core.set, &failed) else {
+        let Some(member) = core.pool.pick(&core.set, &failed, key) else {
             answer_rest(core, out, &items[next..], last);
             return;
         };
@@ -528,6 +576,8 @@ async fn exchange(
     // response framed from that read arrived by then.
     let mut waited_us = 0;
     let max_body = core.config.max_body;
+    // `p2c` learns each upstream's latency from the answers.
+    let observe = core.config.balance == Balance::P2c;
     loop {
         // Frame every complete response in the buffer.
         let before = answered;
@@ -568,6 +618,9 @@ async fn exchange(
             }
         }
         stats.answered(answered - before, waited_us);
+        if observe && answered > before {
+            member.observe(waited_us);
+        }
         if answered == items.len() {
             // Anything more is a response nobody asked for: do not reuse.
             let keep = at == upbuf.len();
@@ -588,6 +641,9 @@ async fn exchange(
             Err(_) => {
                 // The cancelled read took the buffer; start a new one.
                 *upbuf = Vec::with_capacity(READ_CHUNK);
+                if observe {
+                    member.observe(core.config.upstream_timeout.as_micros() as u64);
+                }
                 member.release(None, pool);
                 return (answered, End::Failed(Failure::TimedOut));
             }

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +23,16 @@ pub enum Behaviour {
     HangUp,
     /// Read requests and never answer, keeping the connection open.
     Silent,
+    /// As `Echo`, each answer this many milliseconds late.
+    Slow(&'static str, u64),
 }
 
 pub struct Peer {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    /// While set, the peer is down: it closes every connection, new or open,
+    /// without answering (health checks fail too).
+    pub down: Arc<AtomicBool>,
 }
 
 pub fn peer(behaviour: Behaviour) -> Peer {
@@ -35,10 +40,16 @@ pub fn peer(behaviour: Behaviour) -> Peer {
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let counted = requests.clone();
+    let down = Arc::new(AtomicBool::new(false));
+    let is_down = down.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut s) = conn else { return };
+            if is_down.load(Ordering::SeqCst) {
+                continue;
+            }
             let counted = counted.clone();
+            let is_down = is_down.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 65536];
@@ -47,6 +58,9 @@ pub fn peer(behaviour: Behaviour) -> Peer {
                         Ok(0) | Err(_) => return,
                         Ok(n) => n,
                     };
+                    if is_down.load(Ordering::SeqCst) {
+                        return;
+                    }
                     buf.extend_from_slice(&chunk[..n]);
                     let mut out = Vec::new();
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -56,8 +70,11 @@ pub fn peer(behaviour: Behaviour) -> Peer {
                         if !head.starts_with("GET /health ") {
                             counted.fetch_add(1, Ordering::SeqCst);
                         }
+                        if let Behaviour::Slow(_, ms) = behaviour {
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
                         match behaviour {
-                            Behaviour::Echo(name) => {
+                            Behaviour::Echo(name) | Behaviour::Slow(name, _) => {
                                 let body = format!("{name}\n{head}");
                                 out.extend_from_slice(
                                     format!(
@@ -78,7 +95,11 @@ pub fn peer(behaviour: Behaviour) -> Peer {
             });
         }
     });
-    Peer { addr, requests }
+    Peer {
+        addr,
+        requests,
+        down,
+    }
 }
 
 pub struct Lb {
