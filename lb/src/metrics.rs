@@ -9,6 +9,7 @@
 //! todo_lb_upstream_errors_total{upstream,kind}    failed exchanges: connect, timeout, broken
 //! todo_lb_upstream_ejections_total{upstream}      circuits opened (summed over cores)
 //! todo_lb_upstream_up{upstream}                   1 in rotation, 0 ejected or failing its checks
+//! todo_lb_upstream_circuit{upstream,state}        cores whose circuit is closed, open, half_open
 //! todo_lb_upstream_duration_seconds{upstream}     histogram: batch written -> each response read
 //! ```
 //!
@@ -70,8 +71,10 @@ pub struct UpstreamStats {
     /// Per [`Failure`], in its declaration order.
     errors: [AtomicU64; Failure::ALL.len()],
     ejections: AtomicU64,
-    /// 1 while this core holds the upstream's circuit open.
+    /// 1 while this core holds the upstream's circuit open or half open.
     ejected: AtomicU64,
+    /// 1 while this core's circuit is half open: one exchange is testing it.
+    probing: AtomicU64,
     duration: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
     duration_sum_us: AtomicU64,
 }
@@ -105,11 +108,23 @@ impl UpstreamStats {
     pub fn ejected(&self) {
         bump(&self.ejections, 1);
         self.ejected.store(1, Relaxed);
+        self.probing.store(0, Relaxed);
+    }
+
+    /// This core's open circuit went half open: one exchange tests it.
+    pub fn probing(&self) {
+        self.probing.store(1, Relaxed);
+    }
+
+    /// The test failed: open again (not counted as a new ejection).
+    pub fn reopened(&self) {
+        self.probing.store(0, Relaxed);
     }
 
     /// This core closed the upstream's circuit again.
     pub fn restored(&self) {
         self.ejected.store(0, Relaxed);
+        self.probing.store(0, Relaxed);
     }
 }
 
@@ -167,6 +182,18 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
         let up = u.healthy() && sum(u, &|s| &s.ejected) == 0;
         let _ = writeln!(out, "todo_lb_upstream_up{{{label}}} {}", u8::from(up));
     }
+    out.push_str("# HELP todo_lb_upstream_circuit Cores whose circuit for the upstream is in this state: closed (in use), open (ejected for --eject-for after --eject-after failures), half_open (one exchange testing it).\n# TYPE todo_lb_upstream_circuit gauge\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        let half_open = sum(u, &|s| &s.probing);
+        let open = sum(u, &|s| &s.ejected) - half_open;
+        let closed = u.stats.len() as u64 - open - half_open;
+        for (state, n) in [("closed", closed), ("open", open), ("half_open", half_open)] {
+            let _ = writeln!(
+                out,
+                "todo_lb_upstream_circuit{{{label},state=\"{state}\"}} {n}"
+            );
+        }
+    }
     out.push_str("# HELP todo_lb_upstream_duration_seconds Time from writing a batch to the upstream to reading each of its responses, per request.\n# TYPE todo_lb_upstream_duration_seconds histogram\n");
     for (u, label) in upstreams.iter().zip(&labels) {
         let mut cumulative = 0;
@@ -223,6 +250,9 @@ mod tests {
             format!("todo_lb_upstream_errors_total{{{label},kind=\"connect\"}} 0"),
             format!("todo_lb_upstream_ejections_total{{{label}}} 1"),
             format!("todo_lb_upstream_up{{{label}}} 0"),
+            format!("todo_lb_upstream_circuit{{{label},state=\"closed\"}} 1"),
+            format!("todo_lb_upstream_circuit{{{label},state=\"open\"}} 1"),
+            format!("todo_lb_upstream_circuit{{{label},state=\"half_open\"}} 0"),
             format!("todo_lb_upstream_duration_seconds_bucket{{{label},le=\"0.00005\"}} 3"),
             format!("todo_lb_upstream_duration_seconds_bucket{{{label},le=\"1\"}} 3"),
             format!("todo_lb_upstream_duration_seconds_bucket{{{label},le=\"2.5\"}} 5"),
@@ -231,8 +261,19 @@ mod tests {
         ] {
             assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
         }
+        up.stats[1].probing();
+        let text = render(&cores, std::slice::from_ref(&up));
+        assert!(text.contains(&format!(
+            "todo_lb_upstream_circuit{{{label},state=\"half_open\"}} 1\n"
+        )));
+        assert!(text.contains(&format!(
+            "todo_lb_upstream_circuit{{{label},state=\"open\"}} 0\n"
+        )));
         up.stats[1].restored();
         let text = render(&cores, &[up]);
+        assert!(text.contains(&format!(
+            "todo_lb_upstream_circuit{{{label},state=\"closed\"}} 2\n"
+        )));
         assert!(text.contains(&format!("todo_lb_upstream_up{{{label}}} 1\n")));
     }
 }

@@ -129,8 +129,15 @@ impl Member {
     /// exchange in flight until [`Member::release`].
     pub async fn checkout(&self, config: &PoolConfig) -> io::Result<TcpStream> {
         self.active.set(self.active.get() + 1);
-        if self.open_until.get().is_some() {
+        if self.open_until.get().is_some() && !self.trial.get() {
+            // Picked while open: `available` let it through because the
+            // open time is over. Half open: this exchange tests it.
             self.trial.set(true);
+            self.stats().probing();
+            eprintln!(
+                "todo-lb: upstream {} half open: one exchange tests it",
+                self.addr()
+            );
         }
         while let Some((conn, since)) = self.idle.borrow_mut().pop() {
             if since.elapsed() < config.idle_timeout && still_open(&conn) {
@@ -174,6 +181,13 @@ impl Member {
                 self.stats().ejected();
                 eprintln!(
                     "todo-lb: upstream {} ejected for {:?} after {failures} failures",
+                    self.addr(),
+                    config.eject_for
+                );
+            } else if self.trial.get() {
+                self.stats().reopened();
+                eprintln!(
+                    "todo-lb: upstream {} failed its test: open for {:?} more",
                     self.addr(),
                     config.eject_for
                 );
