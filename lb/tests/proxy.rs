@@ -165,6 +165,57 @@ fn a_failing_upstream_is_ejected_and_no_upstream_is_503() {
 }
 
 #[test]
+fn a_circuit_opens_tests_one_exchange_half_open_and_closes() {
+    let flaky = peer(Behaviour::Echo("flaky"));
+    let good = peer(Behaviour::Echo("good"));
+    let lb = lb(&[flaky.addr, good.addr], |c| {
+        c.eject_after = 1;
+        c.eject_for = Duration::from_millis(300);
+        // Only the passive breaker acts here.
+        c.health_interval = Duration::from_secs(3600);
+        c.admin = todo_lb::config::Admin(Some("127.0.0.1:0".parse().unwrap()));
+    });
+    let admin = lb.admin.unwrap();
+    let circuit = |state: &str| {
+        todo_testkit::http::scrape(
+            admin,
+            &format!(
+                "todo_lb_upstream_circuit{{upstream=\"{}\",state=\"{state}\"}}",
+                flaky.addr
+            ),
+        )
+        .unwrap()
+    };
+    let send = || {
+        let mut s = TcpStream::connect(lb.addr).unwrap();
+        s.write_all(get("/").as_bytes()).unwrap();
+        // A GET the flaky upstream drops is resent to the good one.
+        assert_eq!(read_responses(&mut s, 1)[0].0, 200);
+    };
+    assert_eq!(circuit("closed"), 2);
+    flaky.down.store(true, Ordering::SeqCst);
+    todo_testkit::process::wait_until("the circuit open", Duration::from_secs(10), || {
+        send();
+        (circuit("closed") < 2).then_some(())
+    });
+    flaky.down.store(false, Ordering::SeqCst);
+    // Back: after the open time one exchange tests it, and it closes.
+    todo_testkit::process::wait_until("every circuit closed", Duration::from_secs(10), || {
+        send();
+        (circuit("closed") == 2).then_some(())
+    });
+    assert_eq!(circuit("open") + circuit("half_open"), 0);
+    let served = flaky.requests.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        send();
+    }
+    assert!(
+        flaky.requests.load(Ordering::SeqCst) > served,
+        "the closed circuit carries traffic again"
+    );
+}
+
+#[test]
 fn an_upstream_that_does_not_answer_in_time_is_504_for_every_request() {
     let silent = peer(Behaviour::Silent);
     let lb = lb(&[silent.addr], |c| {
