@@ -23,7 +23,13 @@ parse_flags "$@"
 build_release todo-server todo-lb todo-bench
 DIR=$(mktemp -d /tmp/todo-gateway.XXXXXX)
 PIDS=()
+STALLER=
+SLOW_PID=
 cleanup() {
+  # The staller first, then wake the stalled server: a stopped process
+  # would never act on the SIGTERM below.
+  [ -z "$STALLER" ] || stop_pids "$STALLER"
+  [ -z "$SLOW_PID" ] || kill -CONT "$SLOW_PID" 2>/dev/null || true
   stop_pids "${PIDS[@]}"
   rm -rf "$DIR"
 }
@@ -61,7 +67,6 @@ while True:
     time.sleep(0.005)
 PY
 STALLER=$!
-PIDS+=("$STALLER")
 
 ROWS=()
 for balance in round-robin least-conn p2c hash; do
@@ -82,7 +87,6 @@ for balance in round-robin least-conn p2c hash; do
   ROWS+=("$balance|$(json_field "$out" latency.p50_us)|$(json_field "$out" latency.p99_us)|$(json_field "$out" latency.p999_us)|$(json_field "$out" latency.max_us)|$((after - before))|$total|$(bench_errors "$out")")
   stop_pids "$lb"
 done
-kill -CONT "$SLOW_PID"
 
 python3 - "$RATE" "$DURATION" "$CONNECTIONS" "${ROWS[@]}" <<'PY' | tee "$ROOT/bench/results/gateway-latest.md"
 import sys, datetime

@@ -641,9 +641,6 @@ async fn exchange(
             Err(_) => {
                 // The cancelled read took the buffer; start a new one.
                 *upbuf = Vec::with_capacity(READ_CHUNK);
-                if observe {
-                    member.observe(core.config.upstream_timeout.as_micros() as u64);
-                }
                 member.release(None, pool);
                 return (answered, End::Failed(Failure::TimedOut));
             }
