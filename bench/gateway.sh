@@ -11,13 +11,21 @@
 # one client: it sends everything to one server, whichever the hash names.
 # Its row shows what a hash that ignores latency does, nothing more.
 #
+# With --baseline-lb PATH (another todo-lb build, e.g. from before a change):
+# then, with no server stalled, the plain path A/B: this todo-lb with every
+# new feature off (--balance least-conn) against PATH, pipelined (-c 200
+# -p 80), alternating, three rounds each; req/s and the balancer's CPU per
+# request.
+#
 #   ./bench/gateway.sh [--duration 10s] [--rate 20000] [--connections 64]
+#                      [--baseline-lb PATH]
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 
 DURATION=${DURATION:-10s}
 RATE=${RATE:-20000}
 CONNECTIONS=${CONNECTIONS:-64}
+BASELINE_LB=${BASELINE_LB:-}
 parse_flags "$@"
 
 build_release todo-server todo-lb todo-bench
@@ -88,10 +96,41 @@ for balance in round-robin least-conn p2c hash; do
   stop_pids "$lb"
 done
 
-python3 - "$RATE" "$DURATION" "$CONNECTIONS" "${ROWS[@]}" <<'PY' | tee "$ROOT/bench/results/gateway-latest.md"
+ABROWS=()
+if [ -n "$BASELINE_LB" ]; then
+  stop_pids "$STALLER"
+  STALLER=
+  kill -CONT "$SLOW_PID"
+  ups=()
+  for p in "${PORTS[@]}"; do ups+=(--upstream "127.0.0.1:$p"); done
+  for round in 1 2 3; do
+    for which in this baseline; do
+      port=$(free_port)
+      if [ "$which" = this ]; then
+        "$BIN/todo-lb" --listen "127.0.0.1:$port" "${ups[@]}" --cores 1 --pin false --balance least-conn 2>/dev/null &
+      else
+        "$BASELINE_LB" --listen "127.0.0.1:$port" "${ups[@]}" --cores 1 --pin false 2>/dev/null &
+      fi
+      lb=$!
+      pin 0 "$lb"
+      wait_http "http://127.0.0.1:$port/readyz"
+      log "plain path, $which todo-lb, round $round"
+      before=$(cpu_ticks "$lb")
+      out=$("$BIN/todo-bench" "http://127.0.0.1:$port/todos?limit=1" -c 200 -p 80 -d "$DURATION" --cpus 0 --json)
+      after=$(cpu_ticks "$lb")
+      ABROWS+=("$which|$round|$(json_field "$out" requests_per_sec)|$(json_field "$out" seconds)|$((after - before))|$(bench_errors "$out")")
+      stop_pids "$lb"
+    done
+  done
+fi
+
+python3 - "$RATE" "$DURATION" "$CONNECTIONS" "$(getconf CLK_TCK)" "${ROWS[@]}" -- "${ABROWS[@]}" <<'PY' | tee "$ROOT/bench/results/gateway-latest.md"
 import sys, datetime
-rate, duration, conns = sys.argv[1:4]
-rows = [r.split("|") for r in sys.argv[4:]]
+rate, duration, conns, hz = sys.argv[1:5]
+args = sys.argv[5:]
+sep = args.index("--")
+rows = [r.split("|") for r in args[:sep]]
+ab = [r.split("|") for r in args[sep + 1:]]
 print(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. Three todo-servers (one core each) share the last CPU, "
       f"the third stopped 15 ms of every 20 ms; todo-lb (one core) and todo-bench share CPU 0; "
       f"GET /todos?limit=1 at {int(rate):,}/s open loop, {conns} connections, {duration} per policy.\n")
@@ -102,4 +141,19 @@ ms = lambda us: f"{int(us) / 1000:.1f} ms"
 for name, p50, p99, p999, mx, slow, total, errors in rows:
     share = int(slow) / max(int(total), 1)
     print(f"| {name} | {ms(p50)} | {ms(p99)} | {ms(p999)} | {ms(mx)} | {share:.1%} | {float(p99) / rr:.2f} | {errors} |")
+if ab:
+    print("\nThe plain path A/B (no server stalled; this todo-lb with --balance least-conn against the baseline build), "
+          "-c 200 -p 80, alternating:\n")
+    print("| todo-lb | round | req/s | CPU per request | errors |")
+    print("|---|---:|---:|---:|---:|")
+    sums = {}
+    for which, rnd, rps, secs, ticks, errors in ab:
+        n = float(rps) * float(secs)
+        ns = int(ticks) / int(hz) / n * 1e9
+        sums.setdefault(which, []).append((float(rps), ns))
+        print(f"| {which} | {rnd} | {float(rps):,.0f} | {ns:,.0f} ns | {errors} |")
+    t, b = sums["this"], sums["baseline"]
+    mean = lambda xs: sum(xs) / len(xs)
+    print(f"\nThis build / baseline: req/s {mean([x[0] for x in t]) / mean([x[0] for x in b]):.3f}, "
+          f"CPU per request {mean([x[1] for x in t]) / mean([x[1] for x in b]):.3f} (means of the three rounds).")
 PY
