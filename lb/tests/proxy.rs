@@ -171,6 +171,9 @@ fn a_circuit_opens_tests_one_exchange_half_open_and_closes() {
     let lb = lb(&[flaky.addr, good.addr], |c| {
         c.eject_after = 1;
         c.eject_for = Duration::from_millis(300);
+        // Turns, so that a closed circuit is sure to get its share (p2c
+        // would send this sequential load wherever the estimate is lower).
+        c.balance = todo_lb::config::Balance::RoundRobin;
         // Only the passive breaker acts here.
         c.health_interval = Duration::from_secs(3600);
         c.admin = todo_lb::config::Admin(Some("127.0.0.1:0".parse().unwrap()));
