@@ -12,8 +12,9 @@
 //!
 //! - [`proxy`]: per client connection, parse every request, forward the
 //!   batch to one upstream, answer in order; retry and failover.
-//! - [`pool`]: per core, keep-alive upstream pools, least-connections,
-//!   passive ejection (circuit breaker).
+//! - [`pool`]: per core, keep-alive upstream pools, the balancing policy
+//!   (`--balance`), passive ejection (circuit breaker).
+//! - [`ring`]: the consistent-hash ring of `--balance hash`.
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
 //! - [`client_limits`]: per-client rate and connection limits (429).

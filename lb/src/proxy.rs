@@ -5,7 +5,7 @@
 //!   -> parse EVERY complete request (todo_http::http1::parse, the server's parser)
 //!   -> admit them against the client's rate; rewrite each into one
 //!      forward buffer (+ X-Forwarded-For, + X-Request-Id unless sent)
-//!   -> pick an upstream (least connections), take a pooled connection,
+//!   -> pick an upstream (`--balance`, p2c by default), take a pooled connection,
 //!      ONE write of the whole batch, read back as many responses
 //!   -> ONE write of the responses to the client, in request order
 //! ```
