@@ -64,6 +64,11 @@ impl CoreMetrics {
 }
 
 /// One core's counters for one upstream.
+/// The states of a core's circuit for an upstream ([`UpstreamStats::circuit`]).
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct UpstreamStats {
@@ -71,10 +76,9 @@ pub struct UpstreamStats {
     /// Per [`Failure`], in its declaration order.
     errors: [AtomicU64; Failure::ALL.len()],
     ejections: AtomicU64,
-    /// 1 while this core holds the upstream's circuit open or half open.
-    ejected: AtomicU64,
-    /// 1 while this core's circuit is half open: one exchange is testing it.
-    probing: AtomicU64,
+    /// This core's circuit for the upstream: [`CLOSED`], [`OPEN`] or
+    /// [`HALF_OPEN`].
+    circuit: AtomicU64,
     duration: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
     duration_sum_us: AtomicU64,
 }
@@ -107,24 +111,22 @@ impl UpstreamStats {
     /// This core opened the upstream's circuit.
     pub fn ejected(&self) {
         bump(&self.ejections, 1);
-        self.ejected.store(1, Relaxed);
-        self.probing.store(0, Relaxed);
+        self.circuit.store(OPEN, Relaxed);
     }
 
     /// This core's open circuit went half open: one exchange tests it.
     pub fn probing(&self) {
-        self.probing.store(1, Relaxed);
+        self.circuit.store(HALF_OPEN, Relaxed);
     }
 
     /// The test failed: open again (not counted as a new ejection).
     pub fn reopened(&self) {
-        self.probing.store(0, Relaxed);
+        self.circuit.store(OPEN, Relaxed);
     }
 
     /// This core closed the upstream's circuit again.
     pub fn restored(&self) {
-        self.ejected.store(0, Relaxed);
-        self.probing.store(0, Relaxed);
+        self.circuit.store(CLOSED, Relaxed);
     }
 }
 
@@ -150,6 +152,12 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
     // Each upstream's per-core slots summed; `label` is `upstream="host:port"`.
     let sum = |u: &Upstream, f: &dyn Fn(&UpstreamStats) -> &AtomicU64| -> u64 {
         u.stats.iter().map(|s| f(s).load(Relaxed)).sum()
+    };
+    let cores_in = |u: &Upstream, state: u64| -> usize {
+        u.stats
+            .iter()
+            .filter(|s| s.circuit.load(Relaxed) == state)
+            .count()
     };
     let labels: Vec<String> = upstreams
         .iter()
@@ -179,15 +187,13 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
     }
     out.push_str("# HELP todo_lb_upstream_up 1 when the upstream is in rotation: its active check passes and no core holds its circuit open; 0 otherwise.\n# TYPE todo_lb_upstream_up gauge\n");
     for (u, label) in upstreams.iter().zip(&labels) {
-        let up = u.healthy() && sum(u, &|s| &s.ejected) == 0;
+        let up = u.healthy() && cores_in(u, CLOSED) == u.stats.len();
         let _ = writeln!(out, "todo_lb_upstream_up{{{label}}} {}", u8::from(up));
     }
     out.push_str("# HELP todo_lb_upstream_circuit Cores whose circuit for the upstream is in this state: closed (in use), open (ejected for --eject-for after --eject-after failures), half_open (one exchange testing it).\n# TYPE todo_lb_upstream_circuit gauge\n");
     for (u, label) in upstreams.iter().zip(&labels) {
-        let half_open = sum(u, &|s| &s.probing);
-        let open = sum(u, &|s| &s.ejected) - half_open;
-        let closed = u.stats.len() as u64 - open - half_open;
-        for (state, n) in [("closed", closed), ("open", open), ("half_open", half_open)] {
+        for (state, value) in [("closed", CLOSED), ("open", OPEN), ("half_open", HALF_OPEN)] {
+            let n = cores_in(u, value);
             let _ = writeln!(
                 out,
                 "todo_lb_upstream_circuit{{{label},state=\"{state}\"}} {n}"
