@@ -78,23 +78,27 @@ impl Member {
     pub fn observe(&self, latency_us: u64) {
         let now = Instant::now();
         let latency = latency_us as f64;
-        let current = self.decayed(now);
-        let next = if latency > current {
+        let estimate = self.ewma_us.get();
+        let next = if latency > estimate {
             latency
         } else {
-            let elapsed = now.saturating_duration_since(self.ewma_at.get());
-            let w = (-elapsed.as_secs_f64() / EWMA_DECAY_S).exp();
-            current * w + latency * (1.0 - w)
+            let w = self.weight(now);
+            estimate * w + latency * (1.0 - w)
         };
         self.ewma_us.set(next);
         self.ewma_at.set(now);
     }
 
-    /// The estimate now: it fades while nothing is observed, so an upstream
-    /// that was slow is tried again in time.
-    fn decayed(&self, now: Instant) -> f64 {
+    /// How much of the estimate still counts `now`: exp(-elapsed / decay).
+    fn weight(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.ewma_at.get());
-        self.ewma_us.get() * (-elapsed.as_secs_f64() / EWMA_DECAY_S).exp()
+        (-elapsed.as_secs_f64() / EWMA_DECAY_S).exp()
+    }
+
+    /// The estimate now: it fades while nothing is observed (an observation
+    /// of 0), so an upstream that was slow is tried again in time.
+    fn decayed(&self, now: Instant) -> f64 {
+        self.ewma_us.get() * self.weight(now)
     }
 
     /// `p2c`'s cost: the latency estimate times the exchanges in flight + 1.
