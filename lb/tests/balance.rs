@@ -15,14 +15,20 @@ use common::*;
 use todo_lb::config::{Balance, HashKey};
 use todo_testkit::process::wait_until;
 
-/// Which peer answered `GET /` with `X-User: user`, on a new connection.
-fn owner_of(lb: SocketAddr, user: &str) -> String {
+/// Which peer answered `GET /` with `headers` (each ending in CRLF), on a
+/// new connection.
+fn answered_by(lb: SocketAddr, headers: &str) -> String {
     let mut s = TcpStream::connect(lb).unwrap();
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\nX-User: {user}\r\n\r\n").as_bytes())
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{headers}\r\n").as_bytes())
         .unwrap();
     let (status, body) = read_responses(&mut s, 1).remove(0);
     assert_eq!(status, 200, "{body}");
     body.lines().next().unwrap().to_string()
+}
+
+/// Which peer answered a request with `X-User: user`.
+fn owner_of(lb: SocketAddr, user: &str) -> String {
+    answered_by(lb, &format!("X-User: {user}\r\n"))
 }
 
 fn owners(lb: SocketAddr, users: usize) -> Vec<String> {
@@ -106,17 +112,8 @@ fn jwt_sub_keys_by_the_tokens_subject_and_falls_back_to_the_client() {
         )
     };
     let owner = |auth: Option<String>| {
-        let mut s = TcpStream::connect(lb.addr).unwrap();
         let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\n{auth}\r\n").as_bytes())
-            .unwrap();
-        read_responses(&mut s, 1)
-            .remove(0)
-            .1
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
+        answered_by(lb.addr, &auth)
     };
     let mut seen = std::collections::HashSet::new();
     for user in 0..40 {
