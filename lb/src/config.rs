@@ -68,7 +68,8 @@ pub struct LbConfig {
     /// one upstream while it is in rotation.
     /// Default `p2c`: with one upstream stalled 15 ms of every 20 ms, its
     /// p99 was 0.23-0.51 of round-robin's and 0.35-0.66 of least-conn's
-    /// (bench/gateway.sh, three runs).
+    /// (bench/gateway.sh, four runs; 0.47 and 0.62 in the run of the code
+    /// as it is).
     #[arg(long, env = "TODO_LB_BALANCE", value_enum, default_value_t = Balance::P2c)]
     pub balance: Balance,
     /// What `--balance hash` hashes: `client-ip`; `jwt-sub`, the bearer
