@@ -246,11 +246,12 @@ impl Metrics {
                 dep.label()
             );
         }
-        out.push_str("# HELP todo_worker_batches_total Batches committed to PostgreSQL.\n# TYPE todo_worker_batches_total counter\n");
-        let _ = writeln!(
-            out,
-            "todo_worker_batches_total {}",
-            self.batches.load(Relaxed)
+        single(
+            &mut out,
+            "todo_worker_batches_total",
+            "counter",
+            "Batches committed to PostgreSQL.",
+            self.batches.load(Relaxed),
         );
         out.push_str("# HELP todo_worker_commands_total Commands taken from the topic, by result.\n# TYPE todo_worker_commands_total counter\n");
         for (result, n) in [
@@ -265,17 +266,19 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        out.push_str("# HELP todo_worker_snapshot_version Snapshot version last committed.\n# TYPE todo_worker_snapshot_version gauge\n");
-        let _ = writeln!(
-            out,
-            "todo_worker_snapshot_version {}",
-            self.snapshot_version.load(Relaxed)
+        single(
+            &mut out,
+            "todo_worker_snapshot_version",
+            "gauge",
+            "Snapshot version last committed.",
+            self.snapshot_version.load(Relaxed),
         );
-        out.push_str("# HELP todo_worker_published_version Snapshot version last written to Redis.\n# TYPE todo_worker_published_version gauge\n");
-        let _ = writeln!(
-            out,
-            "todo_worker_published_version {}",
-            self.published_version.load(Relaxed)
+        single(
+            &mut out,
+            "todo_worker_published_version",
+            "gauge",
+            "Snapshot version last written to Redis.",
+            self.published_version.load(Relaxed),
         );
         self.batch_commands.render(
             &mut out,
@@ -289,23 +292,26 @@ impl Metrics {
             "Time of a committed batch's transaction, from BEGIN to COMMIT.",
             1e6,
         );
-        out.push_str("# HELP todo_worker_redeliveries_skipped_total Commands already processed (delivered again after a restart or a rebalance, or twice in one batch), skipped; the count of todo_worker_commands_total{result=\"duplicate\"}.\n# TYPE todo_worker_redeliveries_skipped_total counter\n");
-        let _ = writeln!(
-            out,
-            "todo_worker_redeliveries_skipped_total {}",
-            self.duplicates.load(Relaxed)
+        single(
+            &mut out,
+            "todo_worker_redeliveries_skipped_total",
+            "counter",
+            "Commands already processed (delivered again after a restart or a rebalance, or twice in one batch), skipped; the count of todo_worker_commands_total{result=\"duplicate\"}.",
+            self.duplicates.load(Relaxed),
         );
-        out.push_str("# HELP todo_worker_partitions Partitions of the topic this worker holds now (0 during a rebalance).\n# TYPE todo_worker_partitions gauge\n");
-        let _ = writeln!(
-            out,
-            "todo_worker_partitions {}",
-            self.partitions.load(Relaxed)
+        single(
+            &mut out,
+            "todo_worker_partitions",
+            "gauge",
+            "Partitions of the topic this worker holds now (0 during a rebalance).",
+            self.partitions.load(Relaxed),
         );
-        out.push_str("# HELP todo_worker_assignments_total Partition assignments received from the consumer group (one per rebalance this worker took part in).\n# TYPE todo_worker_assignments_total counter\n");
-        let _ = writeln!(
-            out,
-            "todo_worker_assignments_total {}",
-            self.assignments.load(Relaxed)
+        single(
+            &mut out,
+            "todo_worker_assignments_total",
+            "counter",
+            "Partition assignments received from the consumer group (one per rebalance this worker took part in).",
+            self.assignments.load(Relaxed),
         );
         out.push_str("# HELP todo_worker_consumer_lag Messages between the consumer group's committed offset and the partition's high watermark, measured every 2 s.\n# TYPE todo_worker_consumer_lag gauge\n");
         for (partition, lag) in self.lag.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -316,6 +322,14 @@ impl Metrics {
         }
         out
     }
+}
+
+/// One metric without labels: its HELP and TYPE lines and its value.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// How long a scrape may take to send its request.
