@@ -236,6 +236,7 @@ async fn proxy(
     let mut items: Vec<Item> = Vec::new();
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;
+    let mut last_token: Option<(Vec<u8>, u64)> = None;
     loop {
         if core.draining.get() && input.is_empty() {
             return Ok(false);
@@ -303,7 +304,9 @@ async fn proxy(
                     fwd.extend_from_slice(b"\r\n");
                     fwd.extend_from_slice(&raw[req.head_len..]);
                     let key = match config.balance {
-                        Balance::Hash => hash_key(&config.hash_key, &req, head, peer),
+                        Balance::Hash => {
+                            hash_key(&config.hash_key, &req, head, peer, &mut last_token)
+                        }
                         _ => 0,
                     };
                     items.push(Item {
@@ -425,19 +428,36 @@ impl Failure {
 }
 
 /// `--balance hash`: the key of a request, by `--hash-key`; the client's
-/// address when the request does not carry it.
-fn hash_key(how: &HashKey, req: &http1::Request<'_>, head: &[u8], peer: SocketAddr) -> u64 {
+/// address when the request does not carry it. `last_token` is the
+/// connection's last bearer token and its key: a client sends the same token
+/// request after request, so it is decoded once, not per request.
+fn hash_key(
+    how: &HashKey,
+    req: &http1::Request<'_>,
+    head: &[u8],
+    peer: SocketAddr,
+    last_token: &mut Option<(Vec<u8>, u64)>,
+) -> u64 {
     let by_client = || match peer.ip() {
         std::net::IpAddr::V4(ip) => ring::key(&ip.octets()),
         std::net::IpAddr::V6(ip) => ring::key(&ip.octets()),
     };
     match how {
         HashKey::ClientIp => by_client(),
-        HashKey::JwtSub => req
-            .authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
-            .and_then(|token| jsonwebtoken::dangerous::insecure_decode::<Subject>(token).ok())
-            .map_or_else(by_client, |t| ring::key(t.claims.sub.as_bytes())),
+        HashKey::JwtSub => {
+            let Some(token) = req.authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+                return by_client();
+            };
+            if let Some((last, key)) = last_token.as_ref() {
+                if last.as_slice() == token {
+                    return *key;
+                }
+            }
+            let key = jsonwebtoken::dangerous::insecure_decode::<Subject>(token)
+                .map_or_else(|_| by_client(), |t| ring::key(t.claims.sub.as_bytes()));
+            *last_token = Some((token.to_vec(), key));
+            key
+        }
         HashKey::Header(name) => {
             header_value(head, name.as_bytes()).map_or_else(by_client, ring::key)
         }

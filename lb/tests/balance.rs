@@ -125,6 +125,28 @@ fn jwt_sub_keys_by_the_tokens_subject_and_falls_back_to_the_client() {
     assert_eq!(seen.len(), 2, "subjects spread over both upstreams");
     // No token, or one that is not a JWT: the client's address decides, so
     // the same client keeps one upstream.
+    // One connection, tokens of different subjects in turn: each request
+    // goes where its own subject does (the connection's decoded token is
+    // reused only for the same token).
+    let subs: Vec<String> = (0..6).map(|u| format!("user-{u}")).collect();
+    let alone: Vec<String> = subs.iter().map(|s| owner(Some(token(s, 1_000)))).collect();
+    let mut conn = TcpStream::connect(lb.addr).unwrap();
+    for round in 0..2 {
+        for (sub, want) in subs.iter().zip(&alone) {
+            let t = token(sub, 1_000 + round);
+            conn.write_all(
+                format!("GET / HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            let (_, body) = read_responses(&mut conn, 1).remove(0);
+            assert_eq!(
+                body.lines().next().unwrap(),
+                want,
+                "{sub} on a shared connection"
+            );
+        }
+    }
     let anonymous = owner(None);
     for _ in 0..10 {
         assert_eq!(owner(None), anonymous);
