@@ -104,6 +104,12 @@ def exported_metrics():
             # they are rendered under.
             for name in re.findall(r'\.render\(\s*&mut out,\s*"(todo_[a-z0-9_]+)"', text):
                 kinds[name] = "histogram"
+            # The worker's metrics without labels write theirs through
+            # `single(&mut out, NAME, KIND, ...)`.
+            for name, kind in re.findall(
+                r'\bsingle\(\s*&mut out,\s*"(todo_[a-z0-9_]+)",\s*"(counter|gauge)"', text
+            ):
+                kinds[name] = kind
     series = set()
     for name, kind in kinds.items():
         series.add(name)
