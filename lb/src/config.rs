@@ -19,6 +19,19 @@ pub struct LbConfig {
     /// Address to listen on (one SO_REUSEPORT socket per core).
     #[arg(long, env = "TODO_LB_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
+    /// Also listen for TLS here (one SO_REUSEPORT socket per core, the same
+    /// proxying as `--listen`); needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "TODO_LB_LISTEN_TLS")]
+    pub listen_tls: Option<SocketAddr>,
+    /// The certificate chain for `--listen-tls` (PEM, leaf first), re-read
+    /// when it changes: new connections get the new one, open ones keep
+    /// theirs.
+    #[arg(long, env = "TODO_LB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1), re-read
+    /// with it.
+    #[arg(long, env = "TODO_LB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Upstream server, HOST:PORT; repeat for more. Also TODO_LB_UPSTREAMS,
     /// comma-separated.
     #[arg(long = "upstream", env = "TODO_LB_UPSTREAMS", value_delimiter = ',')]
@@ -181,6 +194,18 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 }
 
 impl LbConfig {
+    /// The TLS files when `--listen-tls` is given; both must be.
+    pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
+        match (self.listen_tls, &self.tls_cert, &self.tls_key) {
+            (None, _, _) => Ok(None),
+            (Some(_), Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (Some(_), _, _) => Err(crate::tls::TlsError::Incomplete),
+        }
+    }
+
     pub fn core_count(&self) -> usize {
         if self.cores > 0 {
             self.cores

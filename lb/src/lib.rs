@@ -3,7 +3,7 @@
 //! todo-server.
 //!
 //! ```text
-//! client -> core k (SO_REUSEPORT) -> proxy.rs: parse every request, admit
+//! client -> core k (SO_REUSEPORT; TLS by tls.rs on --listen-tls) -> proxy.rs: parse every request, admit
 //!           (client_limits.rs), pick an upstream (pool.rs), ONE write of the
 //!           batch, read the answers, ONE write back in request order
 //! upstream.rs: the upstream set, active health checks, the upstreams file
@@ -18,6 +18,7 @@
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
 //! - [`client_limits`]: per-client rate and connection limits (429).
+//! - [`tls`]: `--listen-tls`: rustls, the certificate and its reload.
 //! - [`metrics`]: per-core counters (clients, and per upstream: requests,
 //!   failures, ejections, latency), summed into Prometheus text.
 //! - [`admin`]: the admin listener answering `/metrics` and `/livez`.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod ring;
+pub mod tls;
 pub mod upstream;
 
 use std::net::TcpListener;
@@ -54,6 +56,10 @@ pub enum LbError {
     Upstream(#[from] UpstreamError),
     #[error("no listener given")]
     NoListener,
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{tls} TLS listeners for {plain} cores: give one per core")]
+    TlsListeners { tls: usize, plain: usize },
     #[error("thread: {0}")]
     Thread(std::io::Error),
 }
@@ -70,18 +76,55 @@ pub fn configured_upstreams(config: &LbConfig) -> Result<Vec<std::net::SocketAdd
     Ok(addrs)
 }
 
+/// The sockets todo-lb serves: one plain listener per core, and one TLS
+/// listener per core when `--listen-tls` is given (else none).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub plain: Vec<TcpListener>,
+    pub tls: Vec<TcpListener>,
+}
+
+impl From<Vec<TcpListener>> for Listeners {
+    fn from(plain: Vec<TcpListener>) -> Self {
+        Listeners {
+            plain,
+            tls: Vec::new(),
+        }
+    }
+}
+
 /// Balance over the configured upstreams on `listeners` (one per core) until
 /// `shutdown` fires and the open connections are done; answer `/metrics`
 /// and `/livez` on `admin`, when given, until then.
 pub fn run(
     config: LbConfig,
-    listeners: Vec<TcpListener>,
+    listeners: impl Into<Listeners>,
     admin: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), LbError> {
+    let Listeners {
+        plain: listeners,
+        tls: tls_listeners,
+    } = listeners.into();
     if listeners.is_empty() {
         return Err(LbError::NoListener);
     }
+    let certs = match config.tls_files()? {
+        Some(files) if !tls_listeners.is_empty() => {
+            if tls_listeners.len() != listeners.len() {
+                return Err(LbError::TlsListeners {
+                    tls: tls_listeners.len(),
+                    plain: listeners.len(),
+                });
+            }
+            let certs = tls::TlsCerts::load(files)?;
+            certs.spawn_reloader().map_err(LbError::Thread)?;
+            Some(certs)
+        }
+        _ => None,
+    };
+    let tls_addr = tls_listeners.first().and_then(|l| l.local_addr().ok());
+    let mut tls_listeners = tls_listeners.into_iter();
     let driver = todo_runtime::resolve_driver(config.driver)?;
     let file_read_at = config.upstreams_file.as_deref().and_then(upstream::stamp);
     let addrs = configured_upstreams(&config)?;
@@ -122,9 +165,10 @@ pub fn run(
             shutdown.clone(),
         );
         let pin = config.pin;
+        let tls = certs.clone().zip(tls_listeners.next());
         let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
             let core = Rc::new(LbCore::new(index, config, set, clients, metrics, id_prefix));
-            core_main(core, listener, shutdown)
+            core_main(core, listener, tls, shutdown)
         })
         .map_err(LbError::Thread)?;
         threads.push(thread);
@@ -134,6 +178,12 @@ pub fn run(
         addr.map_or_else(|| "?".into(), |a| a.to_string()),
         driver.name(),
     );
+    if let (Some(at), Some(certs)) = (tls_addr, &certs) {
+        eprintln!(
+            "todo-lb: TLS (1.3, 1.2; ALPN http/1.1) on {at}, certificate {}",
+            certs.describe()
+        );
+    }
     // The admin thread stops after the cores, so scrapes see the drain.
     let (mut admin_stop, admin_shutdown) = shutdown::channel();
     let admin_thread = match admin {
@@ -169,7 +219,12 @@ pub fn run(
     Ok(())
 }
 
-async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) {
+async fn core_main(
+    core: Rc<LbCore>,
+    listener: TcpListener,
+    tls: Option<(Arc<tls::TlsCerts>, TcpListener)>,
+    shutdown: Shutdown,
+) {
     let date_core = core.clone();
     monoio::spawn(async move {
         loop {
@@ -178,6 +233,24 @@ async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) 
         }
     });
     let label = format!("todo-lb: core {}", core.index);
+    let tls_accepting = tls.map(|(certs, listener)| {
+        let (core, shutdown) = (core.clone(), shutdown.clone());
+        let label = format!("{label} (tls)");
+        let tls = Rc::new(tls::CoreTls::new(certs));
+        monoio::spawn(async move {
+            lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
+                let (core, tls) = (core.clone(), tls.clone());
+                core.open.set(core.open.get() + 1);
+                core.metrics().accepted();
+                monoio::spawn(async move {
+                    proxy::serve_tls(core.clone(), &tls, stream, peer).await;
+                    core.open.set(core.open.get() - 1);
+                    core.metrics().closed();
+                });
+            })
+            .await;
+        })
+    });
     lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
         let core = core.clone();
         core.open.set(core.open.get() + 1);
@@ -189,6 +262,9 @@ async fn core_main(core: Rc<LbCore>, listener: TcpListener, shutdown: Shutdown) 
         });
     })
     .await;
+    if let Some(accepting) = tls_accepting {
+        accepting.await;
+    }
     // Drain: connections finish their batch in flight and close.
     core.drain();
     lifecycle::drained(&core.open, core.config.drain_timeout).await;

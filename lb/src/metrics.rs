@@ -5,6 +5,11 @@
 //! todo_lb_requests_total                          client requests parsed (forwarded or answered here)
 //! todo_lb_connections_accepted_total              client connections accepted
 //! todo_lb_connections_open                        client connections open now
+//! todo_lb_tls_handshakes_total{result}            on --listen-tls: ok, failed, plain_http
+//! todo_lb_cache_requests_total{result}            --cache on: hit, miss, not_modified (304 here)
+//! todo_lb_cache_bytes                             bytes held by the edge cache (all cores)
+//! todo_lb_cache_entries                           entries held by the edge cache (all cores)
+//! todo_lb_limited_total{route}                    requests answered 429 by a [[limit]] (--config)
 //! todo_lb_upstream_requests_total{upstream}       requests written to the upstream
 //! todo_lb_upstream_errors_total{upstream,kind}    failed exchanges: connect, timeout, broken
 //! todo_lb_upstream_ejections_total{upstream}      circuits opened (summed over cores)
@@ -45,6 +50,32 @@ pub struct CoreMetrics {
     requests: AtomicU64,
     accepted: AtomicU64,
     closed: AtomicU64,
+    /// Per [`Handshake`], in its declaration order.
+    tls: [AtomicU64; 3],
+    /// Per [`CacheResult`], in its declaration order.
+    cache: [AtomicU64; 3],
+    /// This core's cache size now (a gauge written by its core).
+    cache_bytes: AtomicU64,
+    cache_entries: AtomicU64,
+}
+
+/// How a TLS connection's start ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Handshake {
+    Ok,
+    /// A TLS error, an end of stream or a time-out during the handshake.
+    Failed,
+    /// The client spoke plain HTTP to the TLS port (answered 400).
+    PlainHttp,
+}
+
+/// What the edge cache did for a request it could hold.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    /// Answered 304 here: the client's `If-None-Match` matched.
+    NotModified,
 }
 
 impl CoreMetrics {
@@ -60,6 +91,21 @@ impl CoreMetrics {
 
     pub fn closed(&self) {
         bump(&self.closed, 1);
+    }
+
+    pub fn handshake(&self, how: Handshake) {
+        bump(&self.tls[how as usize], 1);
+    }
+
+    #[inline]
+    pub fn cache(&self, result: CacheResult) {
+        bump(&self.cache[result as usize], 1);
+    }
+
+    /// This core's cache now holds `entries` answers of `bytes` in all.
+    pub fn cache_size(&self, entries: usize, bytes: usize) {
+        self.cache_entries.store(entries as u64, Relaxed);
+        self.cache_bytes.store(bytes as u64, Relaxed);
     }
 }
 
@@ -147,6 +193,31 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
         out,
         "todo_lb_connections_open {}",
         accepted.saturating_sub(closed)
+    );
+
+    out.push_str("# HELP todo_lb_tls_handshakes_total Connections to --listen-tls by how their start ended: ok, failed (a TLS error, an end or a time-out), plain_http (answered 400: not TLS).\n# TYPE todo_lb_tls_handshakes_total counter\n");
+    for (i, result) in ["ok", "failed", "plain_http"].iter().enumerate() {
+        let n = total(&|c| &c.tls[i]);
+        let _ = writeln!(
+            out,
+            "todo_lb_tls_handshakes_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP todo_lb_cache_requests_total Requests the edge cache could answer (public GETs without Authorization), by result: hit, miss, not_modified (304 at the edge).\n# TYPE todo_lb_cache_requests_total counter\n");
+    for (i, result) in ["hit", "miss", "not_modified"].iter().enumerate() {
+        let n = total(&|c| &c.cache[i]);
+        let _ = writeln!(
+            out,
+            "todo_lb_cache_requests_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    out.push_str("# HELP todo_lb_cache_bytes Bytes of answers held by the edge cache, all cores (each bounded by --cache-bytes).\n# TYPE todo_lb_cache_bytes gauge\n");
+    let _ = writeln!(out, "todo_lb_cache_bytes {}", total(&|c| &c.cache_bytes));
+    out.push_str("# HELP todo_lb_cache_entries Answers held by the edge cache, all cores.\n# TYPE todo_lb_cache_entries gauge\n");
+    let _ = writeln!(
+        out,
+        "todo_lb_cache_entries {}",
+        total(&|c| &c.cache_entries)
     );
 
     // Each upstream's per-core slots summed; `label` is `upstream="host:port"`.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use todo_http::http1::{self, Method, Parsed, ParsedResponse};
@@ -42,9 +42,10 @@ use todo_runtime::lifecycle;
 
 use crate::client_limits::{ClientConn, ClientLimits};
 use crate::config::{Balance, HashKey, LbConfig};
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, Handshake};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::ring;
+use crate::tls::{self, CoreTls};
 use crate::upstream::UpstreamSet;
 
 /// Read buffer growth step, bytes.
@@ -80,6 +81,12 @@ static RATE_LIMITED: HttpError = HttpError::new(
     false,
 )
 .with_retry_after(1);
+static TLS_REQUIRED: HttpError = HttpError::new(
+    400,
+    "tls_required",
+    "this port speaks TLS: use https:// (plain HTTP is served on --listen)",
+    true,
+);
 static TOO_MANY_CONNECTIONS: HttpError = HttpError::new(
     429,
     "too_many_connections",
@@ -196,8 +203,76 @@ struct Item {
     key: u64,
 }
 
-/// Serve one client connection until it closes.
-pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
+/// Serve one plain client connection until it closes.
+pub async fn serve(core: Rc<LbCore>, stream: TcpStream, peer: SocketAddr) {
+    let fd = stream.as_raw_fd();
+    serve_on(&core, stream, fd, peer).await;
+}
+
+/// Serve one connection accepted on `--listen-tls`: refuse plain HTTP with a
+/// 400 that says why, else the handshake (both within `--header-timeout`),
+/// then the same loop as plain.
+pub async fn serve_tls(core: Rc<LbCore>, tls: &CoreTls, stream: TcpStream, peer: SocketAddr) {
+    let fd = stream.as_raw_fd();
+    let within = core.config.header_timeout;
+    match monoio::time::timeout(within, first_byte(&stream)).await {
+        Ok(Some(tls::HANDSHAKE_RECORD)) => {}
+        Ok(Some(_)) => {
+            core.metrics().handshake(Handshake::PlainHttp);
+            let mut stream = stream;
+            let mut out = Vec::new();
+            response::append_error(&mut out, &TLS_REQUIRED, &core.date, Persist::Close);
+            let _ = stream.write_all(out).await;
+            lifecycle::linger(&mut stream).await;
+            return;
+        }
+        Ok(None) | Err(_) => {
+            core.metrics().handshake(Handshake::Failed);
+            return;
+        }
+    }
+    let acceptor = tls.acceptor();
+    match monoio::time::timeout(within, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            core.metrics().handshake(Handshake::Ok);
+            serve_on(&core, stream, fd, peer).await;
+        }
+        Ok(Err(_)) | Err(_) => core.metrics().handshake(Handshake::Failed),
+    }
+}
+
+/// The first byte the client sent, left in the socket; `None` at its end.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    loop {
+        stream.readable(false).await.ok()?;
+        let mut byte = 0u8;
+        // SAFETY: `stream` owns the descriptor for this call, and `byte` is a
+        // valid one-byte buffer that outlives it. MSG_PEEK leaves the byte
+        // for the TLS library to read.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            1 => return Some(byte),
+            0 => return None,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Serve a connection (plain or TLS; `fd` is its socket) until it closes.
+async fn serve_on<S: AsyncReadRent + AsyncWriteRent>(
+    core: &LbCore,
+    mut stream: S,
+    fd: RawFd,
+    peer: SocketAddr,
+) {
     let Some(client) = core.client_limits.connect(peer.ip()) else {
         let mut out = Vec::new();
         response::append_error(&mut out, &TOO_MANY_CONNECTIONS, &core.date, Persist::Close);
@@ -205,9 +280,8 @@ pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
         lifecycle::linger(&mut stream).await;
         return;
     };
-    let fd = stream.as_raw_fd();
     core.clients.borrow_mut().insert(fd);
-    let linger = matches!(proxy(&core, &mut stream, peer, &client).await, Ok(true));
+    let linger = matches!(proxy(core, &mut stream, peer, &client).await, Ok(true));
     core.clients.borrow_mut().remove(&fd);
     if linger {
         lifecycle::linger(&mut stream).await;
@@ -215,9 +289,9 @@ pub async fn serve(core: Rc<LbCore>, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// The loop; `Ok(true)` when the connection should linger before closing.
-async fn proxy(
+async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
     core: &LbCore,
-    stream: &mut TcpStream,
+    stream: &mut S,
     peer: SocketAddr,
     client: &ClientConn,
 ) -> io::Result<bool> {

@@ -127,8 +127,8 @@ pub fn is_send_timeout(e: &io::Error) -> bool {
 
 /// [`flush`], or a [`SendTimedOut`] error when the client has not taken it
 /// all within `timeout` (it does not read its answers): the caller closes.
-pub async fn flush_within(
-    stream: &mut TcpStream,
+pub async fn flush_within<S: AsyncWriteRent>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     timeout: Duration,
 ) -> io::Result<()> {
@@ -140,7 +140,7 @@ pub async fn flush_within(
 }
 
 /// Write and clear `out`, keeping its allocation for the next batch.
-pub async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+pub async fn flush<S: AsyncWriteRent>(stream: &mut S, out: &mut Vec<u8>) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -153,7 +153,7 @@ pub async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result
 /// Half-close, then drain what the client still sends for a short while, so
 /// the kernel does not answer unread input with a reset that could destroy
 /// the last response in flight.
-pub async fn linger(stream: &mut TcpStream) {
+pub async fn linger<S: AsyncReadRent + AsyncWriteRent>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + LINGER_TIME;
     let mut buf = Vec::with_capacity(4096);

@@ -13,8 +13,14 @@ fn main() -> anyhow::Result<()> {
     eprintln!("todo-lb: {}", limits.describe(listener_config.backlog));
     // Fail early on a bad upstream list, before binding.
     todo_lb::configured_upstreams(&config)?;
-    let listeners = bind_reuseport(config.listen, config.core_count(), &listener_config)
+    config.tls_files()?;
+    let plain = bind_reuseport(config.listen, config.core_count(), &listener_config)
         .with_context(|| format!("binding {}", config.listen))?;
+    let tls = match config.listen_tls {
+        Some(addr) => bind_reuseport(addr, config.core_count(), &listener_config)
+            .with_context(|| format!("binding {addr}"))?,
+        None => Vec::new(),
+    };
     let admin = config
         .admin
         .0
@@ -22,6 +28,6 @@ fn main() -> anyhow::Result<()> {
         .transpose()?;
     let (trigger, shutdown) = shutdown::channel();
     shutdown::on_signals("todo-lb", trigger).context("installing signal handlers")?;
-    todo_lb::run(config, listeners, admin, shutdown)?;
+    todo_lb::run(config, todo_lb::Listeners { plain, tls }, admin, shutdown)?;
     Ok(())
 }

@@ -107,6 +107,9 @@ pub struct Lb {
     /// The admin listener's address, when the test asked for one
     /// (`config.admin`).
     pub admin: Option<SocketAddr>,
+    /// The TLS listener's address, when the test asked for one
+    /// (`config.listen_tls`).
+    pub tls: Option<SocketAddr>,
     pub trigger: Trigger,
     pub thread: std::thread::JoinHandle<()>,
 }
@@ -122,14 +125,24 @@ pub fn lb(upstreams: &[SocketAddr], tune: impl FnOnce(&mut LbConfig)) -> Lb {
     tune(&mut config);
     let listeners = bind_reuseport(config.listen, 2, &ListenerConfig::default()).unwrap();
     let addr = listeners[0].local_addr().unwrap();
+    let tls = match config.listen_tls {
+        Some(at) => bind_reuseport(at, 2, &ListenerConfig::default()).unwrap(),
+        None => Vec::new(),
+    };
+    let tls_addr = tls.first().map(|l| l.local_addr().unwrap());
     let admin = config.admin.0.map(|a| TcpListener::bind(a).unwrap());
     let admin_addr = admin.as_ref().map(|l| l.local_addr().unwrap());
     let (trigger, shutdown) = shutdown::channel();
+    let listeners = todo_lb::Listeners {
+        plain: listeners,
+        tls,
+    };
     let thread =
         std::thread::spawn(move || todo_lb::run(config, listeners, admin, shutdown).unwrap());
     Lb {
         addr,
         admin: admin_addr,
+        tls: tls_addr,
         trigger,
         thread,
     }
