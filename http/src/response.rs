@@ -130,6 +130,19 @@ pub fn append_error_to(
     persist: Persist,
     head_only: bool,
 ) {
+    append_error_with(out, err, date, persist, head_only, b"");
+}
+
+/// [`append_error_to`] with more header lines: `fields`, each led by
+/// `\r\n` (for example `\r\nRateLimit: ...`).
+pub fn append_error_with(
+    out: &mut Vec<u8>,
+    err: &HttpError,
+    date: &DateCache,
+    persist: Persist,
+    head_only: bool,
+    fields: &[u8],
+) {
     let mut extra = Vec::new();
     if let Some(allow) = err.allow {
         extra.extend_from_slice(b"\r\nAllow: ");
@@ -139,6 +152,7 @@ pub fn append_error_to(
         extra.extend_from_slice(b"\r\nRetry-After: ");
         extra.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes());
     }
+    extra.extend_from_slice(fields);
     let persist = if err.close { Persist::Close } else { persist };
     append(
         out,

@@ -28,6 +28,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminState {
     pub cores: Arc<[CoreMetrics]>,
     pub set: Arc<UpstreamSet>,
+    pub route_limits: Arc<crate::route_limits::SharedLimits>,
 }
 
 /// Answer on `listener` until `shutdown` fires (run on its own thread).
@@ -62,7 +63,9 @@ async fn answer(
             return Ok(());
         }
         if admin::answer(&buf, date, &mut out, || {
-            metrics::render(&state.cores, &state.set.current())
+            let mut text = metrics::render(&state.cores, &state.set.current());
+            metrics::render_limits(&mut text, &state.route_limits);
+            text
         }) {
             break;
         }

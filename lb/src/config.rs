@@ -13,7 +13,10 @@ use todo_runtime::Driver;
 #[command(
     name = "todo-lb",
     version,
-    about = "Thread-per-core HTTP/1.1 load balancer for todo-server"
+    about = "Thread-per-core HTTP/1.1 load balancer for todo-server",
+    // A flag given twice takes the last: the --config file's settings come
+    // first, the command line's after them.
+    args_override_self = true
 )]
 pub struct LbConfig {
     /// Address to listen on (one SO_REUSEPORT socket per core).
@@ -140,6 +143,15 @@ pub struct LbConfig {
     /// On SIGTERM, connections still open after this long are closed.
     #[arg(long, env = "TODO_LB_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// The gateway file (TOML): any flag by its long name (`balance =
+    /// "p2c"`; the command line wins), and `[[limit]]` tables (route, per,
+    /// rate, burst: see docs/gateway.md), re-read on change and on SIGHUP.
+    #[arg(long, env = "TODO_LB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The HS256 secret the servers verify tokens with; a `[[limit]]` with
+    /// `per = "user"` verifies the bearer token's subject with it.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     /// Admin address answering `GET /metrics` (Prometheus text) and
     /// `GET /livez`, apart from the proxied traffic; `off` for none
     /// (default).
@@ -194,6 +206,33 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 }
 
 impl LbConfig {
+    /// Flags from the command line and `--config` (or `TODO_LB_CONFIG`):
+    /// the file's settings first, so the command line's win.
+    pub fn from_args_and_file(
+        args: Vec<std::ffi::OsString>,
+    ) -> Result<Self, crate::route_limits::ConfigError> {
+        let path = {
+            let mut path = std::env::var_os("TODO_LB_CONFIG").map(PathBuf::from);
+            let mut it = args.iter().skip(1);
+            while let Some(a) = it.next() {
+                let a = a.to_string_lossy();
+                if a == "--config" {
+                    path = it.next().map(PathBuf::from);
+                } else if let Some(p) = a.strip_prefix("--config=") {
+                    path = Some(PathBuf::from(p));
+                }
+            }
+            path
+        };
+        let mut all = args;
+        if let Some(path) = path {
+            let flags = crate::route_limits::read_flags(&path)?;
+            let at = 1.min(all.len());
+            all.splice(at..at, flags.into_iter().map(Into::into));
+        }
+        Ok(LbConfig::parse_from(all))
+    }
+
     /// The TLS files when `--listen-tls` is given; both must be.
     pub fn tls_files(&self) -> Result<Option<crate::tls::TlsFiles>, crate::tls::TlsError> {
         match (self.listen_tls, &self.tls_cert, &self.tls_key) {

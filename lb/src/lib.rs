@@ -18,6 +18,8 @@
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
 //! - [`client_limits`]: per-client rate and connection limits (429).
+//! - [`route_limits`]: `--config`: the gateway file and its `[[limit]]`
+//!   rules, per route and per user or client (429 with RateLimit fields).
 //! - [`tls`]: `--listen-tls`: rustls, the certificate and its reload.
 //! - [`metrics`]: per-core counters (clients, and per upstream: requests,
 //!   failures, ejections, latency), summed into Prometheus text.
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod ring;
+pub mod route_limits;
 pub mod tls;
 pub mod upstream;
 
@@ -58,6 +61,8 @@ pub enum LbError {
     NoListener,
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Config(#[from] route_limits::ConfigError),
     #[error("{tls} TLS listeners for {plain} cores: give one per core")]
     TlsListeners { tls: usize, plain: usize },
     #[error("thread: {0}")]
@@ -123,6 +128,11 @@ pub fn run(
         }
         _ => None,
     };
+    let route_limits = route_limits::SharedLimits::load(
+        config.config.clone(),
+        config.jwt_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+    )?;
+    route_limits.spawn_reloader().map_err(LbError::Thread)?;
     let tls_addr = tls_listeners.first().and_then(|l| l.local_addr().ok());
     let mut tls_listeners = tls_listeners.into_iter();
     let driver = todo_runtime::resolve_driver(config.driver)?;
@@ -157,6 +167,7 @@ pub fn run(
     let config = Arc::new(config);
     let mut threads = Vec::with_capacity(cores);
     for (index, listener) in listeners.into_iter().enumerate() {
+        let route_limits = route_limits.clone();
         let (config, set, clients, metrics, shutdown) = (
             config.clone(),
             set.clone(),
@@ -167,7 +178,9 @@ pub fn run(
         let pin = config.pin;
         let tls = certs.clone().zip(tls_listeners.next());
         let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
-            let core = Rc::new(LbCore::new(index, config, set, clients, metrics, id_prefix));
+            let mut core = LbCore::new(index, config, set, clients, metrics, id_prefix);
+            core.route_limits = Some(route_limits::CoreLimits::new(route_limits));
+            let core = Rc::new(core);
             core_main(core, listener, tls, shutdown)
         })
         .map_err(LbError::Thread)?;
@@ -192,6 +205,7 @@ pub fn run(
             let state = AdminState {
                 cores: metrics,
                 set,
+                route_limits: route_limits.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name("todo-lb-admin".into())

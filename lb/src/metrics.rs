@@ -10,6 +10,7 @@
 //! todo_lb_cache_bytes                             bytes held by the edge cache (all cores)
 //! todo_lb_cache_entries                           entries held by the edge cache (all cores)
 //! todo_lb_limited_total{route}                    requests answered 429 by a [[limit]] (--config)
+//! todo_lb_config_reloads_total{result}            re-reads of --config: ok, failed
 //! todo_lb_upstream_requests_total{upstream}       requests written to the upstream
 //! todo_lb_upstream_errors_total{upstream,kind}    failed exchanges: connect, timeout, broken
 //! todo_lb_upstream_ejections_total{upstream}      circuits opened (summed over cores)
@@ -298,6 +299,25 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
         );
     }
     out
+}
+
+/// The `[[limit]]` rules' refusals (`--config`), one series per rule in
+/// force, and the file's re-reads.
+pub fn render_limits(out: &mut String, shared: &crate::route_limits::SharedLimits) {
+    out.push_str("# HELP todo_lb_config_reloads_total Re-reads of the --config file (on change or SIGHUP): ok (its limits in force), failed (refused; the limits in force stay).\n# TYPE todo_lb_config_reloads_total counter\n");
+    let ok = shared.reloaded.load(Relaxed);
+    let failed = shared.reload_failed.load(Relaxed);
+    let _ = writeln!(out, "todo_lb_config_reloads_total{{result=\"ok\"}} {ok}");
+    let _ = writeln!(
+        out,
+        "todo_lb_config_reloads_total{{result=\"failed\"}} {failed}"
+    );
+    let limits = shared.current();
+    out.push_str("# HELP todo_lb_limited_total Requests answered 429 by a [[limit]] of --config, by its route.\n# TYPE todo_lb_limited_total counter\n");
+    for rule in &limits.rules {
+        let n = rule.refused.load(Relaxed);
+        let _ = writeln!(out, "todo_lb_limited_total{{route=\"{}\"}} {n}", rule.name);
+    }
 }
 
 #[cfg(test)]

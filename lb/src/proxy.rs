@@ -45,6 +45,7 @@ use crate::config::{Balance, HashKey, LbConfig};
 use crate::metrics::{CoreMetrics, Handshake};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::ring;
+use crate::route_limits::{CoreLimits, RouteLimits};
 use crate::tls::{self, CoreTls};
 use crate::upstream::UpstreamSet;
 
@@ -81,6 +82,12 @@ static RATE_LIMITED: HttpError = HttpError::new(
     false,
 )
 .with_retry_after(1);
+static ROUTE_LIMITED: HttpError = HttpError::new(
+    429,
+    "rate_limited",
+    "too many requests to this route from this user or client; see RateLimit and Retry-After",
+    false,
+);
 static TLS_REQUIRED: HttpError = HttpError::new(
     400,
     "tls_required",
@@ -103,6 +110,9 @@ pub struct LbCore {
     pub set: Arc<UpstreamSet>,
     pub client_limits: Arc<ClientLimits>,
     pub pool: Pool,
+    /// `--config`'s `[[limit]]` rules (`None` in tests that build a core
+    /// without them).
+    pub route_limits: Option<CoreLimits>,
     pub date: DateCache,
     pub draining: Cell<bool>,
     pub open: Cell<usize>,
@@ -136,6 +146,7 @@ impl LbCore {
         LbCore {
             index,
             pool: Pool::new(&set, index, config.balance),
+            route_limits: None,
             config,
             pool_config,
             set,
@@ -201,6 +212,9 @@ struct Item {
     closes: bool,
     /// `--balance hash`: the request's key (0 under other policies).
     key: u64,
+    /// Answered here, not forwarded: its answer is these bytes of the
+    /// batch's `local` buffer (a 429 of a `[[limit]]`).
+    local: Option<(usize, usize)>,
 }
 
 /// Serve one plain client connection until it closes.
@@ -311,6 +325,11 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;
     let mut last_token: Option<(Vec<u8>, u64)> = None;
+    // `[[limit]]` answers of a batch, and the connection's last verified
+    // token (a client sends the same one request after request; its expiry
+    // is checked when it is first seen).
+    let mut local: Vec<u8> = Vec::new();
+    let mut last_user: Option<(Vec<u8>, Option<u64>)> = None;
     loop {
         if core.draining.get() && input.is_empty() {
             return Ok(false);
@@ -358,12 +377,57 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
         // Parse every complete request; rewrite each into `fwd`.
         fwd.clear();
         items.clear();
+        local.clear();
+        let route_limits = core
+            .route_limits
+            .as_ref()
+            .map(CoreLimits::now)
+            .filter(|l| !l.is_empty());
         let mut at = 0;
         let mut ending = None::<HttpError>;
         let mut last_closes = false;
         while items.len() < MAX_BATCH {
             match http1::parse(&input[at..], &request_limits) {
                 Ok(Parsed::Complete(req, used)) => {
+                    let refused = route_limits.as_ref().and_then(|limits| {
+                        limits.check(req.method, req.path, peer.ip(), &mut |l| {
+                            verified_user(l, req.authorization, &mut last_user)
+                        })
+                    });
+                    if let (Some(refusal), Some(limits)) = (refused, &route_limits) {
+                        let from = local.len();
+                        let mut extra = Vec::new();
+                        limits.refusal_headers(refusal, &mut extra);
+                        response::append_error_with(
+                            &mut local,
+                            &ROUTE_LIMITED,
+                            &core.date,
+                            if req.keep_alive {
+                                Persist::KeepAlive
+                            } else {
+                                Persist::Close
+                            },
+                            req.method == Method::Head,
+                            &extra,
+                        );
+                        items.push(Item {
+                            key: 0,
+                            start: fwd.len(),
+                            end: fwd.len(),
+                            idempotent: true,
+                            head: req.method == Method::Head,
+                            poisoned: None,
+                            closes: !req.keep_alive,
+                            local: Some((from, local.len())),
+                        });
+                        at += used;
+                        sent_continue = false;
+                        if !req.keep_alive {
+                            last_closes = true;
+                            break;
+                        }
+                        continue;
+                    }
                     let start = fwd.len();
                     let raw = &input[at..at + used];
                     let head = &raw[..req.head_len];
@@ -394,6 +458,7 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
                         head: req.method == Method::Head,
                         poisoned: None,
                         closes: !req.keep_alive,
+                        local: None,
                     });
                     at += used;
                     sent_continue = false;
@@ -420,7 +485,15 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
             .requests(items.len() + usize::from(ending.is_some()));
         let admitted = client.admit(items.len());
         if admitted > 0 {
-            forward(core, &mut fwd, &mut items[..admitted], &mut upbuf, &mut out).await;
+            forward(
+                core,
+                &mut fwd,
+                &mut items[..admitted],
+                &local,
+                &mut upbuf,
+                &mut out,
+            )
+            .await;
         }
         answer_all(core, &mut out, &RATE_LIMITED, &items[admitted..]);
         if let Some(err) = &ending {
@@ -538,6 +611,25 @@ fn hash_key(
     }
 }
 
+/// The key of the request's user for a `per = "user"` limit: the bearer
+/// token's subject when it verifies; `last` remembers the connection's last
+/// token and its answer.
+fn verified_user(
+    limits: &RouteLimits,
+    authorization: Option<&[u8]>,
+    last: &mut Option<(Vec<u8>, Option<u64>)>,
+) -> Option<u64> {
+    let token = authorization?.strip_prefix(b"Bearer ")?;
+    if let Some((seen, key)) = last.as_ref() {
+        if seen.as_slice() == token {
+            return *key;
+        }
+    }
+    let key = limits.verified_subject(token);
+    *last = Some((token.to_vec(), key));
+    key
+}
+
 /// The claim `--hash-key jwt-sub` reads.
 #[derive(serde::Deserialize)]
 struct Subject {
@@ -561,6 +653,7 @@ async fn forward(
     core: &LbCore,
     fwd: &mut Vec<u8>,
     items: &mut [Item],
+    local: &[u8],
     upbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) {
@@ -568,6 +661,12 @@ async fn forward(
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut last: Option<Failure> = None;
     while next < items.len() {
+        // Requests answered at the edge are answered in their turn.
+        if let Some((from, to)) = items[next].local {
+            out.extend_from_slice(&local[from..to]);
+            next += 1;
+            continue;
+        }
         // Requests that must not be sent again are answered here, in turn.
         if let Some(failure) = items[next].poisoned {
             own_answer(core, out, failure.answer(), &items[next]);
@@ -579,7 +678,7 @@ async fn forward(
         let key = items[next].key;
         let upto = items[next..]
             .iter()
-            .position(|i| i.poisoned.is_some() || i.key != key)
+            .position(|i| i.poisoned.is_some() || i.local.is_some() || i.key != key)
             .map_or(items.len(), |p| next + p);
         let Some(member) = core.pool.pick(&core.set, &failed, key) else {
             answer_rest(core, out, &items[next..], last);

@@ -1,12 +1,11 @@
 //! `todo-lb`: parse configuration, bind, run. See the library for the flow.
 
 use anyhow::Context;
-use clap::Parser;
 use todo_lb::config::LbConfig;
 use todo_runtime::{bind_reuseport, shutdown, ListenerConfig, OpenFiles};
 
 fn main() -> anyhow::Result<()> {
-    let config = LbConfig::parse();
+    let config = LbConfig::from_args_and_file(std::env::args_os().collect())?;
     todo_runtime::alloc::buffers_get_own_pages(config.mmap_threshold);
     let limits = OpenFiles::raise_and_read().context("reading the open-files limit")?;
     let listener_config = ListenerConfig::default();
