@@ -143,6 +143,17 @@ pub struct LbConfig {
     /// On SIGTERM, connections still open after this long are closed.
     #[arg(long, env = "TODO_LB_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// The edge micro-cache: public GET answers (`Cache-Control: public,
+    /// max-age=N`) held per core for N seconds, one upstream request per key
+    /// and core at a time (coalescing), `If-None-Match` answered 304 here,
+    /// `X-Cache: HIT|MISS` on the answers. Never for a request with
+    /// `Authorization`.
+    #[arg(long, env = "TODO_LB_CACHE", value_enum, default_value_t = Switch::Off)]
+    pub cache: Switch,
+    /// Bytes the cache may hold, all cores together (each core holds its
+    /// share), evicted by CLOCK.
+    #[arg(long, env = "TODO_LB_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub cache_bytes: usize,
     /// The gateway file (TOML): any flag by its long name (`balance =
     /// "p2c"`; the command line wins), and `[[limit]]` tables (route, per,
     /// rate, burst: see docs/gateway.md), re-read on change and on SIGHUP.
@@ -170,6 +181,13 @@ fn parse_admin(s: &str) -> Result<Admin, String> {
     s.parse()
         .map(|addr| Admin(Some(addr)))
         .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:9000, or off)"))
+}
+
+/// A feature on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// The balancing policies (`--balance`).

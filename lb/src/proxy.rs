@@ -40,9 +40,10 @@ use todo_http::response::{self, Persist};
 use todo_http::{DateCache, HttpError};
 use todo_runtime::lifecycle;
 
+use crate::cache::{self, EdgeCache, Lead, Lookup};
 use crate::client_limits::{ClientConn, ClientLimits};
-use crate::config::{Balance, HashKey, LbConfig};
-use crate::metrics::{CoreMetrics, Handshake};
+use crate::config::{Balance, HashKey, LbConfig, Switch};
+use crate::metrics::{CacheResult, CoreMetrics, Handshake};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::ring;
 use crate::route_limits::{CoreLimits, RouteLimits};
@@ -113,6 +114,8 @@ pub struct LbCore {
     /// `--config`'s `[[limit]]` rules (`None` in tests that build a core
     /// without them).
     pub route_limits: Option<CoreLimits>,
+    /// `--cache on`: this core's edge cache.
+    pub cache: Option<EdgeCache>,
     pub date: DateCache,
     pub draining: Cell<bool>,
     pub open: Cell<usize>,
@@ -147,6 +150,8 @@ impl LbCore {
             index,
             pool: Pool::new(&set, index, config.balance),
             route_limits: None,
+            cache: (config.cache == Switch::On)
+                .then(|| EdgeCache::new(config.cache_bytes / config.core_count().max(1))),
             config,
             pool_config,
             set,
@@ -215,6 +220,10 @@ struct Item {
     /// Answered here, not forwarded: its answer is these bytes of the
     /// batch's `local` buffer (a 429 of a `[[limit]]`).
     local: Option<(usize, usize)>,
+    /// `--cache on` and a request the cache may answer; its head is
+    /// `input[span.0..span.1]`.
+    cache: Option<cache::Probe>,
+    span: (usize, usize),
 }
 
 /// Serve one plain client connection until it closes.
@@ -419,6 +428,8 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
                             poisoned: None,
                             closes: !req.keep_alive,
                             local: Some((from, local.len())),
+                            cache: None,
+                            span: (0, 0),
                         });
                         at += used;
                         sent_continue = false;
@@ -459,6 +470,15 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
                         poisoned: None,
                         closes: !req.keep_alive,
                         local: None,
+                        cache: core.cache.as_ref().and_then(|_| {
+                            cache::probe(
+                                req.method == Method::Get,
+                                req.authorization.is_some(),
+                                target_of(head),
+                                head,
+                            )
+                        }),
+                        span: (at, at + req.head_len),
                     });
                     at += used;
                     sent_continue = false;
@@ -485,15 +505,12 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
             .requests(items.len() + usize::from(ending.is_some()));
         let admitted = client.admit(items.len());
         if admitted > 0 {
-            forward(
-                core,
-                &mut fwd,
-                &mut items[..admitted],
-                &local,
-                &mut upbuf,
-                &mut out,
-            )
-            .await;
+            let batch = Batch {
+                items: &mut items[..admitted],
+                local: &local,
+                input: &input,
+            };
+            forward(core, &mut fwd, batch, &mut upbuf, &mut out).await;
         }
         answer_all(core, &mut out, &RATE_LIMITED, &items[admitted..]);
         if let Some(err) = &ending {
@@ -611,6 +628,21 @@ fn hash_key(
     }
 }
 
+/// `X-Cache: MISS` after the status line of the response at `out[from..]`.
+fn mark_miss(out: &mut Vec<u8>, from: usize) {
+    if let Some(eol) = out[from..].windows(2).position(|w| w == b"\r\n") {
+        let at = from + eol + 2;
+        out.splice(at..at, b"X-Cache: MISS\r\n".iter().copied());
+    }
+}
+
+/// The request target (path and query) of a request head.
+fn target_of(head: &[u8]) -> &[u8] {
+    let mut parts = head.splitn(3, |&b| b == b' ');
+    parts.next();
+    parts.next().unwrap_or(b"")
+}
+
 /// The key of the request's user for a `per = "user"` limit: the bearer
 /// token's subject when it verifies; `last` remembers the connection's last
 /// token and its answer.
@@ -647,16 +679,29 @@ fn header_value<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     })
 }
 
-/// Send `items` (their bytes in `fwd`) and append their answers to `out`, in
-/// order, retrying on other upstreams as the module doc says.
+/// A batch as `forward` takes it: the requests, the answers made here
+/// (`local`), and the client's bytes they were parsed from (`input`).
+struct Batch<'b> {
+    items: &'b mut [Item],
+    local: &'b [u8],
+    input: &'b [u8],
+}
+
+/// Send the batch's requests (their bytes in `fwd`) and append their answers
+/// to `out`, in order, retrying on other upstreams as the module doc says;
+/// with `--cache on`, answering from the cache what it holds.
 async fn forward(
     core: &LbCore,
     fwd: &mut Vec<u8>,
-    items: &mut [Item],
-    local: &[u8],
+    batch: Batch<'_>,
     upbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) {
+    let Batch {
+        items,
+        local,
+        input,
+    } = batch;
     let mut next = 0;
     let mut failed: Vec<SocketAddr> = Vec::new();
     let mut last: Option<Failure> = None;
@@ -673,18 +718,64 @@ async fn forward(
             next += 1;
             continue;
         }
+        // The cache: a hit is answered here; a key another request of this
+        // core is fetching is waited for; a miss is fetched alone, so the
+        // answer is held before the requests after it look.
+        let mut lead: Option<Lead<'_>> = None;
+        if let (Some(probe), Some(edge)) = (items[next].cache, &core.cache) {
+            let head = &input[items[next].span.0..items[next].span.1];
+            loop {
+                match edge.lookup(probe, head, &core.date, out) {
+                    Lookup::Answered { not_modified } => {
+                        core.metrics().cache(if not_modified {
+                            CacheResult::NotModified
+                        } else {
+                            CacheResult::Hit
+                        });
+                        break;
+                    }
+                    Lookup::Wait(flight) => flight.wait().await,
+                    Lookup::Pass => {
+                        core.metrics().cache(CacheResult::Miss);
+                        items[next].cache = None;
+                        break;
+                    }
+                    Lookup::Fetch(fetch) => {
+                        core.metrics().cache(CacheResult::Miss);
+                        lead = Some(fetch);
+                        break;
+                    }
+                }
+            }
+            if lead.is_none() && items[next].cache.is_some() {
+                next += 1;
+                continue;
+            }
+        }
         // A run goes to one upstream: it ends before a poisoned request, or
         // (hash) at the first request with another key.
         let key = items[next].key;
-        let upto = items[next..]
-            .iter()
-            .position(|i| i.poisoned.is_some() || i.local.is_some() || i.key != key)
-            .map_or(items.len(), |p| next + p);
+        let upto = if lead.is_some() {
+            next + 1
+        } else {
+            items[next..]
+                .iter()
+                .position(|i| {
+                    i.poisoned.is_some() || i.local.is_some() || i.cache.is_some() || i.key != key
+                })
+                .map_or(items.len(), |p| next.max(p + next))
+        };
+        let upto = upto.max(next + 1);
         let Some(member) = core.pool.pick(&core.set, &failed, key) else {
             answer_rest(core, out, &items[next..], last);
             return;
         };
-        let (answered, end) = exchange(core, &member, fwd, &items[next..upto], upbuf, out).await;
+        let store = lead
+            .as_ref()
+            .map(|l| (l, &input[items[next].span.0..items[next].span.1]));
+        let (answered, end) =
+            exchange(core, &member, fwd, &items[next..upto], store, upbuf, out).await;
+        drop(lead);
         next += answered;
         match end {
             End::Done | End::Closed => member.succeeded(),
@@ -738,6 +829,7 @@ async fn exchange(
     member: &Member,
     fwd: &mut Vec<u8>,
     items: &[Item],
+    store: Option<(&Lead<'_>, &[u8])>,
     upbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> (usize, End) {
@@ -781,12 +873,21 @@ async fn exchange(
                         // Interim responses are not forwarded: a 100 was
                         // already sent to the client by us.
                         let response = &upbuf[at..at + len];
+                        if let (Some((lead, head)), Some(edge)) = (store, &core.cache) {
+                            edge.store(lead, head, response);
+                            let (entries, bytes) = edge.size();
+                            core.metrics().cache_size(entries, bytes);
+                        }
+                        let from = out.len();
                         if close && !items[answered].closes {
                             // The upstream closes its connection, not the
                             // client's (a draining server, an HTTP/1.0 one).
                             http1::append_without_connection(out, response);
                         } else {
                             out.extend_from_slice(response);
+                        }
+                        if core.cache.is_some() {
+                            mark_miss(out, from);
                         }
                         answered += 1;
                     }
