@@ -181,7 +181,11 @@ pub fn run(
         let tls = certs.clone().zip(tls_listeners.next());
         let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
             let mut core = LbCore::new(index, config, set, clients, metrics, id_prefix);
-            core.route_limits = Some(route_limits::CoreLimits::new(route_limits));
+            // Without a file no rule can ever be in force: the proxy skips
+            // the check entirely.
+            if core.config.config.is_some() {
+                core.route_limits = Some(route_limits::CoreLimits::new(route_limits));
+            }
             let core = Rc::new(core);
             core_main(core, listener, tls, shutdown)
         })
