@@ -752,20 +752,20 @@ async fn forward(
                 continue;
             }
         }
-        // A run goes to one upstream: it ends before a poisoned request, or
-        // (hash) at the first request with another key.
         let key = items[next].key;
+        // A run goes to one upstream: it ends before a request answered
+        // here, or (hash) at the first request with another key; a cache
+        // fetch goes alone.
         let upto = if lead.is_some() {
             next + 1
         } else {
-            items[next..]
+            items[next + 1..]
                 .iter()
                 .position(|i| {
                     i.poisoned.is_some() || i.local.is_some() || i.cache.is_some() || i.key != key
                 })
-                .map_or(items.len(), |p| next.max(p + next))
+                .map_or(items.len(), |p| next + 1 + p)
         };
-        let upto = upto.max(next + 1);
         let Some(member) = core.pool.pick(&core.set, &failed, key) else {
             answer_rest(core, out, &items[next..], last);
             return;
