@@ -14,6 +14,7 @@
 //!   batch to one upstream, answer in order; retry and failover.
 //! - [`pool`]: per core, keep-alive upstream pools, the balancing policy
 //!   (`--balance`), passive ejection (circuit breaker).
+//! - [`client_io`]: the client side of a connection, plain or TLS.
 //! - [`cache`]: `--cache on`: the per-core edge micro-cache of public GETs.
 //! - [`ring`]: the consistent-hash ring of `--balance hash`.
 //! - [`upstream`]: the upstream set shared by the cores, its active health
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod client_io;
 pub mod client_limits;
 pub mod config;
 pub mod metrics;

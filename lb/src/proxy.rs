@@ -32,22 +32,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use todo_http::http1::{self, Method, Parsed, ParsedResponse};
 use todo_http::response::{self, Persist};
 use todo_http::{DateCache, HttpError};
-use todo_runtime::lifecycle;
 
 use crate::cache::{self, EdgeCache, Lead, Lookup};
+use crate::client_io::ClientIo;
 use crate::client_limits::{ClientConn, ClientLimits};
 use crate::config::{Balance, HashKey, LbConfig, Switch};
 use crate::metrics::{CacheResult, CoreMetrics, Handshake};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::ring;
 use crate::route_limits::{CoreLimits, RouteLimits};
-use crate::tls::{self, CoreTls};
+use crate::tls::{self, CoreTls, TlsStream};
 use crate::upstream::UpstreamSet;
 
 /// Read buffer growth step, bytes.
@@ -245,8 +245,8 @@ pub async fn serve_tls(core: Rc<LbCore>, tls: &CoreTls, stream: TcpStream, peer:
             let mut stream = stream;
             let mut out = Vec::new();
             response::append_error(&mut out, &TLS_REQUIRED, &core.date, Persist::Close);
-            let _ = stream.write_all(out).await;
-            lifecycle::linger(&mut stream).await;
+            let _ = stream.write_from(&mut out).await;
+            stream.close().await;
             return;
         }
         Ok(None) | Err(_) => {
@@ -254,8 +254,7 @@ pub async fn serve_tls(core: Rc<LbCore>, tls: &CoreTls, stream: TcpStream, peer:
             return;
         }
     }
-    let acceptor = tls.acceptor();
-    match monoio::time::timeout(within, acceptor.accept(stream)).await {
+    match monoio::time::timeout(within, TlsStream::accept(stream, tls.config())).await {
         Ok(Ok(stream)) => {
             core.metrics().handshake(Handshake::Ok);
             serve_on(&core, stream, fd, peer).await;
@@ -290,29 +289,24 @@ async fn first_byte(stream: &TcpStream) -> Option<u8> {
 }
 
 /// Serve a connection (plain or TLS; `fd` is its socket) until it closes.
-async fn serve_on<S: AsyncReadRent + AsyncWriteRent>(
-    core: &LbCore,
-    mut stream: S,
-    fd: RawFd,
-    peer: SocketAddr,
-) {
+async fn serve_on<S: ClientIo>(core: &LbCore, mut stream: S, fd: RawFd, peer: SocketAddr) {
     let Some(client) = core.client_limits.connect(peer.ip()) else {
         let mut out = Vec::new();
         response::append_error(&mut out, &TOO_MANY_CONNECTIONS, &core.date, Persist::Close);
-        let _ = stream.write_all(out).await;
-        lifecycle::linger(&mut stream).await;
+        let _ = stream.write_from(&mut out).await;
+        stream.close().await;
         return;
     };
     core.clients.borrow_mut().insert(fd);
     let linger = matches!(proxy(core, &mut stream, peer, &client).await, Ok(true));
     core.clients.borrow_mut().remove(&fd);
     if linger {
-        lifecycle::linger(&mut stream).await;
+        stream.close().await;
     }
 }
 
 /// The loop; `Ok(true)` when the connection should linger before closing.
-async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
+async fn proxy<S: ClientIo>(
     core: &LbCore,
     stream: &mut S,
     peer: SocketAddr,
@@ -352,7 +346,7 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
                     &core.date,
                     Persist::Close,
                 );
-                lifecycle::flush(stream, &mut out).await?;
+                stream.write_from(&mut out).await?;
                 return Ok(true);
             }
             input.reserve(input.capacity().max(READ_CHUNK));
@@ -361,24 +355,21 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
             None => config.idle_timeout,
             Some(t) => config.header_timeout.saturating_sub(t.elapsed()),
         };
-        let len = input.len();
-        let (res, slice) =
-            match monoio::time::timeout(wait, stream.read(input.slice_mut(len..))).await {
-                Ok(r) => r,
-                Err(_) if started.is_some() => {
-                    core.metrics().requests(1);
-                    response::append_error(
-                        &mut out,
-                        &HttpError::HEADER_TIMEOUT,
-                        &core.date,
-                        Persist::Close,
-                    );
-                    lifecycle::flush(stream, &mut out).await?;
-                    return Ok(false);
-                }
-                Err(_) => return Ok(false),
-            };
-        input = slice.into_inner();
+        let res = match monoio::time::timeout(wait, stream.read_to(&mut input)).await {
+            Ok(r) => r,
+            Err(_) if started.is_some() => {
+                core.metrics().requests(1);
+                response::append_error(
+                    &mut out,
+                    &HttpError::HEADER_TIMEOUT,
+                    &core.date,
+                    Persist::Close,
+                );
+                stream.write_from(&mut out).await?;
+                return Ok(false);
+            }
+            Err(_) => return Ok(false),
+        };
         if res? == 0 {
             return Ok(false);
         }
@@ -516,7 +507,7 @@ async fn proxy<S: AsyncReadRent + AsyncWriteRent>(
         if let Some(err) = &ending {
             response::append_error(&mut out, err, &core.date, Persist::Close);
         }
-        lifecycle::flush(stream, &mut out).await?;
+        stream.write_from(&mut out).await?;
         if ending.is_some() || last_closes {
             return Ok(true);
         }
