@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# todo-lb's balancing policies with one slow upstream, in one run: three
-# todo-servers (embedded default, one core each), one of them stalled as a
-# noisy neighbour stalls a process (SIGSTOP for 15 ms of every 20 ms), and
-# todo-lb (one core) in front with each --balance in turn. The client sends
-# GET /todos?limit=1 at a fixed open-loop rate, so a stall shows as
-# latency, measured from when each request was due; p99 and the share of
-# requests that reached the stalled server are compared with round-robin's.
+# todo-lb in front of three todo-servers (embedded default, one core each),
+# in two sections of one run: the balancing policies with one slow upstream,
+# and TLS termination against plain HTTP and against nginx.
+#
+# Policies: one of the servers stalled as a noisy neighbour stalls a process
+# (SIGSTOP for 15 ms of every 20 ms), and todo-lb (one core) in front with
+# each --balance in turn. The client sends GET /todos?limit=1 at a fixed
+# open-loop rate, so a stall shows as latency, measured from when each
+# request was due; p99 and the share of requests that reached the stalled
+# server are compared with round-robin's.
 #
 # `hash` is keyed by the client's address here, and every request comes from
 # one client: it sends everything to one server, whichever the hash names.
@@ -17,8 +20,48 @@
 # -p 80), alternating, three rounds each; req/s and the balancer's CPU per
 # request.
 #
-#   ./bench/gateway.sh [--duration 10s] [--rate 20000] [--connections 64]
-#                      [--baseline-lb PATH]
+# TLS (run first, no server stalled): a self-signed EC P-256 certificate made
+# with openssl in the temp dir, served by todo-lb (one core, --balance
+# least-conn, --listen and --listen-tls in one process) and by nginx with the
+# SAME certificate in front of the SAME three servers (nginx_conf of
+# scripts/lib.sh, the reference balancer of compare.sh and topology.sh:
+# worker_processes 1 as todo-lb has one core, least_conn through an upstream
+# keep-alive pool; TLS 1.3 and 1.2, tickets and a shared session cache, as
+# todo-lb has). curl checks each TLS port against that certificate first.
+#   1. Keep-alive req/s at depth 80: wrk, one thread, --tls-connections (200)
+#      connections, bench/pipeline.lua writing 80 GET /todos?limit=1 at a
+#      time on each: todo-lb plain, todo-lb TLS, nginx TLS, and nginx plain
+#      (a second nginx, the same config without TLS) for context; req/s and
+#      the balancer's CPU per request (utime+stime from /proc, all its
+#      processes). Targets: todo-lb TLS >= 0.7x todo-lb plain, >= 10x nginx
+#      TLS.
+#   2. New TLS connections per second: `openssl s_time` for the duration
+#      (whole seconds), todo-lb then nginx, per row: full handshakes (-new;
+#      TLS 1.3 as negotiated here: X25519, ECDSA P-256, AES-256-GCM) and
+#      resumed ones (-reuse -tls1_2: a TLS 1.2 session ticket; s_time closes
+#      a TLS 1.3 connection before the server's tickets, sent after the
+#      handshake, reach it, so it never resumes TLS 1.3 on its own); then
+#      both over TLS 1.3 with one GET /todos?limit=1 each (-www, HTTP/1.0,
+#      the answer read to its end, which reads the ticket too: TLS 1.3
+#      resumption, a PSK with a fresh X25519 exchange). Rate = connections /
+#      wall time of the s_time process; resumed = the connections s_time
+#      marks `r` (SSL_session_reused), shown so a resumed row that did not
+#      resume is seen; the balancer's CPU per connection.
+#
+# CPUs (both sections): the three servers share the last CPU; the balancer
+# (todo-lb, or nginx's worker) and the client (todo-bench, wrk or s_time)
+# share the first. The client's own TLS work (wrk decrypting every answer,
+# s_time's half of each handshake) is paid on the balancer's CPU, so the
+# req/s and handshakes/s ratios are those of balancer + client; the
+# balancer's CPU per request or per connection compares the balancers
+# alone.
+#
+#   ./bench/gateway.sh [--only policies|tls] [--duration 10s] [--rate 20000]
+#                      [--connections 64] [--baseline-lb PATH]
+#                      [--tls-connections 200]
+#
+# Results: the TLS section to bench/results/gateway-tls-latest.md, the
+# policies (and the A/B) to bench/results/gateway-latest.md; both on stdout.
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
 
@@ -26,8 +69,23 @@ DURATION=${DURATION:-10s}
 RATE=${RATE:-20000}
 CONNECTIONS=${CONNECTIONS:-64}
 BASELINE_LB=${BASELINE_LB:-}
+ONLY=${ONLY:-}
+TLS_CONNECTIONS=${TLS_CONNECTIONS:-200}
 parse_flags "$@"
+case $ONLY in
+  "") POLICIES=1 TLS=1 ;;
+  policies) POLICIES=1 TLS=0 ;;
+  tls) POLICIES=0 TLS=1 ;;
+  *) echo "--only $ONLY: policies or tls" >&2; exit 2 ;;
+esac
+if [ -n "$BASELINE_LB" ] && [ "$POLICIES" = 0 ]; then
+  echo "--baseline-lb belongs to the policies section, not to --only tls" >&2
+  exit 2
+fi
+# Whole seconds, for wrk and s_time.
+DURATION_S=$(python3 -c "import re,sys; m=re.fullmatch(r'(\d+)(ms|s|m)?', sys.argv[1]); v=int(m[1]); u=m[2] or 's'; print(max(1, v//1000 if u=='ms' else v*60 if u=='m' else v))" "$DURATION")
 
+[ "$TLS" = 0 ] || ensure_apt wrk nginx-light openssl curl
 build_release todo-server todo-lb todo-bench
 DIR=$(mktemp -d /tmp/todo-gateway.XXXXXX)
 PIDS=()
@@ -64,6 +122,150 @@ served() {
     awk '/^todo_requests_total\{route="todos_list",status="200"\}/ {n += $2} END {print n + 0}'
 }
 
+# ----- TLS: todo-lb plain and TLS, nginx TLS, the same servers ------------------
+if [ "$TLS" = 1 ]; then
+  TLS_START=$(date -u '+%Y-%m-%d %H:%M')
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  CERT=$DIR/cert.pem
+  KEY=$DIR/key.pem
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$KEY" -out "$CERT" -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+  ups=()
+  targets=()
+  for p in "${PORTS[@]}"; do ups+=(--upstream "127.0.0.1:$p"); targets+=("127.0.0.1:$p"); done
+
+  LB_PLAIN=$(free_port)
+  LB_TLS=$(free_port)
+  "$BIN/todo-lb" --listen "127.0.0.1:$LB_PLAIN" --listen-tls "127.0.0.1:$LB_TLS" \
+    --tls-cert "$CERT" --tls-key "$KEY" "${ups[@]}" --cores 1 --pin false \
+    --balance least-conn 2>"$DIR/lb-tls.log" &
+  TLS_LB=$!
+  PIDS+=("$TLS_LB")
+  wait_http "http://127.0.0.1:$LB_PLAIN/readyz"
+  pin 0 "$TLS_LB"
+
+  # nginx: one TLS and one plain, each one worker on CPU 0.
+  NG_TLS=$(free_port)
+  NG_PLAIN=$(free_port)
+  mkdir -p "$DIR/nginx"
+  nginx_conf "$DIR/nginx" tls "$NG_TLS" 0 tls-proxy "$CERT" "$KEY" "${targets[@]}"
+  nginx_conf "$DIR/nginx" plain "$NG_PLAIN" 0 proxy "${targets[@]}"
+  "$NGINX" -c "$DIR/nginx/tls.conf" -p "$DIR/nginx" -g 'daemon off;' 2>>"$DIR/nginx/stderr" &
+  NG_TLS_MASTER=$!
+  PIDS+=("$NG_TLS_MASTER")
+  "$NGINX" -c "$DIR/nginx/plain.conf" -p "$DIR/nginx" -g 'daemon off;' 2>>"$DIR/nginx/stderr" &
+  NG_PLAIN_MASTER=$!
+  PIDS+=("$NG_PLAIN_MASTER")
+  wait_tcp "$NG_TLS" "nginx (TLS)"
+  wait_http "http://127.0.0.1:$NG_PLAIN/todos?limit=1"
+  NG_TLS_PIDS=("$NG_TLS_MASTER" $(pgrep -P "$NG_TLS_MASTER"))
+  NG_PLAIN_PIDS=("$NG_PLAIN_MASTER" $(pgrep -P "$NG_PLAIN_MASTER"))
+  for p in "${NG_TLS_PIDS[@]}" "${NG_PLAIN_PIDS[@]}"; do pin 0 "$p"; done
+
+  # Both TLS ports answer 200 with the certificate made above (curl verifies
+  # the chain against it: a port serving another one fails here); what each
+  # negotiates with an OpenSSL client.
+  NEGOTIATED=()
+  for p in "$LB_TLS" "$NG_TLS"; do
+    curl -fs --cacert "$CERT" -o /dev/null "https://127.0.0.1:$p/todos?limit=1" ||
+      { echo "no 200 over TLS on 127.0.0.1:$p with $CERT" >&2; exit 1; }
+    NEGOTIATED+=("$(openssl s_client -connect "127.0.0.1:$p" </dev/null 2>/dev/null |
+      awk '/^New,/ {v = $2 " " $5} /^Server Temp Key/ {k = $4} /^Peer signature type/ {s = $4}
+           END {sub(/,$/, "", v); sub(/,$/, "", k); print v ", " k ", " s}')")
+  done
+
+  TLS_ROWS=()
+  # wrk_row NAME URL PID...: wrk, one thread on CPU 0, 80 requests per write;
+  # appends req/s, responses, the PIDs' CPU ticks and wrk's error count.
+  wrk_row() {
+    local name=$1 url=$2; shift 2
+    local before after out
+    log "TLS section: wrk, $name, -c $TLS_CONNECTIONS, 80 per write, ${DURATION_S}s"
+    before=$(cpu_ticks "$@")
+    out=$(taskset -c 0 wrk -t1 -c "$TLS_CONNECTIONS" -d "${DURATION_S}s" -s "$ROOT/bench/pipeline.lua" "$url" -- 80)
+    after=$(cpu_ticks "$@")
+    TLS_ROWS+=("wrk|$name|$(awk '/Requests\/sec/ {print $2}' <<<"$out")|$(awk '/requests in/ {print $1}' <<<"$out")|$((after - before))|$(awk '
+      /Non-2xx/ {e += $NF}
+      /Socket errors/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10}
+      END {print e + 0}' <<<"$out")")
+  }
+  wrk_row "todo-lb plain" "http://127.0.0.1:$LB_PLAIN/todos?limit=1" "$TLS_LB"
+  wrk_row "todo-lb TLS" "https://127.0.0.1:$LB_TLS/todos?limit=1" "$TLS_LB"
+  wrk_row "nginx TLS" "https://127.0.0.1:$NG_TLS/todos?limit=1" "${NG_TLS_PIDS[@]}"
+  wrk_row "nginx plain" "http://127.0.0.1:$NG_PLAIN/todos?limit=1" "${NG_PLAIN_PIDS[@]}"
+
+  # stime_row NAME PORT MODE PID...: openssl s_time on CPU 0 for DURATION_S;
+  # appends connections, wall seconds, those resumed and the PIDs' CPU ticks.
+  stime_row() {
+    local name=$1 port=$2 mode=$3; shift 3
+    local args before after t0 t1 out
+    case $mode in
+      full) args=(-new) ;;
+      resumed) args=(-reuse -tls1_2) ;;
+      full-get) args=(-new -www '/todos?limit=1') ;;
+      resumed-get) args=(-reuse -www '/todos?limit=1') ;;
+    esac
+    log "TLS section: openssl s_time ${args[*]}, $name, ${DURATION_S}s"
+    before=$(cpu_ticks "$@")
+    t0=$(date +%s.%N)
+    out=$(taskset -c 0 openssl s_time -connect "127.0.0.1:$port" "${args[@]}" -time "$DURATION_S" 2>&1) ||
+      { echo "$out" | tail -5 >&2; exit 1; }
+    t1=$(date +%s.%N)
+    after=$(cpu_ticks "$@")
+    TLS_ROWS+=("hs|$name|$mode|$(awk '/connections in .* real seconds/ {print $1}' <<<"$out")|$(python3 -c "print($t1 - $t0)")|$(awk '/^[rt123*]+$/ {n += gsub(/r/, "")} END {print n + 0}' <<<"$out")|$((after - before))")
+  }
+  for mode in full resumed full-get resumed-get; do
+    stime_row todo-lb "$LB_TLS" "$mode" "$TLS_LB"
+    stime_row nginx "$NG_TLS" "$mode" "${NG_TLS_PIDS[@]}"
+  done
+  stop_pids "$TLS_LB" "$NG_TLS_MASTER" "$NG_PLAIN_MASTER"
+
+  python3 - "$TLS_START" "$DURATION_S" "$TLS_CONNECTIONS" "$(getconf CLK_TCK)" "$("$NGINX" -v 2>&1 | sed 's/.*version: //')" \
+    "$(openssl version | awk '{print $1 " " $2}')" "${NEGOTIATED[@]}" "${TLS_ROWS[@]}" <<'PY' | tee "$ROOT/bench/results/gateway-tls-latest.md"
+import sys, datetime, os, platform
+start, secs, conns, hz, nginx, ossl, neg_lb, neg_ng = sys.argv[1:9]
+rows = [r.split("|") for r in sys.argv[9:]]
+hz = int(hz)
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print(f"Run {start}-{datetime.datetime.utcnow():%H:%M} UTC on {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}; "
+      f"{nginx}, clients of {ossl}. Three todo-servers (one core each, none stalled) share the last CPU; "
+      f"the balancer (todo-lb one core, --balance least-conn; nginx one worker, least_conn, upstream keep-alive) "
+      f"and the client share CPU 0; the same self-signed EC P-256 certificate on both. "
+      f"Negotiated with an OpenSSL client: todo-lb {neg_lb}; nginx {neg_ng}.\n")
+wrk = {r[1]: (float(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows if r[0] == "wrk"}
+print(f"Keep-alive, GET /todos?limit=1: wrk -t1 -c {conns}, 80 requests per write (bench/pipeline.lua), {secs} s per row:\n")
+print("| balancer | req/s | balancer CPU/request | vs todo-lb plain | vs nginx TLS | errors |")
+print("|---|---:|---:|---:|---:|---:|")
+plain, ngx = wrk["todo-lb plain"][0], wrk["nginx TLS"][0]
+for name, (rps, n, ticks, errors) in wrk.items():
+    ns = ticks / hz / max(n, 1) * 1e9
+    print(f"| {name} | {rps:,.0f} | {ns:,.0f} ns | {rps / plain:.2f}x | {rps / ngx:.2f}x | {errors} |")
+tls = wrk["todo-lb TLS"][0]
+met = lambda ok: "met" if ok else "NOT met"
+print(f"\nTargets: todo-lb TLS >= 0.7x todo-lb plain: {tls / plain:.2f}x, {met(tls / plain >= 0.7)}; "
+      f">= 10x nginx TLS: {tls / ngx:.2f}x, {met(tls / ngx >= 10)}.")
+hs = {(r[1], r[2]): (int(r[3]), float(r[4]), int(r[5]), int(r[6])) for r in rows if r[0] == "hs"}
+label = {
+    "full": "full, TLS 1.3 (-new)",
+    "resumed": "resumed, TLS 1.2 ticket (-reuse -tls1_2)",
+    "full-get": "full, TLS 1.3, one GET each (-new -www)",
+    "resumed-get": "resumed, TLS 1.3, one GET each (-reuse -www)",
+}
+print(f"\nNew TLS connections: openssl s_time, {secs} s per cell, one process on CPU 0; "
+      "resumed = connections s_time marks reused / all:\n")
+print("| connections | todo-lb /s | nginx /s | todo-lb / nginx | resumed todo-lb | resumed nginx | balancer CPU/conn todo-lb | nginx | CPU todo-lb / nginx |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for mode, text in label.items():
+    (ln, lw, lr, lt), (nn, nw, nr, nt) = hs[("todo-lb", mode)], hs[("nginx", mode)]
+    lc, nc = lt / hz / max(ln, 1) * 1e6, nt / hz / max(nn, 1) * 1e6
+    print(f"| {text} | {ln / lw:,.0f} | {nn / nw:,.0f} | {(ln / lw) / (nn / nw):.2f}x | {lr:,}/{ln:,} | {nr:,}/{nn:,} | "
+          f"{lc:,.0f} µs | {nc:,.0f} µs | {lc / nc:.2f} |")
+PY
+fi
+[ "$POLICIES" = 1 ] || exit 0
+
+# ----- Policies: one server stalled -----------------------------------------------
 # The noisy neighbour: the third server is stopped 15 ms of every 20 ms.
 python3 - "$SLOW_PID" <<'PY' &
 import os, signal, sys, time

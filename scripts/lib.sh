@@ -5,11 +5,16 @@
 #   . "$(dirname "$0")/../scripts/lib.sh"
 #
 # Sets ROOT (the repository, found from this file's own place: scripts/..)
-# and BIN (ROOT/target/release). Defines only functions otherwise; changes no
-# shell option.
+# and BIN (ROOT/target/release, or CARGO_TARGET_DIR/release when that is set,
+# where build_release's cargo puts them; a relative one is taken from ROOT).
+# Defines only functions otherwise; changes no shell option.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$ROOT/target/release"
+case ${CARGO_TARGET_DIR:-} in
+  "") BIN="$ROOT/target/release" ;;
+  /*) BIN="$CARGO_TARGET_DIR/release" ;;
+  *) BIN="$ROOT/$CARGO_TARGET_DIR/release" ;;
+esac
 
 # log MESSAGE...: one progress line on stderr (bold on a terminal).
 log() {
@@ -197,10 +202,25 @@ stop_pids() {
 #   MODE static BODY         GET /todos answers 200 with BODY (JSON; no ')
 #   MODE proxy UPSTREAM...   least_conn over the UPSTREAMs (HOST:PORT) through
 #                            a keep-alive pool, as the reference design does
+#   MODE tls-proxy CERT KEY UPSTREAM...
+#                            the same proxy, the port speaking TLS (1.3 and
+#                            1.2) with the PEM pair CERT and KEY, session
+#                            tickets and a shared session-id cache
 # Start it with: nginx -c DIR/NAME.conf -p DIR -g 'daemon off;'
 nginx_conf() {
   local dir=$1 name=$2 port=$3 cpu=$4 mode=$5; shift 5
-  local affinity="" locations u
+  local affinity="" locations u ssl="" tls=""
+  if [ "$mode" = tls-proxy ]; then
+    ssl=" ssl"
+    tls="    ssl_certificate $1;
+    ssl_certificate_key $2;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:TLS:16m;
+    ssl_session_tickets on;
+"
+    mode=proxy
+    shift 2
+  fi
   [ "$cpu" = - ] || affinity="worker_cpu_affinity $(python3 -c "print(format(1 << $cpu, 'b'))");
 "
   case $mode in
@@ -220,7 +240,7 @@ nginx_conf() {
       proxy_next_upstream error timeout;
     }"
       ;;
-    *) echo "nginx_conf: unknown mode $mode (static or proxy)" >&2; return 2 ;;
+    *) echo "nginx_conf: unknown mode $mode (static, proxy or tls-proxy)" >&2; return 2 ;;
   esac
   {
     printf 'worker_processes 1;\n%sworker_rlimit_nofile 16384;\n' "$affinity"
@@ -244,8 +264,8 @@ CONF
     fi
     cat <<CONF
   server {
-    listen 127.0.0.1:$port reuseport backlog=4096;
-$locations
+    listen 127.0.0.1:$port$ssl reuseport backlog=4096;
+$tls$locations
   }
 }
 CONF
