@@ -48,7 +48,20 @@
 #      marks `r` (SSL_session_reused), shown so a resumed row that did not
 #      resume is seen; the balancer's CPU per connection.
 #
-# CPUs (both sections): the three servers share the last CPU; the balancer
+# Edge (--only edge; no server stalled), to bench/results/gateway-edge-latest.md:
+#   1. The latency todo-lb adds: GET /todos?limit=1 to the first server, one
+#      request at a time per connection. The direct maximum, closed loop;
+#      then open loop at half of it and at a quarter (todo-bench --rate,
+#      latency measured from when each request was due), direct and through
+#      todo-lb (one core, that server alone behind it). Target: p99 added
+#      <= 1 ms at half. todo-lb shares CPU 0 with the client here; one
+#      request per batch costs it two wake-ups, which this VM makes dear.
+#   2. The edge micro-cache off and on: todo-lb before the three servers,
+#      one hot key (GET /todos?limit=10, public, max-age=1), 16 deep, closed
+#      loop, alternating, two rounds: client req/s and the requests that
+#      reached the servers per second (their own counters).
+#
+# CPUs (every section): the three servers share the last CPU; the balancer
 # (todo-lb, or nginx's worker) and the client (todo-bench, wrk or s_time)
 # share the first. The client's own TLS work (wrk decrypting every answer,
 # s_time's half of each handshake) is paid on the balancer's CPU, so the
@@ -56,7 +69,7 @@
 # balancer's CPU per request or per connection compares the balancers
 # alone.
 #
-#   ./bench/gateway.sh [--only policies|tls] [--duration 10s] [--rate 20000]
+#   ./bench/gateway.sh [--only policies|tls|edge] [--duration 10s] [--rate 20000]
 #                      [--connections 64] [--baseline-lb PATH]
 #                      [--tls-connections 200]
 #
@@ -73,13 +86,14 @@ ONLY=${ONLY:-}
 TLS_CONNECTIONS=${TLS_CONNECTIONS:-200}
 parse_flags "$@"
 case $ONLY in
-  "") POLICIES=1 TLS=1 ;;
-  policies) POLICIES=1 TLS=0 ;;
-  tls) POLICIES=0 TLS=1 ;;
-  *) echo "--only $ONLY: policies or tls" >&2; exit 2 ;;
+  "") POLICIES=1 TLS=1 EDGE=1 ;;
+  policies) POLICIES=1 TLS=0 EDGE=0 ;;
+  tls) POLICIES=0 TLS=1 EDGE=0 ;;
+  edge) POLICIES=0 TLS=0 EDGE=1 ;;
+  *) echo "--only $ONLY: policies, tls or edge" >&2; exit 2 ;;
 esac
 if [ -n "$BASELINE_LB" ] && [ "$POLICIES" = 0 ]; then
-  echo "--baseline-lb belongs to the policies section, not to --only tls" >&2
+  echo "--baseline-lb belongs to the policies section, not to --only $ONLY" >&2
   exit 2
 fi
 # Whole seconds, for wrk and s_time.
@@ -144,6 +158,17 @@ if [ "$TLS" = 1 ]; then
   PIDS+=("$TLS_LB")
   wait_http "http://127.0.0.1:$LB_PLAIN/readyz"
   pin 0 "$TLS_LB"
+  # The same build with the plain path's allocator setting (every
+  # allocation of 2 KiB or more on pages of its own): what the TLS default
+  # of --mmap-threshold 0 buys.
+  LB_TLS_2K=$(free_port)
+  "$BIN/todo-lb" --listen "127.0.0.1:$(free_port)" --listen-tls "127.0.0.1:$LB_TLS_2K" \
+    --tls-cert "$CERT" --tls-key "$KEY" "${ups[@]}" --cores 1 --pin false \
+    --balance least-conn --mmap-threshold 2048 2>"$DIR/lb-tls-2k.log" &
+  TLS_LB_2K=$!
+  PIDS+=("$TLS_LB_2K")
+  wait_tcp "$LB_TLS_2K" "todo-lb (TLS, --mmap-threshold 2048)"
+  pin 0 "$TLS_LB_2K"
 
   # nginx: one TLS and one plain, each one worker on CPU 0.
   NG_TLS=$(free_port)
@@ -192,6 +217,7 @@ if [ "$TLS" = 1 ]; then
   }
   wrk_row "todo-lb plain" "http://127.0.0.1:$LB_PLAIN/todos?limit=1" "$TLS_LB"
   wrk_row "todo-lb TLS" "https://127.0.0.1:$LB_TLS/todos?limit=1" "$TLS_LB"
+  wrk_row "todo-lb TLS, --mmap-threshold 2048" "https://127.0.0.1:$LB_TLS_2K/todos?limit=1" "$TLS_LB_2K"
   wrk_row "nginx TLS" "https://127.0.0.1:$NG_TLS/todos?limit=1" "${NG_TLS_PIDS[@]}"
   wrk_row "nginx plain" "http://127.0.0.1:$NG_PLAIN/todos?limit=1" "${NG_PLAIN_PIDS[@]}"
 
@@ -219,7 +245,7 @@ if [ "$TLS" = 1 ]; then
     stime_row todo-lb "$LB_TLS" "$mode" "$TLS_LB"
     stime_row nginx "$NG_TLS" "$mode" "${NG_TLS_PIDS[@]}"
   done
-  stop_pids "$TLS_LB" "$NG_TLS_MASTER" "$NG_PLAIN_MASTER"
+  stop_pids "$TLS_LB" "$TLS_LB_2K" "$NG_TLS_MASTER" "$NG_PLAIN_MASTER"
 
   python3 - "$TLS_START" "$DURATION_S" "$TLS_CONNECTIONS" "$(getconf CLK_TCK)" "$("$NGINX" -v 2>&1 | sed 's/.*version: //')" \
     "$(openssl version | awk '{print $1 " " $2}')" "${NEGOTIATED[@]}" "${TLS_ROWS[@]}" <<'PY' | tee "$ROOT/bench/results/gateway-tls-latest.md"
@@ -261,6 +287,89 @@ for mode, text in label.items():
     lc, nc = lt / hz / max(ln, 1) * 1e6, nt / hz / max(nn, 1) * 1e6
     print(f"| {text} | {ln / lw:,.0f} | {nn / nw:,.0f} | {(ln / lw) / (nn / nw):.2f}x | {lr:,}/{ln:,} | {nr:,}/{nn:,} | "
           f"{lc:,.0f} µs | {nc:,.0f} µs | {lc / nc:.2f} |")
+PY
+fi
+# ----- Edge: the latency todo-lb adds, and the micro-cache on and off ------------
+if [ "$EDGE" = 1 ]; then
+  EDGE_START=$(date -u '+%Y-%m-%d %H:%M')
+  EDGE_ROWS=()
+  # edge_lb NAME FLAGS...: a todo-lb (one core, CPU 0) on a new port; sets EDGE_PORT, EDGE_PID.
+  edge_lb() {
+    local name=$1; shift
+    EDGE_PORT=$(free_port)
+    "$BIN/todo-lb" --listen "127.0.0.1:$EDGE_PORT" --cores 1 --pin false "$@" 2>"$DIR/lb-$name.log" &
+    EDGE_PID=$!
+    PIDS+=("$EDGE_PID")
+    pin 0 "$EDGE_PID"
+    wait_http "http://127.0.0.1:$EDGE_PORT/readyz"
+  }
+  # 1. Added latency: the first server alone, direct and behind todo-lb, one
+  #    request per connection at a time (no pipelining): first the direct
+  #    maximum (closed loop), then both open loop at half of it.
+  log "edge: the direct maximum, closed loop, -c $CONNECTIONS"
+  out=$("$BIN/todo-bench" "http://127.0.0.1:${PORTS[0]}/todos?limit=1" -c "$CONNECTIONS" -d "$DURATION" --cpus 0 --json)
+  DIRECT_MAX=$(json_field "$out" requests_per_sec)
+  HALF=$(python3 -c "print(int(float('$DIRECT_MAX') / 2))")
+  QUARTER=$(python3 -c "print(int(float('$DIRECT_MAX') / 4))")
+  EDGE_ROWS+=("max|direct, closed loop|$DIRECT_MAX|$(json_field "$out" latency.p50_us)|$(json_field "$out" latency.p99_us)|$(bench_errors "$out")")
+  edge_lb latency --upstream "127.0.0.1:${PORTS[0]}"
+  for rate in "$HALF" "$QUARTER"; do
+    for via in direct todo-lb; do
+      port=${PORTS[0]}
+      [ "$via" = direct ] || port=$EDGE_PORT
+      log "edge: $via, open loop at $rate req/s"
+      out=$("$BIN/todo-bench" "http://127.0.0.1:$port/todos?limit=1" -c "$CONNECTIONS" --rate "$rate" -d "$DURATION" --cpus 0 --json)
+      EDGE_ROWS+=("open|$via|$rate|$(json_field "$out" requests_per_sec)|$(json_field "$out" latency.p50_us)|$(json_field "$out" latency.p99_us)|$(json_field "$out" latency.p999_us)|$(bench_errors "$out")")
+    done
+  done
+  stop_pids "$EDGE_PID"
+  # 2. The micro-cache: todo-lb in front of the three servers, one hot key
+  #    (GET /todos?limit=10, public, max-age=1), pipelined closed loop;
+  #    client req/s and the requests that reached the servers per second.
+  ups=()
+  for p in "${PORTS[@]}"; do ups+=(--upstream "127.0.0.1:$p"); done
+  for round in 1 2; do
+    for cache in off on; do
+      edge_lb "cache-$cache" "${ups[@]}" --cache "$cache"
+      before=0
+      for p in "${PORTS[@]}"; do before=$((before + $(served "$p"))); done
+      log "edge: --cache $cache, -c $CONNECTIONS -p 16, round $round"
+      out=$("$BIN/todo-bench" "http://127.0.0.1:$EDGE_PORT/todos?limit=10" -c "$CONNECTIONS" -p 16 -d "$DURATION" --cpus 0 --json)
+      after=0
+      for p in "${PORTS[@]}"; do after=$((after + $(served "$p"))); done
+      EDGE_ROWS+=("cache|$cache|$round|$(json_field "$out" requests_per_sec)|$(json_field "$out" seconds)|$((after - before))|$(bench_errors "$out")")
+      stop_pids "$EDGE_PID"
+    done
+  done
+  python3 - "$EDGE_START" "$DURATION" "$CONNECTIONS" "${EDGE_ROWS[@]}" <<'PY' | tee "$ROOT/bench/results/gateway-edge-latest.md"
+import sys, datetime
+start, dur, conns = sys.argv[1:4]
+rows = [r.split("|") for r in sys.argv[4:]]
+print(f"Run {start}-{datetime.datetime.utcnow():%H:%M} UTC. Servers (embedded default, one core each) on the last CPU; "
+      f"todo-lb (one core) and todo-bench on CPU 0; {dur} per row.\n")
+mx = next(r for r in rows if r[0] == "max")
+print(f"Added latency: GET /todos?limit=1 to the first server, {conns} connections, one request at a time each. "
+      f"Direct maximum (closed loop): {float(mx[2]):,.0f} req/s; then open loop at half and a quarter of it:\n")
+print("| open-loop rate | path | req/s | p50 | p99 | p99.9 | errors |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+opens = [r for r in rows if r[0] == "open"]
+for r in opens:
+    print(f"| {int(r[2]):,} | {r[1]} | {float(r[3]):,.0f} | {int(r[4]) / 1000:.2f} ms | {int(r[5]) / 1000:.2f} ms | {int(r[6]) / 1000:.2f} ms | {r[7]} |")
+for i, rate in enumerate(sorted({int(r[2]) for r in opens}, reverse=True)):
+    d = next(r for r in opens if int(r[2]) == rate and r[1] == "direct")
+    l = next(r for r in opens if int(r[2]) == rate and r[1] == "todo-lb")
+    added = (int(l[5]) - int(d[5])) / 1000
+    which = "half the direct maximum, the target's rate" if i == 0 else "a quarter of it"
+    print(f"\nAt {rate:,} req/s ({which}): p99 added by todo-lb {added:+.2f} ms "
+          f"(target <= 1 ms: {'met' if added <= 1 else 'NOT met'}).", end="")
+print("\n\nThe micro-cache: todo-lb before the three servers, one hot key (GET /todos?limit=10, public, max-age=1), "
+      f"{conns} connections, 16 deep, closed loop:\n")
+print("| round | --cache | client req/s | vs off | requests reaching the servers /s | errors |")
+print("|---:|---|---:|---:|---:|---:|")
+caches = [r for r in rows if r[0] == "cache"]
+for r in caches:
+    off = next(c for c in caches if c[2] == r[2] and c[1] == "off")
+    print(f"| {r[2]} | {r[1]} | {float(r[3]):,.0f} | {float(r[3]) / float(off[3]):.2f}x | {int(r[5]) / float(r[4]):,.1f} | {r[6]} |")
 PY
 fi
 [ "$POLICIES" = 1 ] || exit 0

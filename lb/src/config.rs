@@ -138,8 +138,12 @@ pub struct LbConfig {
     /// connections return to the system; 0 keeps the allocator's default.
     /// Without it a soak of short-lived client connections grew RSS by 9.7 %
     /// in 30 minutes; at 4096 the tasks still fragmented the heap.
-    #[arg(long, env = "TODO_LB_MMAP_THRESHOLD", default_value_t = 2048)]
-    pub mmap_threshold: usize,
+    /// Default: 2048, or 0 with `--listen-tls`: rustls allocates as it
+    /// decrypts and encrypts each batch (4-20 KiB), and as pages of their own
+    /// those cost TLS a third of its rate (0.43-0.47 of plain against
+    /// 0.69-0.71 at 0, wrk depth 80, same runs; docs/gateway.md).
+    #[arg(long, env = "TODO_LB_MMAP_THRESHOLD")]
+    pub mmap_threshold: Option<usize>,
     /// On SIGTERM, connections still open after this long are closed.
     #[arg(long, env = "TODO_LB_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -224,6 +228,12 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
 }
 
 impl LbConfig {
+    /// `--mmap-threshold`, or its default (see there).
+    pub fn mmap_threshold(&self) -> usize {
+        self.mmap_threshold
+            .unwrap_or(if self.listen_tls.is_some() { 0 } else { 2048 })
+    }
+
     /// Flags from the command line and `--config` (or `TODO_LB_CONFIG`):
     /// the file's settings first, so the command line's win.
     pub fn from_args_and_file(

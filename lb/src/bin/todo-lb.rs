@@ -6,7 +6,7 @@ use todo_runtime::{bind_reuseport, shutdown, ListenerConfig, OpenFiles};
 
 fn main() -> anyhow::Result<()> {
     let config = LbConfig::from_args_and_file(std::env::args_os().collect())?;
-    todo_runtime::alloc::buffers_get_own_pages(config.mmap_threshold);
+    todo_runtime::alloc::buffers_get_own_pages(config.mmap_threshold());
     let limits = OpenFiles::raise_and_read().context("reading the open-files limit")?;
     let listener_config = ListenerConfig::default();
     eprintln!("todo-lb: {}", limits.describe(listener_config.backlog));
