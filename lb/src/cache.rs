@@ -53,6 +53,14 @@ pub struct Probe {
     pub target: u64,
 }
 
+impl Probe {
+    fn new(target: &[u8]) -> Self {
+        Probe {
+            target: ring::key(target),
+        }
+    }
+}
+
 /// Whether a request may be answered from the cache: a GET, no
 /// `Authorization`, and not asking to skip caches.
 pub fn probe(
@@ -74,9 +82,7 @@ pub fn probe(
     if skip(b"cache-control") || skip(b"pragma") {
         return None;
     }
-    Some(Probe {
-        target: ring::key(target),
-    })
+    Some(Probe::new(target))
 }
 
 /// One held answer.
