@@ -403,7 +403,9 @@ impl Cacheable {
         if r.code != Some(200) {
             return None;
         }
-        let status_end = memchr_crlf(response)? + 2;
+        // The status line ends at its LF (a CR before it is optional to a
+        // parser, RFC 9112 §2.2).
+        let status_end = response.iter().position(|&b| b == b'\n')? + 1;
         let range = |v: &[u8]| {
             let a = v.as_ptr() as usize - response.as_ptr() as usize;
             (a, a + v.len())
@@ -456,10 +458,6 @@ impl Cacheable {
             age,
         })
     }
-}
-
-fn memchr_crlf(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(|w| w == b"\r\n")
 }
 
 fn number(v: &[u8]) -> Option<u64> {
@@ -589,6 +587,30 @@ mod tests {
         assert!(probe(true, false, b"/x", head).is_none());
         assert!(probe(true, true, b"/x", b"GET /x HTTP/1.1\r\n\r\n").is_none());
         assert!(probe(false, false, b"/x", b"POST /x HTTP/1.1\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn a_head_of_bare_lf_lines_gets_x_cache_after_its_status_line() {
+        let cache = EdgeCache::new(1 << 20);
+        let (p, head) = get("");
+        let lead = fetch(&cache, p, &head);
+        cache.store(
+            &lead,
+            &head,
+            b"HTTP/1.1 200 OK\nCache-Control: public, max-age=5\nContent-Length: 4\n\nab\r\n",
+        );
+        drop(lead);
+        let mut out = Vec::new();
+        assert!(matches!(
+            cache.lookup(p, &head, &DateCache::default(), &mut out),
+            Lookup::Answered { .. }
+        ));
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\nX-Cache: HIT\r\nAge: 0\r\nCache-Control"),
+            "{text:?}"
+        );
+        assert!(text.ends_with("\n\nab\r\n"), "{text:?}");
     }
 
     #[test]

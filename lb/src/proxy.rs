@@ -643,8 +643,8 @@ fn hash_key(
 
 /// `X-Cache: MISS` after the status line of the response at `out[from..]`.
 fn mark_miss(out: &mut Vec<u8>, from: usize) {
-    if let Some(eol) = out[from..].windows(2).position(|w| w == b"\r\n") {
-        let at = from + eol + 2;
+    if let Some(eol) = out[from..].iter().position(|&b| b == b'\n') {
+        let at = from + eol + 1;
         out.splice(at..at, b"X-Cache: MISS\r\n".iter().copied());
     }
 }
