@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly) of everything that
 # parses input: the request parser, the proxy's response framing, the Redis
-# snapshot value, RESP frames, a write's JSON body and the command log's
-# reader (fuzz/fuzz_targets/). Each target runs SECONDS (default 10) from the
+# snapshot value, RESP frames, a write's JSON body, the command log's
+# reader, list queries and todo-lb's edge cache (fuzz/fuzz_targets/). Each target runs SECONDS (default 10) from the
 # checked-in corpus (fuzz/corpus/TARGET); what it learns goes to a scratch
 # directory, so the checked-in corpus stays small. A crash stops the run with
 # the input saved under fuzz/artifacts/TARGET/; keep it as a regression test.
