@@ -518,6 +518,23 @@ mod tests {
         (probe(true, false, b"/todos", &head).unwrap(), head)
     }
 
+    /// Fetch (as the first request for it) and hold `response`.
+    fn hold(cache: &EdgeCache, p: Probe, head: &[u8], response: &[u8]) {
+        let lead = fetch(cache, p, head);
+        cache.store(&lead, head, response);
+    }
+
+    /// What the cache answers now: (a 304?, the bytes), or None for a miss.
+    fn answer(cache: &EdgeCache, p: Probe, head: &[u8]) -> Option<(bool, String)> {
+        let mut out = Vec::new();
+        match cache.lookup(p, head, &DateCache::default(), &mut out) {
+            Lookup::Answered { not_modified } => {
+                Some((not_modified, String::from_utf8(out).unwrap()))
+            }
+            _ => None,
+        }
+    }
+
     fn fetch<'c>(cache: &'c EdgeCache, p: Probe, head: &[u8]) -> Lead<'c> {
         let mut out = Vec::new();
         match cache.lookup(p, head, &DateCache::default(), &mut out) {
@@ -538,26 +555,16 @@ mod tests {
         ));
         cache.store(&lead, &head, PUBLIC);
         drop(lead);
-        let mut out = Vec::new();
-        assert!(matches!(
-            cache.lookup(p, &head, &DateCache::default(), &mut out),
-            Lookup::Answered {
-                not_modified: false
-            }
-        ));
-        let text = String::from_utf8(out).unwrap();
+        let (not_modified, text) = answer(&cache, p, &head).expect("held");
+        assert!(!not_modified);
         assert!(
             text.starts_with("HTTP/1.1 200 OK\r\nX-Cache: HIT\r\nAge: 0\r\n"),
             "{text}"
         );
         assert!(text.ends_with("\r\n\r\n[]"), "{text}");
         let (p, head) = get("If-None-Match: \"7\"\r\n");
-        let mut out = Vec::new();
-        assert!(matches!(
-            cache.lookup(p, &head, &DateCache::default(), &mut out),
-            Lookup::Answered { not_modified: true }
-        ));
-        let text = String::from_utf8(out).unwrap();
+        let (not_modified, text) = answer(&cache, p, &head).expect("held");
+        assert!(not_modified);
         assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{text}");
         assert!(
             text.contains("\r\nETag: W/\"7\"\r\nCache-Control: public, max-age=5\r\n"),
@@ -579,8 +586,7 @@ mod tests {
         ] {
             let cache = EdgeCache::new(1 << 20);
             let (p, head) = get("");
-            let lead = fetch(&cache, p, &head);
-            cache.store(&lead, &head, response);
+            hold(&cache, p, &head, response);
             assert_eq!(cache.size().0, 0, "{}", String::from_utf8_lossy(response));
         }
         let head = b"GET /x HTTP/1.1\r\nCache-Control: no-cache\r\n\r\n";
@@ -593,19 +599,10 @@ mod tests {
     fn a_head_of_bare_lf_lines_gets_x_cache_after_its_status_line() {
         let cache = EdgeCache::new(1 << 20);
         let (p, head) = get("");
-        let lead = fetch(&cache, p, &head);
-        cache.store(
-            &lead,
-            &head,
-            b"HTTP/1.1 200 OK\nCache-Control: public, max-age=5\nContent-Length: 4\n\nab\r\n",
-        );
-        drop(lead);
-        let mut out = Vec::new();
-        assert!(matches!(
-            cache.lookup(p, &head, &DateCache::default(), &mut out),
-            Lookup::Answered { .. }
-        ));
-        let text = String::from_utf8(out).unwrap();
+        let bare =
+            b"HTTP/1.1 200 OK\nCache-Control: public, max-age=5\nContent-Length: 4\n\nab\r\n";
+        hold(&cache, p, &head, bare);
+        let (_, text) = answer(&cache, p, &head).expect("held");
         assert!(
             text.starts_with("HTTP/1.1 200 OK\nX-Cache: HIT\r\nAge: 0\r\nCache-Control"),
             "{text:?}"
@@ -618,14 +615,8 @@ mod tests {
         let cache = EdgeCache::new(1 << 20);
         let varying = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: public, max-age=5\r\nVary: Accept-Language\r\n\r\nen";
         let (p, en) = get("Accept-Language: en\r\n");
-        let lead = fetch(&cache, p, &en);
-        cache.store(&lead, &en, varying);
-        drop(lead);
-        let mut out = Vec::new();
-        assert!(matches!(
-            cache.lookup(p, &en, &DateCache::default(), &mut out),
-            Lookup::Answered { .. }
-        ));
+        hold(&cache, p, &en, varying);
+        assert!(answer(&cache, p, &en).is_some());
         let (p, fr) = get("Accept-Language: fr\r\n");
         assert!(matches!(
             cache.lookup(p, &fr, &DateCache::default(), &mut Vec::new()),
@@ -642,9 +633,7 @@ mod tests {
             let target = format!("/t/{i}");
             let head = format!("GET {target} HTTP/1.1\r\n\r\n").into_bytes();
             let p = probe(true, false, target.as_bytes(), &head).unwrap();
-            let lead = fetch(&cache, p, &head);
-            cache.store(&lead, &head, PUBLIC);
-            drop(lead);
+            hold(&cache, p, &head, PUBLIC);
             // /t/0 is used after every store: it keeps its place.
             let head0 = b"GET /t/0 HTTP/1.1\r\n\r\n";
             let p0 = probe(true, false, b"/t/0", head0).unwrap();

@@ -636,7 +636,7 @@ fn hash_key(
             key
         }
         HashKey::Header(name) => {
-            header_value(head, name.as_bytes()).map_or_else(by_client, ring::key)
+            cache::header(head, name.as_bytes()).map_or_else(by_client, ring::key)
         }
     }
 }
@@ -679,17 +679,6 @@ fn verified_user(
 #[derive(serde::Deserialize)]
 struct Subject {
     sub: String,
-}
-
-/// The value of header `name` (lowercase) in a request head, trimmed.
-fn header_value<'h>(head: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
-    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
-        let colon = line.iter().position(|&b| b == b':')?;
-        let (field, value) = line.split_at(colon);
-        field
-            .eq_ignore_ascii_case(name)
-            .then(|| value[1..].trim_ascii())
-    })
 }
 
 /// A batch as `forward` takes it: the requests, the answers made here
