@@ -38,8 +38,12 @@ use todo_http::DateCache;
 
 use crate::ring;
 
-/// Headers a response head may have, at most, to be parsed for the cache.
-const MAX_HEADERS: usize = 64;
+/// Headers a response head may have, at most, to be parsed for the cache
+/// (the proxy's own limit).
+const MAX_HEADERS: usize = todo_http::http1::HEADER_SLOTS;
+/// A hit adds `X-Cache` and `Age`: an answer is held only with room for them
+/// under [`MAX_HEADERS`], so what the cache answers frames as the upstream's did.
+const ADDED_HEADERS: usize = 2;
 /// A target whose answer could not be held is forwarded without
 /// coalescing for this long (so requests for an answer that is never held
 /// do not wait for each other), then tried again.
@@ -276,6 +280,9 @@ impl EdgeCache {
     /// when it may be held.
     pub fn store(&self, lead: &Lead<'_>, head: &[u8], response: &[u8]) {
         let target = lead.target;
+        // Empty lines before a status line are ignored by parsers (RFC 9112
+        // §2.2); they are not held.
+        let response = skip_empty_lines(response);
         if response.get(9..12) == Some(b"304") {
             // The answer to a conditional request says nothing about
             // whether the full answer may be held.
@@ -400,7 +407,7 @@ impl Cacheable {
         let httparse::Status::Complete(_) = r.parse(response).ok()? else {
             return None;
         };
-        if r.code != Some(200) {
+        if r.code != Some(200) || r.headers.len() > MAX_HEADERS - ADDED_HEADERS {
             return None;
         }
         // The status line ends at its LF (a CR before it is optional to a
@@ -460,13 +467,32 @@ impl Cacheable {
     }
 }
 
-fn number(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v.trim_ascii().trim_ascii_start())
-        .ok()?
-        .trim_matches('"')
-        .parse()
-        .ok()
+/// `bytes` from its first byte that is not CR or LF.
+pub fn skip_empty_lines(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(bytes.len());
+    &bytes[start..]
 }
+
+/// A delta-seconds value, at most 2^31 (RFC 9111 §1.2.2: a larger one is
+/// taken as 2^31), so freshness and ages never overflow.
+fn number(v: &[u8]) -> Option<u64> {
+    let digits = std::str::from_utf8(v.trim_ascii()).ok()?.trim_matches('"');
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Too many digits for a u64 is more than 2^31 too.
+    Some(
+        digits
+            .parse::<u64>()
+            .map_or(DELTA_SECONDS_MAX, |n| n.min(DELTA_SECONDS_MAX)),
+    )
+}
+
+/// The largest delta-seconds taken (RFC 9111 §1.2.2).
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
 
 /// `Cache-Control`-style directives: `name` or `name=value`, comma separated.
 fn directives(v: &[u8]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
@@ -608,6 +634,63 @@ mod tests {
             "{text:?}"
         );
         assert!(text.ends_with("\n\nab\r\n"), "{text:?}");
+    }
+
+    #[test]
+    fn empty_lines_before_the_status_line_are_not_held() {
+        let cache = EdgeCache::new(1 << 20);
+        let (p, head) = get("");
+        let mut leading = b"\r\n".to_vec();
+        leading.extend_from_slice(PUBLIC);
+        hold(&cache, p, &head, &leading);
+        let (_, text) = answer(&cache, p, &head).expect("held");
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nX-Cache: HIT\r\n"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_huge_max_age_is_taken_as_2_pow_31() {
+        let (p, head) = get("");
+        // As old as it may be fresh: not held.
+        let cache = EdgeCache::new(1 << 20);
+        hold(
+            &cache,
+            p,
+            &head,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nCache-Control: public, max-age=99999999999999999999\r\nAge: 18446744073709551615\r\n\r\n",
+        );
+        assert_eq!(cache.size().0, 0);
+        let cache = EdgeCache::new(1 << 20);
+        hold(
+            &cache,
+            p,
+            &head,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nCache-Control: public, max-age=18446744073709551615\r\n\r\n",
+        );
+        assert!(answer(&cache, p, &head).is_some());
+    }
+
+    #[test]
+    fn an_answer_without_room_for_x_cache_and_age_is_not_held() {
+        let many = |n: usize| {
+            let mut r =
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nCache-Control: public, max-age=5\r\n"
+                    .to_vec();
+            for i in 0..n {
+                r.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+            }
+            r.extend_from_slice(b"\r\n");
+            r
+        };
+        let (p, head) = get("");
+        let cache = EdgeCache::new(1 << 20);
+        hold(&cache, p, &head, &many(MAX_HEADERS - ADDED_HEADERS - 2));
+        assert_eq!(cache.size().0, 1);
+        let cache = EdgeCache::new(1 << 20);
+        hold(&cache, p, &head, &many(MAX_HEADERS - ADDED_HEADERS - 1));
+        assert_eq!(cache.size().0, 0);
     }
 
     #[test]

@@ -643,8 +643,10 @@ fn hash_key(
 
 /// `X-Cache: MISS` after the status line of the response at `out[from..]`.
 fn mark_miss(out: &mut Vec<u8>, from: usize) {
-    if let Some(eol) = out[from..].iter().position(|&b| b == b'\n') {
-        let at = from + eol + 1;
+    // After the status line, past any empty lines before it.
+    let status = from + (out.len() - from - cache::skip_empty_lines(&out[from..]).len());
+    if let Some(eol) = out[status..].iter().position(|&b| b == b'\n') {
+        let at = status + eol + 1;
         out.splice(at..at, b"X-Cache: MISS\r\n".iter().copied());
     }
 }
