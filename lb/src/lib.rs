@@ -16,6 +16,8 @@
 //!   (`--balance`), passive ejection (circuit breaker).
 //! - [`client_io`]: the client side of a connection, plain or TLS.
 //! - [`cache`]: `--cache on`: the per-core edge micro-cache of public GETs.
+//! - [`reloadable`]: a value the cores read and a reloader replaces (the
+//!   TLS configuration, the limits).
 //! - [`ring`]: the consistent-hash ring of `--balance hash`.
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
@@ -36,6 +38,7 @@ pub mod config;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reloadable;
 pub mod ring;
 pub mod route_limits;
 pub mod tls;
@@ -186,7 +189,7 @@ pub fn run(
             // Without a file no rule can ever be in force: the proxy skips
             // the check entirely.
             if core.config.config.is_some() {
-                core.route_limits = Some(route_limits::CoreLimits::new(route_limits));
+                core.route_limits = Some(route_limits::CoreLimits::new(route_limits.rules.clone()));
             }
             let core = Rc::new(core);
             core_main(core, listener, tls, shutdown)
@@ -258,7 +261,7 @@ async fn core_main(
     let tls_accepting = tls.map(|(certs, listener)| {
         let (core, shutdown) = (core.clone(), shutdown.clone());
         let label = format!("{label} (tls)");
-        let tls = Rc::new(tls::CoreTls::new(certs));
+        let tls = Rc::new(tls::CoreTls::new(&certs));
         monoio::spawn(async move {
             lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
                 let (core, tls) = (core.clone(), tls.clone());

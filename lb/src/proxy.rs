@@ -615,10 +615,7 @@ fn hash_key(
     peer: SocketAddr,
     last_token: &mut Option<(Vec<u8>, u64)>,
 ) -> u64 {
-    let by_client = || match peer.ip() {
-        std::net::IpAddr::V4(ip) => ring::key(&ip.octets()),
-        std::net::IpAddr::V6(ip) => ring::key(&ip.octets()),
-    };
+    let by_client = || ring::ip_key(peer.ip());
     match how {
         HashKey::ClientIp => by_client(),
         HashKey::JwtSub => {

@@ -69,6 +69,14 @@ impl Ring {
     }
 }
 
+/// The key of a client address (its octets).
+pub fn ip_key(ip: std::net::IpAddr) -> u64 {
+    match ip {
+        std::net::IpAddr::V4(ip) => key(&ip.octets()),
+        std::net::IpAddr::V6(ip) => key(&ip.octets()),
+    }
+}
+
 /// The key of `bytes` (an address, a user, a header value).
 pub fn key(bytes: &[u8]) -> u64 {
     let mut h = Fnv::new();

@@ -33,15 +33,17 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use todo_http::http1::Method;
 
+use crate::reloadable::{CoreCopy, Reloadable};
 use crate::ring;
+use crate::upstream::stamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -330,19 +332,15 @@ impl RouteLimits {
 /// A client address's key; user keys have the low bit set, client keys not,
 /// so the two never share an allowance.
 fn client_key(ip: IpAddr) -> u64 {
-    let key = match ip {
-        IpAddr::V4(ip) => ring::key(&ip.octets()),
-        IpAddr::V6(ip) => ring::key(&ip.octets()),
-    };
-    key & !1
+    ring::ip_key(ip) & !1
 }
 
 /// The rules in force, shared by the cores, and their reloading.
 pub struct SharedLimits {
     path: Option<PathBuf>,
     secret: Option<Vec<u8>>,
-    current: RwLock<Arc<RouteLimits>>,
-    generation: AtomicU64,
+    /// The rules in force; each core reads its [`CoreLimits`] copy.
+    pub rules: Arc<Reloadable<RouteLimits>>,
     /// Re-reads that put a file in force, and those refused.
     pub reloaded: AtomicU64,
     pub reload_failed: AtomicU64,
@@ -359,22 +357,14 @@ impl SharedLimits {
         Ok(Arc::new(SharedLimits {
             path,
             secret,
-            current: RwLock::new(Arc::new(limits)),
-            generation: AtomicU64::new(0),
+            rules: Arc::new(Reloadable::new(limits)),
             reloaded: AtomicU64::new(0),
             reload_failed: AtomicU64::new(0),
         }))
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     pub fn current(&self) -> Arc<RouteLimits> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.rules.current()
     }
 
     /// Read the file again; on success its rules are in force.
@@ -395,8 +385,7 @@ impl SharedLimits {
         let before = self.current();
         let limits = RouteLimits::build(specs, self.secret.as_deref(), Some(&before))?;
         let n = limits.rules.len();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.rules.replace(limits);
         Ok(n)
     }
 
@@ -412,12 +401,7 @@ impl SharedLimits {
         std::thread::Builder::new()
             .name("todo-lb-config".into())
             .spawn(move || {
-                let stamp = |p: &Path| {
-                    std::fs::metadata(p)
-                        .ok()
-                        .and_then(|m| Some((m.modified().ok()?, m.len())))
-                };
-                let mut seen: Option<(SystemTime, u64)> = stamp(&path);
+                let mut seen = stamp(&path);
                 let mut ticks = 0u32;
                 loop {
                     std::thread::sleep(Duration::from_millis(100));
@@ -446,44 +430,9 @@ impl SharedLimits {
     }
 }
 
-/// A core's view of the rules: refreshed when their generation moves (one
-/// relaxed load per batch).
-pub struct CoreLimits {
-    shared: Arc<SharedLimits>,
-    made: std::cell::Cell<u64>,
-    /// An `Rc` of the shared rules: cloned per batch without touching a
-    /// counter other cores write (an `Arc`'s count is one cache line for
-    /// every core; this extra allocation is made once per reload).
-    #[allow(clippy::redundant_allocation)]
-    current: std::cell::RefCell<std::rc::Rc<Arc<RouteLimits>>>,
-}
-
-impl CoreLimits {
-    pub fn new(shared: Arc<SharedLimits>) -> Self {
-        let made = shared.generation();
-        let current = std::rc::Rc::new(shared.current());
-        CoreLimits {
-            shared,
-            made: std::cell::Cell::new(made),
-            current: std::cell::RefCell::new(current),
-        }
-    }
-
-    /// The rules now in force.
-    #[allow(clippy::redundant_allocation)]
-    pub fn now(&self) -> std::rc::Rc<Arc<RouteLimits>> {
-        let generation = self.shared.generation();
-        if generation != self.made.get() {
-            *self.current.borrow_mut() = std::rc::Rc::new(self.shared.current());
-            self.made.set(generation);
-        }
-        self.current.borrow().clone()
-    }
-
-    pub fn shared(&self) -> &SharedLimits {
-        &self.shared
-    }
-}
+/// A core's copy of the rules ([`CoreCopy`]): one atomic load per batch, a
+/// new copy after a reload.
+pub type CoreLimits = CoreCopy<RouteLimits>;
 
 #[cfg(test)]
 mod tests {

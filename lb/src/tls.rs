@@ -15,7 +15,7 @@
 //!   across certificate reloads, so resumption survives a reload) and a
 //!   session-id cache for TLS 1.2 clients without tickets.
 //! - [`TlsCerts`] is the one value shared by the cores: the current
-//!   configuration and a generation number. A reloader thread looks at the
+//!   configuration ([`Reloadable`]). A reloader thread looks at the
 //!   files' modification time and size every second; a changed pair that
 //!   loads replaces the configuration for NEW connections, while open ones
 //!   keep the configuration they were made with. A pair that fails to load
@@ -27,9 +27,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -45,6 +44,8 @@ use rustls::ServerConfig;
 use todo_runtime::lifecycle;
 
 use crate::client_io::ClientIo;
+use crate::reloadable::{CoreCopy, Reloadable};
+use crate::upstream::{stamp, FileStamp};
 
 /// Where the certificate chain and its key are (PEM).
 #[derive(Debug, Clone)]
@@ -73,10 +74,7 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// The configuration new connections get, shared by every core.
 pub struct TlsCerts {
     files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
-    /// Bumped on each reload; a core compares it with the one its acceptor
-    /// was made from (one relaxed load per accepted connection).
-    generation: AtomicU64,
+    config: Arc<Reloadable<ServerConfig>>,
     ticketer: Arc<dyn ProducesTickets>,
     sessions: Arc<ServerSessionMemoryCache>,
 }
@@ -89,8 +87,7 @@ impl TlsCerts {
         let config = build(&files, &ticketer, &sessions)?;
         Ok(Arc::new(TlsCerts {
             files,
-            current: RwLock::new(config),
-            generation: AtomicU64::new(0),
+            config: Arc::new(Reloadable::new(config)),
             ticketer,
             sessions,
         }))
@@ -105,27 +102,11 @@ impl TlsCerts {
         )
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The configuration for a new connection.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
     /// Load the files again and, when they load, serve them to new
     /// connections.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = build(&self.files, &self.ticketer, &self.sessions)?;
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.config
+            .replace(build(&self.files, &self.ticketer, &self.sessions)?);
         Ok(())
     }
 
@@ -159,13 +140,8 @@ impl TlsCerts {
             .map(|_| ())
     }
 
-    fn stamp(&self) -> [Option<(SystemTime, u64)>; 2] {
-        let one = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        };
-        [one(&self.files.cert), one(&self.files.key)]
+    fn stamp(&self) -> [Option<FileStamp>; 2] {
+        [stamp(&self.files.cert), stamp(&self.files.key)]
     }
 }
 
@@ -173,7 +149,7 @@ fn build(
     files: &TlsFiles,
     ticketer: &Arc<dyn ProducesTickets>,
     sessions: &Arc<ServerSessionMemoryCache>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServerConfig, TlsError> {
     let file_error = |path: &Path, e: &dyn std::fmt::Display| TlsError::File {
         path: path.to_owned(),
         what: e.to_string(),
@@ -196,36 +172,21 @@ fn build(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ticketer = ticketer.clone();
     config.session_storage = sessions.clone();
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
-/// A core's copy of the configuration, taken again when the certificates'
-/// generation moves.
-pub struct CoreTls {
-    certs: Arc<TlsCerts>,
-    made: std::cell::Cell<u64>,
-    config: std::cell::RefCell<Arc<ServerConfig>>,
-}
+/// A core's copy of the configuration ([`CoreCopy`]): one atomic load per
+/// accepted connection, a new copy after a reload.
+pub struct CoreTls(CoreCopy<ServerConfig>);
 
 impl CoreTls {
-    pub fn new(certs: Arc<TlsCerts>) -> Self {
-        let made = certs.generation();
-        let config = certs.current();
-        CoreTls {
-            certs,
-            made: std::cell::Cell::new(made),
-            config: std::cell::RefCell::new(config),
-        }
+    pub fn new(certs: &TlsCerts) -> Self {
+        CoreTls(CoreCopy::new(certs.config.clone()))
     }
 
     /// The configuration for a connection accepted now.
     pub fn config(&self) -> Arc<ServerConfig> {
-        let now = self.certs.generation();
-        if now != self.made.get() {
-            *self.config.borrow_mut() = self.certs.current();
-            self.made.set(now);
-        }
-        self.config.borrow().clone()
+        Arc::clone(&self.0.now())
     }
 }
 
