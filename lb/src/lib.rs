@@ -41,6 +41,7 @@ pub mod proxy;
 pub mod reloadable;
 pub mod ring;
 pub mod route_limits;
+pub mod spare;
 pub mod tls;
 pub mod upstream;
 

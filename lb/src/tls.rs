@@ -23,12 +23,9 @@
 //! - [`TlsStream`]: rustls's unbuffered API. A batch of answers is encrypted
 //!   into a ciphertext buffer, as many records as it takes, and sent in ONE
 //!   write, as on plain HTTP. That buffer is the core's, not the
-//!   connection's ([`Spare`]): a connection holds one only while it encrypts
-//!   and sends, so the few in use stay in the CPU's cache and an idle
-//!   connection holds none. Requests are decrypted in place and copied once,
-//!   onto the proxy's input.
+//!   connection's ([`Spare`]), held only while it encrypts and sends.
+//!   Requests are decrypted in place and copied once, onto the proxy's input.
 
-use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -50,6 +47,7 @@ use todo_runtime::lifecycle;
 
 use crate::client_io::ClientIo;
 use crate::reloadable::{CoreCopy, Reloadable};
+use crate::spare::Spare;
 use crate::upstream::{stamp, FileStamp};
 
 /// Where the certificate chain and its key are (PEM).
@@ -203,29 +201,6 @@ impl CoreTls {
 
     pub fn spare(&self) -> Rc<Spare> {
         self.spare.clone()
-    }
-}
-
-/// A core's ciphertext buffers not in use, last returned first out (the
-/// warmest). A connection takes one to encrypt a batch and returns it once
-/// the batch is sent; at most [`Spare::KEPT`] are kept, none larger than
-/// [`Spare::LARGEST`] (a buffer grown by a rare huge batch is let go).
-#[derive(Default)]
-pub struct Spare(RefCell<Vec<Vec<u8>>>);
-
-impl Spare {
-    const KEPT: usize = 64;
-    const LARGEST: usize = 256 * 1024;
-
-    fn take(&self) -> Vec<u8> {
-        self.0.borrow_mut().pop().unwrap_or_default()
-    }
-
-    fn give(&self, buf: Vec<u8>) {
-        let mut kept = self.0.borrow_mut();
-        if kept.len() < Self::KEPT && buf.capacity() <= Self::LARGEST && !buf.is_empty() {
-            kept.push(buf);
-        }
     }
 }
 
@@ -406,7 +381,9 @@ impl TlsStream {
             ConnectionState::WriteTraffic(mut traffic) => {
                 if let Some(data) = write.take() {
                     loop {
-                        match traffic.encrypt(data, outgoing.get_mut(*pending..).unwrap_or_default()) {
+                        match traffic
+                            .encrypt(data, outgoing.get_mut(*pending..).unwrap_or_default())
+                        {
                             Ok(n) => {
                                 *pending += n;
                                 break;
@@ -517,24 +494,5 @@ mod tests {
         .err()
         .unwrap();
         assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
-    }
-
-    #[test]
-    fn spare_buffers_come_back_warmest_first_and_huge_ones_are_let_go() {
-        let spare = Spare::default();
-        assert!(spare.take().is_empty());
-        let (a, b) = (vec![1u8; 100], vec![2u8; 200]);
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        spare.give(a);
-        spare.give(b);
-        assert_eq!(spare.take().as_ptr(), pb);
-        assert_eq!(spare.take().as_ptr(), pa);
-        spare.give(vec![0; Spare::LARGEST + 1]);
-        spare.give(Vec::new());
-        assert!(spare.take().is_empty());
-        for _ in 0..Spare::KEPT + 5 {
-            spare.give(vec![0; 10]);
-        }
-        assert_eq!(spare.0.borrow().len(), Spare::KEPT);
     }
 }
