@@ -276,7 +276,8 @@ pub async fn serve_tls(core: Rc<LbCore>, tls: &CoreTls, stream: TcpStream, peer:
             return;
         }
     }
-    match monoio::time::timeout(within, TlsStream::accept(stream, tls.config(), tls.spare())).await {
+    match monoio::time::timeout(within, TlsStream::accept(stream, tls.config(), tls.spare())).await
+    {
         Ok(Ok(stream)) => {
             core.metrics().handshake(Handshake::Ok);
             serve_on(&core, stream, fd, peer).await;

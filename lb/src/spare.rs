@@ -58,5 +58,4 @@ mod tests {
         }
         assert_eq!(spare.0.borrow().len(), Spare::KEPT);
     }
-
 }
