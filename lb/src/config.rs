@@ -140,8 +140,8 @@ pub struct LbConfig {
     /// in 30 minutes; at 4096 the tasks still fragmented the heap.
     /// Default: 2048, or 0 with `--listen-tls`: rustls allocates as it
     /// decrypts and encrypts each batch (4-20 KiB), and as pages of their own
-    /// those cost TLS a quarter of its rate (0.49 of plain at 2048 against
-    /// 0.66 at 0, wrk depth 80, bench/gateway.sh, one run; docs/gateway.md).
+    /// those cost TLS a quarter of its rate (0.56 of plain at 2048 against
+    /// 0.74 at 0, wrk depth 80, bench/gateway.sh, one run; docs/gateway.md).
     /// Not measured with TLS: the soak above.
     #[arg(long, env = "TODO_LB_MMAP_THRESHOLD")]
     pub mmap_threshold: Option<usize>,
