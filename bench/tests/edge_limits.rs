@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use todo_testkit::http::{pipelined, statuses};
 
 const SECRET: &str = "edge-limits-secret-of-at-least-32-bytes";
 
@@ -80,8 +80,6 @@ fn token(sub: &str) -> String {
 
 /// `n` requests pipelined on one new connection; their answers.
 fn send(at: SocketAddr, method: &str, bearer: Option<&str>, n: usize) -> Vec<Response> {
-    let mut s = TcpStream::connect(at).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let (path, body) = match method {
         "POST" => ("/todos", "{\"title\":\"limited\"}"),
@@ -92,15 +90,7 @@ fn send(at: SocketAddr, method: &str, bearer: Option<&str>, n: usize) -> Vec<Res
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(one.repeat(n).as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    (0..n)
-        .map(|i| read_response(&mut s, &mut buf).unwrap_or_else(|| panic!("closed after {i}")))
-        .collect()
-}
-
-fn statuses(rs: &[Response]) -> Vec<u16> {
-    rs.iter().map(|r| r.status).collect()
+    pipelined(at, &one, n)
 }
 
 /// Writes the server accepted (202), from its own metrics.

@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use common::{lb, peer, Behaviour};
-use todo_testkit::http::{read_response, Response};
+use todo_testkit::http::{pipelined, statuses, Response};
 use todo_testkit::process::{temp_dir, wait_until};
 
 const SECRET: &str = "limits-test-secret";
@@ -37,8 +36,6 @@ fn token(sub: &str, secret: &str) -> String {
 
 /// Send `n` requests pipelined on one new connection; their answers.
 fn send(at: SocketAddr, method: &str, path: &str, bearer: Option<&str>, n: usize) -> Vec<Response> {
-    let mut s = TcpStream::connect(at).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let body = if method == "POST" {
         "{\"title\":\"x\"}"
@@ -49,15 +46,7 @@ fn send(at: SocketAddr, method: &str, path: &str, bearer: Option<&str>, n: usize
         "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(one.repeat(n).as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    (0..n)
-        .map(|i| read_response(&mut s, &mut buf).unwrap_or_else(|| panic!("closed after {i}")))
-        .collect()
-}
-
-fn statuses(rs: &[Response]) -> Vec<u16> {
-    rs.iter().map(|r| r.status).collect()
+    pipelined(at, &one, n)
 }
 
 struct Setup {

@@ -254,6 +254,24 @@ pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<Response> {
     read_answer(s, buf, false)
 }
 
+/// `n` copies of `request` written at once on one new connection to `at`;
+/// their answers, in order (panics if the connection ends before the last).
+pub fn pipelined(at: std::net::SocketAddr, request: &str, n: usize) -> Vec<Response> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(at).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.repeat(n).as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    (0..n)
+        .map(|i| read_response(&mut s, &mut buf).unwrap_or_else(|| panic!("closed after {i}")))
+        .collect()
+}
+
+/// The status of each answer.
+pub fn statuses(answers: &[Response]) -> Vec<u16> {
+    answers.iter().map(|r| r.status).collect()
+}
+
 /// [`read_response`] for the answer to a HEAD request when `after_head`: its
 /// head may announce a Content-Length, but no body follows.
 pub fn read_answer(s: &mut impl Read, buf: &mut Vec<u8>, after_head: bool) -> Option<Response> {
