@@ -21,6 +21,42 @@ log() {
   if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi
 }
 
+# The capabilities a run may do without, named in TODO_TEST_SKIP
+# (comma-separated); the tests' side is todo_testkit::capability.
+TEST_SKIP_KNOWN="io_uring netns tmpfs fuzz"
+
+# check_skips: exit 2 when TODO_TEST_SKIP names a capability no test knows
+# (a typo would otherwise skip nothing and say nothing).
+check_skips() {
+  local name
+  for name in ${TODO_TEST_SKIP//,/ }; do
+    if [[ " $TEST_SKIP_KNOWN " != *" $name "* ]]; then
+      echo "TODO_TEST_SKIP names $name: not one of $TEST_SKIP_KNOWN" >&2
+      exit 2
+    fi
+  done
+}
+
+# skip_named NAME: whether TODO_TEST_SKIP names NAME.
+skip_named() {
+  [[ " ${TODO_TEST_SKIP//,/ } " == *" $1 "* ]]
+}
+
+# capability_summary LOG: what the tests that need a capability did (the
+# lines todo_testkit::capability wrote to TODO_CAPABILITY_LOG): per
+# capability, how many checks ran it and every skip with its reason.
+capability_summary() {
+  local log=$1 name ran skipped
+  echo "--- capabilities (TODO_TEST_SKIP=${TODO_TEST_SKIP:-})"
+  for name in $TEST_SKIP_KNOWN; do
+    [ "$name" = fuzz ] && continue # scripts/fuzz.sh says its own
+    ran=$(grep -c "^ran $name " "$log" || true)
+    skipped=$(grep -c "^skipped $name " "$log" || true)
+    echo "$name: ran in $ran test checks, skipped in $skipped"
+    grep "^skipped $name " "$log" | sed 's/^/  SKIPPED: /' || true
+  done
+}
+
 # free_port: a TCP port nothing listens on.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

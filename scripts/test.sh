@@ -7,9 +7,15 @@
 # and stops again.
 #
 #   ./scripts/test.sh [extra cargo test args]
+#
+# A test that needs something this machine lacks (io_uring, network
+# namespaces, a tmpfs it mounts) fails, unless TODO_TEST_SKIP names it
+# (e.g. TODO_TEST_SKIP=io_uring,netns); the end of the run lists what each
+# such test ran and what was skipped (todo_testkit::capability).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+check_skips
 
 # First, and before apply.sh below touches this machine: the tuning scripts
 # on a scratch copy of /proc/sys.
@@ -32,5 +38,10 @@ cleanup() {
 trap cleanup EXIT
 # shellcheck source=/dev/null
 . "$SERVICES_DIR/env"
+export TODO_CAPABILITY_LOG="$SERVICES_DIR/capabilities.log"
+: > "$TODO_CAPABILITY_LOG"
 log "cargo test"
-cargo test --workspace --all-targets "$@"
+status=0
+cargo test --workspace --all-targets "$@" || status=$?
+capability_summary "$TODO_CAPABILITY_LOG"
+exit "$status"
