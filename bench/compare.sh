@@ -10,12 +10,15 @@
 # ACCESS_LOG_MODE=sample:100 measures a sampled log instead).
 #
 #   ./bench/compare.sh [--duration 10s] [--connections 2000] [--baseline-bin PATH]
+#                      [--baseline-lb PATH]
 #
 # --baseline-bin PATH: also run the todo-server rows (depth 1 and 80) with the
 # todo-server binary at PATH (another build, e.g. of an earlier commit), in
 # the same run with the same settings; the table gets "todo-server
 # (baseline)" rows and, under it, depth-80 server CPU/request new/baseline;
 # callgrind also counts the baseline's instructions per request.
+# --baseline-lb PATH: the same for todo-lb in the reference topology
+# (bench/topology.sh --baseline-lb).
 #
 # Layout on a 2-CPU machine: each server gets one core on CPU 0, the client
 # runs on CPU 1 (SERVER_CPU / CLIENT_CPU to change). Server CPU per request is
@@ -30,6 +33,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-200000}
 BASELINE_BIN=${BASELINE_BIN:-}
+BASELINE_LB=${BASELINE_LB:-}
 parse_flags "$@"
 if [ -n "$BASELINE_BIN" ] && [ ! -x "$BASELINE_BIN" ]; then
   echo "--baseline-bin $BASELINE_BIN: not an executable file" >&2
@@ -276,7 +280,7 @@ cleanup_servers
 # --- the reference topology: nginx vs todo-lb vs direct (bench/topology.sh) -----
 if [ "${TOPOLOGY:-1}" = 1 ]; then
   echo
-  DURATION=$DURATION CONNECTIONS=$CONNECTIONS "$ROOT/bench/topology.sh"
+  DURATION=$DURATION CONNECTIONS=$CONNECTIONS BASELINE_LB=$BASELINE_LB "$ROOT/bench/topology.sh"
 fi
 
 # --- the write row: accepted writes vs the broker alone (bench/writes.sh) -------
