@@ -4,7 +4,7 @@
 # workspace crates listed for it here (normal dependencies, so tests may use
 # todo-testkit); the shared types carry no wire code. Inside each crate, no
 # module circle: two modules may name each other only as a module and its
-# own parent (scripts/module-circles.py; docs/architecture.md, section 7).
+# own parent (scripts/module-circles.py; docs/architecture.md §2).
 # Exit 1 when an arrow points the wrong way or a circle exists. Run by
 # .ci/run.
 set -euo pipefail

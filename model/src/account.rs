@@ -1,4 +1,4 @@
-//! Accounts and categories (design section 11): the stored [`User`] and
+//! Accounts and categories (docs/architecture.md §9): the stored [`User`] and
 //! [`Category`], their field rules, and how they are rendered.
 //!
 //! A user owns todos and categories by username: a todo's `owner` is the

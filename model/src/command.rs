@@ -15,7 +15,7 @@ use crate::account::{Category, User};
 use crate::todo::{check_description, check_title, FieldError, Todo};
 
 /// What a command does. The first three act on todos; the rest on accounts
-/// and categories (design section 11), through the same log and worker.
+/// and categories (docs/architecture.md §9), through the same log and worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {

@@ -1,5 +1,5 @@
 //! The worker's batch transaction: every command of a batch, in order, in
-//! ONE transaction (write path, design section 5).
+//! ONE transaction (write path, docs/architecture.md §6).
 //!
 //! ```text
 //! new        SELECT processed_commands (whole batch)

@@ -1,4 +1,4 @@
-//! `GET /todos` as PostgreSQL answers it (design section 11): the filters,
+//! `GET /todos` as PostgreSQL answers it (docs/architecture.md §9): the filters,
 //! the six sorts and keyset pages, as one SQL statement per query.
 //!
 //! The read model answers the common queries from memory; this is for the
