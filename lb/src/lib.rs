@@ -17,7 +17,8 @@
 //! - [`client_io`]: the client side of a connection, plain or TLS.
 //! - [`cache`]: `--cache on`: the per-core edge micro-cache of public GETs.
 //! - [`reloadable`]: a value the cores read and a reloader replaces (the
-//!   TLS configuration, the limits).
+//!   TLS configuration, the limits), and the file stamp each reloader
+//!   watches (those two and the upstreams file).
 //! - [`ring`]: the consistent-hash ring of `--balance hash`.
 //! - [`upstream`]: the upstream set shared by the cores, its active health
 //!   checks and the upstreams file.
@@ -144,7 +145,7 @@ pub fn run(
     let tls_addr = tls_listeners.first().and_then(|l| l.local_addr().ok());
     let mut tls_listeners = tls_listeners.into_iter();
     let driver = todo_runtime::resolve_driver(config.driver)?;
-    let file_read_at = config.upstreams_file.as_deref().and_then(upstream::stamp);
+    let file_read_at = config.upstreams_file.as_deref().and_then(reloadable::stamp);
     let addrs = configured_upstreams(&config)?;
     let cores = listeners.len();
     let set = Arc::new(UpstreamSet::new(addrs.clone(), cores));

@@ -6,11 +6,27 @@
 //! replacement. [`CoreCopy`] is a core's own copy, taken again when the
 //! generation moves: the per-use cost is one atomic load, and a core never
 //! touches a counter another core writes (an `Rc`, not the shared `Arc`).
+//!
+//! [`stamp`] is how each reloader tells that its file changed (the TLS
+//! certificate and key, `--config`, the upstreams file): its modification
+//! time and length, looked at every interval.
 
 use std::cell::{Cell, RefCell};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// What tells that a file changed: its modification time and length.
+pub type FileStamp = (SystemTime, u64);
+
+/// `path`'s stamp now; `None` when it cannot be read (a reloader sees the
+/// file come back as a change).
+pub fn stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
 
 /// The value in force, shared by the cores.
 pub struct Reloadable<T> {

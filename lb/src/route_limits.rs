@@ -41,9 +41,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use todo_http::http1::Method;
 
-use crate::reloadable::{CoreCopy, Reloadable};
+use crate::reloadable::{stamp, CoreCopy, Reloadable};
 use crate::ring;
-use crate::upstream::stamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -46,9 +46,8 @@ use rustls::ServerConfig;
 use todo_runtime::lifecycle;
 
 use crate::client_io::ClientIo;
-use crate::reloadable::{CoreCopy, Reloadable};
+use crate::reloadable::{stamp, CoreCopy, FileStamp, Reloadable};
 use crate::spare::Spare;
-use crate::upstream::{stamp, FileStamp};
 
 /// Where the certificate chain and its key are (PEM).
 #[derive(Debug, Clone)]

@@ -17,9 +17,10 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::metrics::UpstreamStats;
+use crate::reloadable::{stamp, FileStamp};
 
 /// One upstream server.
 #[derive(Debug)]
@@ -153,9 +154,6 @@ pub struct Checks {
     pub file_read_at: Option<FileStamp>,
 }
 
-/// What tells that the upstreams file changed: modification time and length.
-pub type FileStamp = (SystemTime, u64);
-
 /// The checker thread: every interval, look at the upstreams file (re-read
 /// it when its modification time or length changed) and send each upstream
 /// `GET <path>`; 200 is healthy, `unhealthy_after` failures in a row are not.
@@ -214,11 +212,6 @@ pub fn spawn_checker(
                 std::thread::sleep(checks.interval);
             }
         })
-}
-
-pub fn stamp(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// One active check: a fresh connection, `GET path`, status 200.
