@@ -7,10 +7,14 @@
 use std::cell::{Cell, RefCell};
 use std::time::SystemTime;
 
-use crate::response::{OK_JSON_AFTER_DATE, OK_JSON_BEFORE_DATE};
-
 /// Length of an IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub const DATE_LEN: usize = 29;
+
+/// The cached head of a `200` JSON response is these around the date
+/// ([`crate::response::append`] copies it whole).
+const OK_JSON_BEFORE_DATE: &[u8] = b"HTTP/1.1 200 OK\r\nDate: ";
+pub(crate) const OK_JSON_AFTER_DATE: &[u8] =
+    b"\r\nContent-Type: application/json\r\nContent-Length: ";
 
 #[derive(Debug)]
 pub struct DateCache {

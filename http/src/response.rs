@@ -12,10 +12,8 @@ use crate::error::HttpError;
 /// is optional (RFC 9110 §10.2.4), says nothing a client needs, and would be
 /// 14 more bytes on every answer of the hot path.
 const SERVER: &[u8] = b"\r\nDate: ";
-const JSON: &[u8] = b"\r\nContent-Type: application/json\r\nContent-Length: ";
-/// The cached head of a 200 JSON response is these around the date.
-pub const OK_JSON_BEFORE_DATE: &[u8] = b"HTTP/1.1 200 OK\r\nDate: ";
-pub const OK_JSON_AFTER_DATE: &[u8] = JSON;
+/// The same bytes end the `200` JSON head the Date cache holds.
+const JSON: &[u8] = crate::date::OK_JSON_AFTER_DATE;
 const TEXT: &[u8] = b"\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: ";
 
 pub fn status_line(status: u16) -> &'static [u8] {

@@ -9,6 +9,7 @@ use todo_model::{Category, Outcome, TodoCommand, User};
 use crate::distributed::lookup::{KeyArgs, Lookups};
 use crate::distributed::producer::Producer;
 use crate::embedded;
+use crate::errors::Unavailable;
 use crate::read_model::Shared;
 use crate::trace::Trace;
 use todo_http::HttpError;
@@ -23,17 +24,6 @@ pub const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 pub enum Status {
     Pending,
     Done(Outcome),
-}
-
-/// A read the backend could not answer now (PostgreSQL away, the apply
-/// thread stopping): 503, never a false 404.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
-
-impl Unavailable {
-    pub fn answer(self) -> HttpError {
-        HttpError::unavailable("the store cannot be read now", 1)
-    }
 }
 
 #[derive(Clone)]

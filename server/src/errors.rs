@@ -52,3 +52,15 @@ pub const INVALID_IDEMPOTENCY_KEY: HttpError = HttpError::new(
     "Idempotency-Key must be 1-255 visible ASCII characters",
     false,
 );
+
+/// A read the backend could not answer now (PostgreSQL away, the apply
+/// thread stopping): 503, never a false 404. Made by the backends
+/// (`embedded/`, `distributed/`), answered by the routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+impl Unavailable {
+    pub fn answer(self) -> HttpError {
+        HttpError::unavailable("the store cannot be read now", 1)
+    }
+}

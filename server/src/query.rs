@@ -254,7 +254,7 @@ impl ListQuery {
                     q.owner = Some(value.into_owned());
                 }
                 "mine" => q.mine = parse_bool(name, &value)?,
-                "category" => q.category = Some(parse_id(name, &value)?),
+                "category" => q.category = Some(category_id(name, &value)?),
                 "created_after" => q.created_after = Some(parse_time(name, &value)?),
                 "created_before" => q.created_before = Some(parse_time(name, &value)?),
                 "q" => {
@@ -333,15 +333,6 @@ impl ListQuery {
         }
     }
 
-    /// The trigram signature every matching todo's text has, for a search.
-    pub fn signature(&self) -> Option<u128> {
-        self.is_search().then(|| {
-            self.words
-                .iter()
-                .fold(0, |sig, w| sig | crate::read_model::signature(w.as_bytes()))
-        })
-    }
-
     /// Whether this is a search (`q=`), answered off the cores.
     pub fn is_search(&self) -> bool {
         !self.words.is_empty()
@@ -383,8 +374,17 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
     }
 }
 
-fn parse_id(name: &str, value: &str) -> Result<u64, HttpError> {
-    crate::routes::parse_id(value).ok_or_else(|| bad_param(name, "must be a category id"))
+/// Ids are plain decimal u64s, in paths (`/todos/{id}`) as in `category=`;
+/// anything else names no resource.
+pub fn parse_id(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn category_id(name: &str, value: &str) -> Result<u64, HttpError> {
+    parse_id(value).ok_or_else(|| bad_param(name, "must be a category id"))
 }
 
 fn parse_limit(value: &str) -> Result<usize, HttpError> {

@@ -49,10 +49,21 @@ struct Row {
 /// per todo in one array rules out nearly every todo a rare word is not in
 /// before any text is read (with ~50 trigrams a todo, about a third of the
 /// bits are set, so a 6-letter word lets through ~0.3^4 of the rest).
-pub fn signature(text: &[u8]) -> u128 {
+fn signature(text: &[u8]) -> u128 {
     text.windows(3).fold(0u128, |sig, t| {
         let x = u32::from_le_bytes([t[0], t[1], t[2], 0]);
         sig | 1u128 << (x.wrapping_mul(0x9E37_79B1) >> 25)
+    })
+}
+
+/// The signature every todo matching `query`'s words has; `None` when it
+/// is not a search.
+fn words_signature(query: &ListQuery) -> Option<u128> {
+    query.is_search().then(|| {
+        query
+            .words
+            .iter()
+            .fold(0, |sig, w| sig | signature(w.as_bytes()))
     })
 }
 
@@ -404,7 +415,7 @@ impl ReadModel {
     /// only when its signature has every bit of the words', and its row
     /// only when the text has every word. `None` when not a search.
     fn search(&self, query: &ListQuery, set: Option<&BTreeSet<u64>>) -> Option<Page<'_>> {
-        let want = query.signature()?;
+        let want = words_signature(query)?;
         if set.is_some_and(|s| s.len() <= SMALL_SET) {
             return None; // the set's own walk reads fewer todos
         }

@@ -11,7 +11,7 @@ use todo_model::{Category, Outcome, User};
 use todo_store::{pg, Publisher};
 
 use super::{DistributedError, Settings};
-use crate::backend::Unavailable;
+use crate::errors::Unavailable;
 use crate::read_model::Shared;
 
 /// Connections in the lookup pool.

@@ -22,7 +22,7 @@ use std::thread;
 
 use todo_model::{Outcome, Snapshot, TodoCommand};
 
-use crate::backend::Unavailable;
+use crate::errors::Unavailable;
 
 use self::store::{Claim, Store, StoreImage};
 

@@ -20,6 +20,7 @@ use todo_model::TodoCommand;
 use crate::errors;
 use crate::metrics::Route;
 use crate::per_core::Core;
+use crate::query::parse_id;
 use crate::trace::Trace;
 use todo_http::http1::{Method, Request};
 use todo_http::response::{self, Persist};
@@ -360,12 +361,4 @@ pub fn json_object<T: serde::de::DeserializeOwned>(
             errors::invalid_field(format!("body does not match the fields of {what}: {e}"))
         }
     })
-}
-
-/// Ids are plain decimal u64s; anything else names no resource (404).
-pub fn parse_id(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
 }
