@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use todo_model::{Category, Outcome, TodoCommand, User};
 
-use crate::distributed::lookup::{KeyArgs, Lookups};
+use crate::distributed::db_thread::{DbThread, KeyArgs};
 use crate::distributed::producer::Producer;
 use crate::embedded;
 use crate::errors::Unavailable;
@@ -29,10 +29,7 @@ pub enum Status {
 #[derive(Clone)]
 pub enum Backend {
     Embedded(embedded::Handle),
-    Distributed {
-        producer: Producer,
-        lookups: Lookups,
-    },
+    Distributed { producer: Producer, db: DbThread },
 }
 
 /// A write handed to the backend and not yet confirmed.
@@ -80,13 +77,13 @@ impl Backend {
     pub fn start(&self, cmd: TodoCommand, trace: Option<&Trace>) -> Submission {
         match self {
             Backend::Embedded(h) => Submission::Embedded(h.start(cmd)),
-            Backend::Distributed { producer, lookups } => {
+            Backend::Distributed { producer, db } => {
                 let ids = (cmd.command_id, cmd.todo_id);
                 match producer.start(cmd, trace) {
                     Ok(delivery) => Submission::Kafka {
                         delivery,
                         // Marked while the broker takes the record.
-                        mark: lookups.mark(ids.0),
+                        mark: db.mark(ids.0),
                         ids,
                     },
                     Err(e) => Submission::Refused(e),
@@ -135,8 +132,8 @@ impl Backend {
         mut cmd: TodoCommand,
         trace: Option<&Trace>,
     ) -> Result<(u64, u64), HttpError> {
-        if let (Backend::Distributed { lookups, .. }, Some(idem)) = (self, &cmd.idempotency) {
-            let claim = lookups
+        if let (Backend::Distributed { db, .. }, Some(idem)) = (self, &cmd.idempotency) {
+            let claim = db
                 .claim(KeyArgs {
                     user: cmd.user.clone(),
                     key: idem.key.clone(),
@@ -168,12 +165,12 @@ impl Backend {
             (Backend::Embedded(h), Submission::Embedded(sub)) => {
                 Ok(Some(h.finish(sub).await?.outcome))
             }
-            (Backend::Distributed { lookups, .. }, sub @ Submission::Kafka { .. }) => {
+            (Backend::Distributed { db, .. }, sub @ Submission::Kafka { .. }) => {
                 self.finish(sub).await?;
                 let until = Instant::now() + OUTCOME_WAIT;
                 let mut pause = Duration::from_millis(2);
                 while Instant::now() < until {
-                    if let Ok(Some(outcome)) = lookups.outcome(command_id).await {
+                    if let Ok(Some(outcome)) = db.outcome(command_id).await {
                         return Ok(Some(outcome));
                     }
                     monoio::time::sleep(pause).await;
@@ -196,7 +193,7 @@ impl Backend {
         }
         match self {
             Backend::Embedded(_) => Ok(None),
-            Backend::Distributed { lookups, .. } => lookups.user(username.to_string()).await,
+            Backend::Distributed { db, .. } => db.user(username.to_string()).await,
         }
     }
 
@@ -206,7 +203,7 @@ impl Backend {
     pub async fn category(&self, model: &Shared, id: u64) -> Result<Option<Category>, Unavailable> {
         match self {
             Backend::Embedded(_) => Ok(model.read().category(id).cloned()),
-            Backend::Distributed { lookups, .. } => lookups.category(id).await,
+            Backend::Distributed { db, .. } => db.category(id).await,
         }
     }
 
@@ -214,7 +211,7 @@ impl Backend {
     pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
         match self {
             Backend::Embedded(h) => h.get(id).await,
-            Backend::Distributed { lookups, .. } => lookups.get(id).await,
+            Backend::Distributed { db, .. } => db.get(id).await,
         }
     }
 
@@ -226,13 +223,13 @@ impl Backend {
             // The embedded 202 follows the apply: nothing accepted is ever
             // pending to a reader.
             Backend::Embedded(h) => Ok(h.outcome(command_id).await?.map(Status::Done)),
-            Backend::Distributed { lookups, .. } => {
-                if let Some(outcome) = lookups.outcome(command_id).await? {
+            Backend::Distributed { db, .. } => {
+                if let Some(outcome) = db.outcome(command_id).await? {
                     return Ok(Some(Status::Done(outcome)));
                 }
-                if lookups.accepted(command_id).await? {
+                if db.accepted(command_id).await? {
                     // Applied in the meantime? Then say so, not pending.
-                    return Ok(Some(match lookups.outcome(command_id).await? {
+                    return Ok(Some(match db.outcome(command_id).await? {
                         Some(outcome) => Status::Done(outcome),
                         None => Status::Pending,
                     }));

@@ -3,8 +3,8 @@
 //! The flow, file by file:
 //!
 //! ```text
-//! runtime.rs   what each core runs: its accept loop, snapshot updates and
-//!              the Date timer (threads, listeners and draining: todo-runtime)
+//! core_main.rs one core's life: its accept loop, snapshot updates, the
+//!              Date timer, the drain (threads and listeners: todo-runtime)
 //! conn.rs      per connection: read -> parse every request (todo_http::http1)
 //!              -> append every response -> one write
 //! routes/      GET /todos?limit=N from the core's snapshot (the hot path),
@@ -24,8 +24,9 @@
 //! backend.rs   where writes go: the embedded apply thread (embedded/) or
 //!              Kafka (distributed/)
 //! embedded/    the embedded default: command log + the read model as store
-//! distributed/ Kafka producer, per-core Redis refresh, PostgreSQL lookups,
-//!              the read model's follower
+//! distributed/ Kafka producer, per-core Redis refresh, the todo-db thread
+//!              (PostgreSQL lookups, the read model's follower, accepted
+//!              marks, the key pruner)
 //! metrics.rs   per-core counters summed at scrape time
 //! trace.rs     X-Request-Id and W3C traceparent: taken, made, echoed
 //! access_log.rs one JSON line per request (TODO_ACCESS_LOG), per-core
@@ -42,6 +43,7 @@ pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod conn;
+pub mod core_main;
 pub mod distributed;
 pub mod embedded;
 pub mod errors;
@@ -50,7 +52,6 @@ pub mod per_core;
 pub mod query;
 pub mod read_model;
 pub mod routes;
-pub mod runtime;
 pub mod search;
 pub mod trace;
 
@@ -140,10 +141,10 @@ pub fn run(
                 store.replayed,
                 config.data_dir.display()
             );
-            let refreshes: Vec<runtime::Refresh> = store
+            let refreshes: Vec<core_main::Refresh> = store
                 .updates
                 .into_iter()
-                .map(runtime::Refresh::Embedded)
+                .map(core_main::Refresh::Embedded)
                 .collect();
             (
                 Backend::Embedded(store.handle),
@@ -158,11 +159,11 @@ pub fn run(
             let producer = distributed::producer::Producer::new(settings)?;
             // Empty until the follower's first load; queries answer 503 meanwhile.
             let model = read_model::Shared::new(read_model::ReadModel::new(0), false);
-            let lookups = distributed::lookup::Lookups::start(settings, model.clone())?;
+            let db = distributed::db_thread::DbThread::start(settings, model.clone())?;
             let refreshes = (0..cores)
-                .map(|_| runtime::Refresh::Redis {
+                .map(|_| core_main::Refresh::Redis {
                     url: settings.redis_url.clone(),
-                    lookups: lookups.clone(),
+                    db: db.clone(),
                 })
                 .collect();
             let summary = format!(
@@ -172,7 +173,7 @@ pub fn run(
             // Version 0: nothing yet; /readyz says 503 until Redis delivers.
             let empty = Arc::new(todo_model::Snapshot::render(0, &[]));
             (
-                Backend::Distributed { producer, lookups },
+                Backend::Distributed { producer, db },
                 refreshes,
                 empty,
                 None,
@@ -213,7 +214,7 @@ pub fn run(
                 node,
                 services,
             ));
-            runtime::core_main(core, listener, refresh, shutdown)
+            core_main::run(core, listener, refresh, shutdown)
         })
         .map_err(StartError::Thread)?;
         threads.push(thread);

@@ -5,24 +5,27 @@
 //! write:   core -> producer.rs: TodoCommand into the core's pack for its
 //!          partition; one envelope record per partition in flight per core
 //!          (idempotent, acks=all) -> await the delivery report -> 202 | 503;
-//!          Redis accepted mark (lookup.rs) meanwhile
+//!          Redis accepted mark (db_thread.rs) meanwhile
 //! refresh: core -> refresh.rs: its own Redis subscriber on todos:changed;
 //!          GET todos:snapshot on every (re)subscribe and every message;
 //!          newer versions only; stale while Redis is away
-//! lookups: core -> lookup.rs: one tokio thread ("todo-db") with a
+//! lookups: core -> db_thread.rs: one tokio thread ("todo-db") with a
 //!          PostgreSQL pool for GET /todos/{id} outside the snapshot,
 //!          GET /commands/{id}, accounts and categories the read model has
-//!          not seen yet, and the single-flight fill of an empty Redis
-//! queries: follow.rs (on the same thread): the read model, loaded from
-//!          PostgreSQL and kept current from the rows each batch stamped
+//!          not seen yet, Idempotency-Key claims, and the single-flight fill
+//!          of an empty Redis; on the same thread, the accepted-mark writer
+//!          and the pruner of expired Idempotency-Key records
+//! queries: follow.rs (on the todo-db thread too): the read model, loaded
+//!          from PostgreSQL and kept current from the rows each batch
+//!          stamped
 //! ```
 //!
 //! The cores share two things here, both built for it: the librdkafka
 //! producer (thread-safe; its own threads send and report) and the lookup
 //! thread's request queue. The read hot path touches neither.
 
+pub mod db_thread;
 pub mod follow;
-pub mod lookup;
 pub mod producer;
 pub mod refresh;
 
@@ -47,6 +50,6 @@ pub enum DistributedError {
     Store(#[from] todo_store::StoreError),
     #[error(transparent)]
     RedisUrl(#[from] todo_store::resp::RespError),
-    #[error("lookup thread: {0}")]
+    #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }

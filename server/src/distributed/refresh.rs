@@ -4,7 +4,7 @@
 //! and a command connection for `GET todos:snapshot`. Pub/sub is
 //! at-most-once, so every (re)subscribe is followed by a GET before the core
 //! trusts its snapshot again; an empty Redis is filled from PostgreSQL through
-//! the lookup thread (one fill per process however many cores ask). While
+//! the `todo-db` thread (one fill per process however many cores ask). While
 //! Redis is away the core keeps serving what it has, marked stale in
 //! `/metrics` and `/readyz`, and reconnects with backoff.
 
@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 use todo_store::resp::{self, Frame};
 use todo_store::{codec, CHANGED_CHANNEL, SNAPSHOT_KEY};
 
-use super::lookup::Lookups;
+use super::db_thread::DbThread;
 use crate::per_core::Core;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -26,10 +26,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Run forever: subscribe, resync, follow; on any failure mark stale, back
 /// off, start again.
-pub async fn run(core: Rc<Core>, redis_url: String, lookups: Lookups) {
+pub async fn run(core: Rc<Core>, redis_url: String, db_thread: DbThread) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let (synced, err) = session(&core, &redis_url, &lookups).await;
+        let (synced, err) = session(&core, &redis_url, &db_thread).await;
         core.set_stale(true);
         if synced {
             backoff = BACKOFF_MIN;
@@ -43,7 +43,7 @@ pub async fn run(core: Rc<Core>, redis_url: String, lookups: Lookups) {
 }
 
 /// One connected stretch. Returns whether it got in sync, and why it ended.
-async fn session(core: &Core, url: &str, lookups: &Lookups) -> (bool, String) {
+async fn session(core: &Core, url: &str, db_thread: &DbThread) -> (bool, String) {
     let (addr, db) = match resp::parse_url(url) {
         Ok(a) => a,
         Err(e) => return (false, e.to_string()),
@@ -54,13 +54,13 @@ async fn session(core: &Core, url: &str, lookups: &Lookups) -> (bool, String) {
         let mut sub = Conn::connect(&addr, 0).await?;
         sub.call(&[b"SUBSCRIBE", CHANGED_CHANNEL.as_bytes()])
             .await?;
-        resync(core, &mut cmd, lookups).await?;
+        resync(core, &mut cmd, db_thread).await?;
         synced = true;
         core.set_stale(false);
         loop {
             // Any message means "a newer snapshot may exist": read it.
             let _announcement = sub.frame().await?;
-            resync(core, &mut cmd, lookups).await?;
+            resync(core, &mut cmd, db_thread).await?;
         }
     }
     .await;
@@ -71,7 +71,7 @@ async fn session(core: &Core, url: &str, lookups: &Lookups) -> (bool, String) {
 }
 
 /// GET the stored snapshot and install it if newer; fill an empty Redis.
-async fn resync(core: &Core, cmd: &mut Conn, lookups: &Lookups) -> io::Result<()> {
+async fn resync(core: &Core, cmd: &mut Conn, db_thread: &DbThread) -> io::Result<()> {
     for attempt in 0..2 {
         match cmd.call(&[b"GET", SNAPSHOT_KEY.as_bytes()]).await? {
             Frame::BulkString(bytes) => {
@@ -83,12 +83,12 @@ async fn resync(core: &Core, cmd: &mut Conn, lookups: &Lookups) -> io::Result<()
                 })?;
                 if core.install_owned(snapshot) {
                     // The read model follows the same versions.
-                    lookups.changed();
+                    db_thread.changed();
                 }
                 return Ok(());
             }
             Frame::Null if attempt == 0 => {
-                if !lookups.fill().await {
+                if !db_thread.fill().await {
                     return Err(io::Error::other(
                         "Redis is empty and the fill from PostgreSQL failed",
                     ));

@@ -1,8 +1,16 @@
-//! The lookup thread: a tokio runtime with a PostgreSQL pool, for the reads
-//! that are not in the snapshot and for filling an empty Redis. Cores send
-//! requests over a bounded channel and await the reply; nothing here is on
-//! the read hot path. The read model's follower ([`super::follow`]) runs on
-//! the same runtime.
+//! The `todo-db` thread: one tokio runtime, with a PostgreSQL pool, running
+//! four tasks for the distributed path ([`DbThread::start`]):
+//!
+//! - lookups: the reads that are not in the snapshot (`GET /todos/{id}`,
+//!   `GET /commands/{id}`, accounts and categories the read model has not
+//!   seen yet), `Idempotency-Key` claims, and the single-flight fill of an
+//!   empty Redis;
+//! - the read model's follower ([`super::follow`]);
+//! - the accepted-mark writer: marks in Redis that a command was accepted;
+//! - the key pruner: deletes expired `Idempotency-Key` records.
+//!
+//! Cores send requests over bounded channels and await the reply; nothing
+//! here is on the read hot path.
 
 use std::sync::Arc;
 use std::thread;
@@ -55,17 +63,21 @@ const MARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often expired Idempotency-Key records are deleted.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The cores' handle on the `todo-db` thread.
 #[derive(Clone)]
-pub struct Lookups {
+pub struct DbThread {
     tx: flume::Sender<Request>,
     marks: flume::Sender<Mark>,
     /// Wakes the follower: a newer snapshot version was seen.
     changed: Arc<tokio::sync::Notify>,
 }
 
-impl Lookups {
-    /// Start the thread; the follower keeps `model` current from PostgreSQL.
-    pub fn start(settings: &Settings, model: Shared) -> Result<Lookups, DistributedError> {
+impl DbThread {
+    /// Start the `todo-db` thread and on it: the lookups (answering this
+    /// handle's requests), the follower that keeps `model` current from
+    /// PostgreSQL, the writer of accepted marks to Redis, and the pruner of
+    /// expired `Idempotency-Key` records (every [`PRUNE_EVERY`]).
+    pub fn start(settings: &Settings, model: Shared) -> Result<DbThread, DistributedError> {
         let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
         let cache = Publisher::new(&settings.redis_url)?;
         let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
@@ -79,14 +91,14 @@ impl Lookups {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .expect("tokio runtime for lookups");
+                    .expect("tokio runtime for the todo-db thread");
                 rt.spawn(super::follow::run(pool.clone(), model, wake));
                 rt.spawn(run_marks(marks_rx, redis_url));
                 rt.spawn(prune_keys(pool.clone()));
                 rt.block_on(serve(rx, pool, cache));
             })
             .map_err(DistributedError::Thread)?;
-        Ok(Lookups { tx, marks, changed })
+        Ok(DbThread { tx, marks, changed })
     }
 
     /// A core installed a newer snapshot: the read model has changes to

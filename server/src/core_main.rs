@@ -21,18 +21,13 @@ pub enum Refresh {
     /// The core's own Redis subscription.
     Redis {
         url: String,
-        lookups: crate::distributed::lookup::Lookups,
+        db: crate::distributed::db_thread::DbThread,
     },
 }
 
 /// One core's life: accept until shutdown, serving each connection in its own
 /// task; keep the Date header and the snapshot current; then drain.
-pub async fn core_main(
-    core: Rc<Core>,
-    listener: StdListener,
-    refresh: Refresh,
-    shutdown: Shutdown,
-) {
+pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdown: Shutdown) {
     let date_core = core.clone();
     monoio::spawn(async move {
         loop {
@@ -55,8 +50,8 @@ pub async fn core_main(
                 }
             });
         }
-        Refresh::Redis { url, lookups } => {
-            monoio::spawn(crate::distributed::refresh::run(core.clone(), url, lookups));
+        Refresh::Redis { url, db } => {
+            monoio::spawn(crate::distributed::refresh::run(core.clone(), url, db));
         }
     }
 
