@@ -26,8 +26,12 @@
 //! - [`route_limits`]: `--config`: the gateway file and its `[[limit]]`
 //!   rules, per route and per user or client (429 with RateLimit fields).
 //! - [`tls`]: `--listen-tls`: rustls, the certificate and its reload.
-//! - [`metrics`]: per-core counters (clients, and per upstream: requests,
-//!   failures, ejections, latency), summed into Prometheus text.
+//! - [`failure`]: why an exchange with an upstream failed (connect, broken,
+//!   timed out), the class the retry policy and the counters read.
+//! - [`upstream_stats`]: one core's counters for one upstream (requests,
+//!   failures, circuit, latency), carried by each shared upstream.
+//! - [`metrics`]: per-core client counters, and the renderer summing them
+//!   and every upstream's into Prometheus text.
 //! - [`admin`]: the admin listener answering `/metrics` and `/livez`.
 //! - [`config`]: `todo-lb`'s flags and environment variables.
 
@@ -36,6 +40,7 @@ pub mod cache;
 pub mod client_io;
 pub mod client_limits;
 pub mod config;
+pub mod failure;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -45,6 +50,7 @@ pub mod route_limits;
 pub mod spare;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_stats;
 
 use std::net::TcpListener;
 use std::rc::Rc;

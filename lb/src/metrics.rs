@@ -23,26 +23,20 @@
 //! has one writer (its core), so it is an `AtomicU64` bumped with a relaxed
 //! load and store (plain moves on x86, no lock prefix), and every core's
 //! counters sit on cache lines of their own. Client totals are in
-//! [`CoreMetrics`], one per core; per-upstream counters are in
-//! [`UpstreamStats`], one per core inside each shared [`Upstream`], so they
-//! follow an upstream through a re-read upstreams file and go with it. No
-//! lock is taken on the request path; the renderer takes the upstream set's
-//! mutex once per scrape.
+//! [`CoreMetrics`], one per core, here; per-upstream counters are in
+//! [`UpstreamStats`] (`upstream_stats.rs`), one per core inside each shared
+//! [`Upstream`], so they follow an upstream through a re-read upstreams file
+//! and go with it. No lock is taken on the request path; the renderer takes
+//! the upstream set's mutex once per scrape.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use todo_runtime::counter::bump;
 
-use crate::proxy::Failure;
+use crate::failure::Failure;
 use crate::upstream::Upstream;
-
-/// Upper bounds of the upstream latency histogram, in microseconds: from a
-/// loopback answer (tens of µs) to the default upstream timeout (15 s).
-const DURATION_BUCKETS_US: [u64; 17] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
-];
+use crate::upstream_stats::{Circuit, UpstreamStats, DURATION_BUCKETS_US};
 
 /// One core's client-side totals.
 #[derive(Debug, Default)]
@@ -110,73 +104,6 @@ impl CoreMetrics {
     }
 }
 
-/// One core's counters for one upstream.
-/// The states of a core's circuit for an upstream ([`UpstreamStats::circuit`]).
-const CLOSED: u64 = 0;
-const OPEN: u64 = 1;
-const HALF_OPEN: u64 = 2;
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct UpstreamStats {
-    requests: AtomicU64,
-    /// Per [`Failure`], in its declaration order.
-    errors: [AtomicU64; Failure::ALL.len()],
-    ejections: AtomicU64,
-    /// This core's circuit for the upstream: [`CLOSED`], [`OPEN`] or
-    /// [`HALF_OPEN`].
-    circuit: AtomicU64,
-    duration: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
-    duration_sum_us: AtomicU64,
-}
-
-impl UpstreamStats {
-    /// `n` requests written to the upstream in one batch.
-    #[inline]
-    pub fn sent(&self, n: usize) {
-        bump(&self.requests, n as u64);
-    }
-
-    /// `n` responses read `us` microseconds after their batch was sent.
-    #[inline]
-    pub fn answered(&self, n: usize, us: u64) {
-        if n == 0 {
-            return;
-        }
-        let slot = DURATION_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(DURATION_BUCKETS_US.len());
-        bump(&self.duration[slot], n as u64);
-        bump(&self.duration_sum_us, us.saturating_mul(n as u64));
-    }
-
-    pub fn failed(&self, failure: Failure) {
-        bump(&self.errors[failure as usize], 1);
-    }
-
-    /// This core opened the upstream's circuit.
-    pub fn ejected(&self) {
-        bump(&self.ejections, 1);
-        self.circuit.store(OPEN, Relaxed);
-    }
-
-    /// This core's open circuit went half open: one exchange tests it.
-    pub fn probing(&self) {
-        self.circuit.store(HALF_OPEN, Relaxed);
-    }
-
-    /// The test failed: open again (not counted as a new ejection).
-    pub fn reopened(&self) {
-        self.circuit.store(OPEN, Relaxed);
-    }
-
-    /// This core closed the upstream's circuit again.
-    pub fn restored(&self) {
-        self.circuit.store(CLOSED, Relaxed);
-    }
-}
-
 /// Render every core's totals and every current upstream's counters.
 pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> String {
     let mut out = String::with_capacity(4096 + upstreams.len() * 4096);
@@ -222,14 +149,10 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
     );
 
     // Each upstream's per-core slots summed; `label` is `upstream="host:port"`.
-    let sum = |u: &Upstream, f: &dyn Fn(&UpstreamStats) -> &AtomicU64| -> u64 {
-        u.stats.iter().map(|s| f(s).load(Relaxed)).sum()
-    };
-    let cores_in = |u: &Upstream, state: u64| -> usize {
-        u.stats
-            .iter()
-            .filter(|s| s.circuit.load(Relaxed) == state)
-            .count()
+    let sum =
+        |u: &Upstream, f: &dyn Fn(&UpstreamStats) -> u64| -> u64 { u.stats.iter().map(f).sum() };
+    let cores_in = |u: &Upstream, state: Circuit| -> usize {
+        u.stats.iter().filter(|s| s.circuit() == state).count()
     };
     let labels: Vec<String> = upstreams
         .iter()
@@ -238,13 +161,13 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
 
     out.push_str("# HELP todo_lb_upstream_requests_total Requests written to the upstream.\n# TYPE todo_lb_upstream_requests_total counter\n");
     for (u, label) in upstreams.iter().zip(&labels) {
-        let n = sum(u, &|s| &s.requests);
+        let n = sum(u, &|s| s.requests());
         let _ = writeln!(out, "todo_lb_upstream_requests_total{{{label}}} {n}");
     }
     out.push_str("# HELP todo_lb_upstream_errors_total Exchanges with the upstream that failed: connect (no connection within --connect-timeout, nothing sent), timeout (no answer within --upstream-timeout), broken (a reset, an early end of stream or a response that cannot be framed).\n# TYPE todo_lb_upstream_errors_total counter\n");
     for (u, label) in upstreams.iter().zip(&labels) {
         for failure in Failure::ALL {
-            let n = sum(u, &|s| &s.errors[failure as usize]);
+            let n = sum(u, &|s| s.errors(failure));
             let kind = failure.label();
             let _ = writeln!(
                 out,
@@ -254,18 +177,18 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
     }
     out.push_str("# HELP todo_lb_upstream_ejections_total Times a core opened the upstream's circuit (passive ejection after --eject-after failures).\n# TYPE todo_lb_upstream_ejections_total counter\n");
     for (u, label) in upstreams.iter().zip(&labels) {
-        let n = sum(u, &|s| &s.ejections);
+        let n = sum(u, &|s| s.ejections());
         let _ = writeln!(out, "todo_lb_upstream_ejections_total{{{label}}} {n}");
     }
     out.push_str("# HELP todo_lb_upstream_up 1 when the upstream is in rotation: its active check passes and no core holds its circuit open; 0 otherwise.\n# TYPE todo_lb_upstream_up gauge\n");
     for (u, label) in upstreams.iter().zip(&labels) {
-        let up = u.healthy() && cores_in(u, CLOSED) == u.stats.len();
+        let up = u.healthy() && cores_in(u, Circuit::Closed) == u.stats.len();
         let _ = writeln!(out, "todo_lb_upstream_up{{{label}}} {}", u8::from(up));
     }
     out.push_str("# HELP todo_lb_upstream_circuit Cores whose circuit for the upstream is in this state: closed (in use), open (ejected for --eject-for after --eject-after failures), half_open (one exchange testing it).\n# TYPE todo_lb_upstream_circuit gauge\n");
     for (u, label) in upstreams.iter().zip(&labels) {
-        for (state, value) in [("closed", CLOSED), ("open", OPEN), ("half_open", HALF_OPEN)] {
-            let n = cores_in(u, value);
+        for circuit in Circuit::ALL {
+            let (n, state) = (cores_in(u, circuit), circuit.label());
             let _ = writeln!(
                 out,
                 "todo_lb_upstream_circuit{{{label},state=\"{state}\"}} {n}"
@@ -276,14 +199,14 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
     for (u, label) in upstreams.iter().zip(&labels) {
         let mut cumulative = 0;
         for (i, bound) in DURATION_BUCKETS_US.iter().enumerate() {
-            cumulative += sum(u, &|s| &s.duration[i]);
+            cumulative += sum(u, &|s| s.duration(i));
             let _ = writeln!(
                 out,
                 "todo_lb_upstream_duration_seconds_bucket{{{label},le=\"{}\"}} {cumulative}",
                 *bound as f64 / 1e6
             );
         }
-        cumulative += sum(u, &|s| &s.duration[DURATION_BUCKETS_US.len()]);
+        cumulative += sum(u, &|s| s.duration(DURATION_BUCKETS_US.len()));
         let _ = writeln!(
             out,
             "todo_lb_upstream_duration_seconds_bucket{{{label},le=\"+Inf\"}} {cumulative}"
@@ -291,7 +214,7 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
         let _ = writeln!(
             out,
             "todo_lb_upstream_duration_seconds_sum{{{label}}} {}",
-            sum(u, &|s| &s.duration_sum_us) as f64 / 1e6
+            sum(u, &|s| s.duration_sum_us()) as f64 / 1e6
         );
         let _ = writeln!(
             out,

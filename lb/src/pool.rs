@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::config::Balance;
-use crate::metrics::UpstreamStats;
 use crate::ring::Ring;
 use crate::upstream::{Upstream, UpstreamSet};
+use crate::upstream_stats::UpstreamStats;
 
 /// How fast `p2c`'s latency estimate forgets, seconds (Finagle's default):
 /// a stall weighs on an upstream for about this long after it ends.

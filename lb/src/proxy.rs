@@ -43,6 +43,7 @@ use crate::cache::{self, EdgeCache, Lead, Lookup};
 use crate::client_io::ClientIo;
 use crate::client_limits::{ClientConn, ClientLimits};
 use crate::config::{Balance, HashKey, LbConfig, Switch};
+use crate::failure::Failure;
 use crate::metrics::{CacheResult, CoreMetrics, Handshake};
 use crate::pool::{Member, Pool, PoolConfig};
 use crate::ring;
@@ -556,52 +557,25 @@ enum End {
     /// The upstream answered `answered` and said `Connection: close`: it did
     /// not read the rest, which may go elsewhere.
     Closed,
-    /// The upstream failed; the unanswered requests go by [`Failure::may_resend`].
+    /// The upstream failed; the unanswered requests go by [`may_resend`].
     Failed(Failure),
 }
 
-/// Why an upstream failed a batch: where the failure came from decides what
-/// may be sent again and what the client is answered. Also the `kind` of
-/// `todo_lb_upstream_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// No connection: nothing was written.
-    Connect,
-    /// The batch was written, then a reset, an end of stream or a response
-    /// that cannot be framed.
-    Broken,
-    /// The batch was written and not answered within `--upstream-timeout`.
-    TimedOut,
+/// THE retry rule: a request that never reached the upstream may go to
+/// another one; one that did may only if it is idempotent (RFC 9110
+/// §9.2.2), since the upstream may have acted on it.
+fn may_resend(failure: Failure, idempotent: bool) -> bool {
+    failure == Failure::Connect || idempotent
 }
 
-impl Failure {
-    pub const ALL: [Failure; 3] = [Failure::Connect, Failure::Broken, Failure::TimedOut];
-
-    /// Its `kind` label in the metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Broken => "broken",
-            Failure::TimedOut => "timeout",
-        }
-    }
-
-    /// THE retry rule: a request that never reached the upstream may go to
-    /// another one; one that did may only if it is idempotent (RFC 9110
-    /// §9.2.2), since the upstream may have acted on it.
-    fn may_resend(self, idempotent: bool) -> bool {
-        self == Failure::Connect || idempotent
-    }
-
-    /// THE answer for a request that will not be forwarded (again): 503
-    /// when the upstream could not be reached (nothing was sent; the client
-    /// may retry), 504 after a time-out, 502 otherwise.
-    fn answer(self) -> &'static HttpError {
-        match self {
-            Failure::Connect => &NO_UPSTREAM,
-            Failure::TimedOut => &GATEWAY_TIMEOUT,
-            Failure::Broken => &BAD_GATEWAY,
-        }
+/// THE answer for a request that will not be forwarded (again): 503 when
+/// the upstream could not be reached (nothing was sent; the client may
+/// retry), 504 after a time-out, 502 otherwise.
+fn failure_answer(failure: Failure) -> &'static HttpError {
+    match failure {
+        Failure::Connect => &NO_UPSTREAM,
+        Failure::TimedOut => &GATEWAY_TIMEOUT,
+        Failure::Broken => &BAD_GATEWAY,
     }
 }
 
@@ -717,7 +691,7 @@ async fn forward(
         }
         // Requests that must not be sent again are answered here, in turn.
         if let Some(failure) = items[next].poisoned {
-            own_answer(core, out, failure.answer(), &items[next]);
+            own_answer(core, out, failure_answer(failure), &items[next]);
             next += 1;
             continue;
         }
@@ -784,7 +758,7 @@ async fn forward(
                 member.failed(&core.pool_config);
                 failed.push(member.addr());
                 for item in &mut items[next..upto] {
-                    if !failure.may_resend(item.idempotent) {
+                    if !may_resend(failure, item.idempotent) {
                         item.poisoned.get_or_insert(failure);
                     }
                 }
@@ -802,7 +776,7 @@ async fn forward(
 /// healthy to begin with.
 fn answer_rest(core: &LbCore, out: &mut Vec<u8>, items: &[Item], last: Option<Failure>) {
     for item in items {
-        let err = item.poisoned.or(last).map_or(&NO_UPSTREAM, Failure::answer);
+        let err = item.poisoned.or(last).map_or(&NO_UPSTREAM, failure_answer);
         own_answer(core, out, err, item);
     }
 }

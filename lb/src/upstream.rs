@@ -9,8 +9,8 @@
 //!
 //! Passive health (failures seen by the cores while forwarding) stays per
 //! core, in `pool.rs`. Each upstream also carries its counters
-//! ([`UpstreamStats`], one per core, each written by its core only), so they
-//! live as long as the upstream stays in the set.
+//! ([`UpstreamStats`], `upstream_stats.rs`: one per core, each written by its
+//! core only), so they live as long as the upstream stays in the set.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::metrics::UpstreamStats;
 use crate::reloadable::{stamp, FileStamp};
+use crate::upstream_stats::UpstreamStats;
 
 /// One upstream server.
 #[derive(Debug)]
