@@ -89,7 +89,12 @@ pub struct ServeConfig {
     /// Required `aud` claim, when set.
     #[arg(long, global = true, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// This instance's number (0-63), so ids made by several servers never collide.
+    /// This instance's number, so ids made by several servers never collide:
+    /// core k makes ids as node `instance * cores + k`, which must stay below
+    /// 1023 (the top node, 1023, is the seeded todos'): 0-1022 with one core,
+    /// 0-62 with 16 (start-up refuses more). Servers sharing a store need
+    /// node ranges that do not overlap: distinct numbers and the same core
+    /// count.
     #[arg(long, env = "TODO_INSTANCE", default_value_t = 0)]
     pub instance: u16,
     /// The name this server's access log lines give it (default: the host
@@ -101,7 +106,6 @@ pub struct ServeConfig {
     /// what it costs.
     #[arg(long, env = "TODO_ACCESS_LOG", default_value = "off")]
     pub access_log: crate::access_log::Mode,
-    /// `limit` when a request gives none.
     /// Keep rendered pages of `GET /todos?...` per core until the data
     /// changes. Off: every query is computed (for measuring that cost).
     #[arg(long, env = "TODO_PAGE_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -113,6 +117,8 @@ pub struct ServeConfig {
     /// milliseconds each).
     #[arg(long, env = "TODO_AUTH_THREADS", default_value_t = 1)]
     pub auth_threads: usize,
+    /// `limit` when a request gives none. Not checked: keep it within
+    /// 1-1000, the range a given `limit` must be in.
     #[arg(long, env = "TODO_DEFAULT_LIMIT", default_value_t = 20)]
     pub default_limit: usize,
     /// Todos seeded into an empty data directory.

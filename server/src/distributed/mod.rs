@@ -20,9 +20,11 @@
 //!          stamped
 //! ```
 //!
-//! The cores share two things here, both built for it: the librdkafka
-//! producer (thread-safe; its own threads send and report) and the lookup
-//! thread's request queue. The read hot path touches neither.
+//! Each core has its own producer (its own librdkafka client and pack, see
+//! producer.rs). The cores share only what is built for it: the topic's
+//! partition count (learned by the `todo-kafka-meta` thread) and the
+//! delivery counters, both atomics; and the `todo-db` thread's request and
+//! accepted-mark queues. The read hot path touches none of them.
 
 pub mod db_thread;
 pub mod follow;
