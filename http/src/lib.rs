@@ -13,11 +13,14 @@
 //! - [`response`]: appending responses to a connection's output buffer.
 //! - [`error`]: [`HttpError`], the status, code and message a client is
 //!   answered with, and whether the connection closes.
+//! - [`conditional`]: `ETag` and `Cache-Control` of a versioned
+//!   representation, and whether `If-None-Match` names it (`304`).
 //! - [`admin`]: the answer of an admin address (`/metrics`, `/livez`).
 //! - [`date`]: the `Date` value and the head of a `200` JSON response,
 //!   cached per core and refreshed once a second.
 
 pub mod admin;
+pub mod conditional;
 pub mod date;
 pub mod error;
 pub mod http1;

@@ -19,6 +19,7 @@ use crate::config::ServeConfig;
 use crate::metrics::CoreMetrics;
 use crate::read_model::Shared;
 use crate::search::Search;
+use todo_http::conditional::version_headers;
 use todo_http::DateCache;
 
 /// What every core shares with the others (each a handle built for it):
@@ -194,7 +195,7 @@ impl Core {
         let mut h = self.hot.borrow_mut();
         h.bytes.clear();
         h.bytes
-            .extend_from_slice(&list_headers(snapshot.version(), true));
+            .extend_from_slice(&version_headers(snapshot.version(), true));
         if more {
             let mut cursor = [0u8; 16];
             let len =
@@ -291,38 +292,4 @@ struct HotExtra {
     bytes: Vec<u8>,
     /// The whole head, blank line included.
     head: Vec<u8>,
-}
-
-/// `\r\nETag: W/"<version>"\r\nCache-Control: ...` for a list built from
-/// `version`: public lists may be kept by shared caches for a second;
-/// lists that depend on the token only by the client.
-pub fn list_headers(version: u64, public: bool) -> Vec<u8> {
-    let mut h = Vec::with_capacity(80);
-    h.extend_from_slice(b"\r\nETag: W/\"");
-    h.extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
-    h.extend_from_slice(if public {
-        b"\"\r\nCache-Control: public, max-age=1".as_slice()
-    } else {
-        b"\"\r\nCache-Control: private, max-age=1\r\nVary: Authorization".as_slice()
-    });
-    h
-}
-
-/// Whether an `If-None-Match` value names the list of `version` (weak
-/// comparison, RFC 9110 §13.1.2; `*` matches any).
-pub fn not_modified(if_none_match: Option<&[u8]>, version: u64) -> bool {
-    let Some(value) = if_none_match else {
-        return false;
-    };
-    let mut n = itoa::Buffer::new();
-    let want = n.format(version).as_bytes();
-    value.split(|&b| b == b',').any(|tag| {
-        let tag = tag.trim_ascii();
-        let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
-        tag == b"*"
-            || (tag.len() == want.len() + 2
-                && tag[0] == b'"'
-                && tag[tag.len() - 1] == b'"'
-                && &tag[1..tag.len() - 1] == want)
-    })
 }

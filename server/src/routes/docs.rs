@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 use swagger_ui_redist::{SwaggerUi, SwaggerUiStaticFile};
 
 use super::Reply;
-use crate::per_core::{not_modified, Core};
+use crate::per_core::Core;
+use todo_http::conditional::not_modified;
 use todo_http::http1::{Method, Request};
 use todo_http::response::{self, Persist};
 use todo_http::HttpError;

@@ -11,10 +11,11 @@ use super::{Action, Pending, Reply};
 use crate::cache::{page_key, CachedPage};
 use crate::errors;
 use crate::metrics::Route;
-use crate::per_core::{list_headers, not_modified, Core};
+use crate::per_core::Core;
 use crate::query::ListQuery;
 use crate::search::{render_page, Rendered};
 use crate::trace::Trace;
+use todo_http::conditional::{not_modified, version_headers};
 use todo_http::http1::{Method, Request};
 use todo_http::response::Persist;
 use todo_http::HttpError;
@@ -139,7 +140,7 @@ pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) ->
 /// Keep a rendered page in the core's cache; returns what to answer with.
 pub fn cache_page(core: &Core, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<CachedPage> {
     let page_cache = core.config.page_cache;
-    let mut headers = list_headers(r.version, public);
+    let mut headers = version_headers(r.version, public);
     if let Some(link) = &r.link {
         headers.extend_from_slice(b"\r\nLink: ");
         headers.extend_from_slice(link.as_bytes());
