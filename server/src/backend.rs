@@ -1,7 +1,12 @@
 //! Where accepted writes go and where reads outside the snapshot come from:
-//! the embedded apply thread, or the distributed path (Kafka producer,
-//! PostgreSQL lookups). Routes do not know which.
+//! the embedded apply thread, or the distributed path (Kafka producer, the
+//! `todo-db` thread's PostgreSQL lookups). Routes do not know which runs:
+//! they ask [`Backend`] for what they need (a write made durable, a todo,
+//! user or category outside the snapshot, a command's status, the read
+//! model when a refusal may be made from it: [`Backend::current_model`]),
+//! and `/metrics` and `/readyz` ask it for its counters and its name.
 
+use std::sync::RwLockReadGuard;
 use std::time::{Duration, Instant};
 
 use todo_model::{Category, Outcome, TodoCommand, User};
@@ -10,7 +15,7 @@ use crate::distributed::db_thread::{DbThread, KeyArgs};
 use crate::distributed::producer::Producer;
 use crate::embedded;
 use crate::errors::Unavailable;
-use crate::read_model::Shared;
+use crate::read_model::{ReadModel, Shared};
 use crate::trace::Trace;
 use todo_http::HttpError;
 
@@ -239,11 +244,24 @@ impl Backend {
         }
     }
 
-    /// Whether this server's read model may lag the applied state (the
-    /// distributed path): then only the backend's answer is trusted for a
-    /// refusal that depends on state.
-    pub fn lags(&self) -> bool {
-        matches!(self, Backend::Distributed { .. })
+    /// The read model when it holds every applied change (the embedded
+    /// path, where it is the store), so a refusal that depends on state
+    /// (a category not the writer's, a name taken) may be made from it at
+    /// once. `None` where it may trail the applied state (the distributed
+    /// path): there only the apply rule, or PostgreSQL, refuses.
+    pub fn current_model<'m>(&self, model: &'m Shared) -> Option<RwLockReadGuard<'m, ReadModel>> {
+        match self {
+            Backend::Embedded(_) => Some(model.read()),
+            Backend::Distributed { .. } => None,
+        }
+    }
+
+    /// The backend's own metrics, Prometheus text (the Kafka producer's
+    /// deliveries; the embedded path has none of its own).
+    pub fn render_metrics(&self, out: &mut String) {
+        if let Backend::Distributed { producer, .. } = self {
+            producer.render_metrics(out);
+        }
     }
 
     pub fn name(&self) -> &'static str {

@@ -7,10 +7,16 @@
 //!   -> ONE write for the whole batch -> read again
 //! ```
 //!
-//! Responses leave in request order. Writes are handed to the backend as they
-//! are parsed, so the writes of one batch are made durable together; their
-//! responses, and any after them, are appended once confirmed. Responses
-//! before a write never wait for it: they are written first. Buffers are bounded: input by the head and body limits, output by
+//! Responses leave in request order. A todo write (`Action::Write`) is
+//! handed to the backend as it is parsed, so the writes of one batch are
+//! made durable together; their responses, and any after them, are appended
+//! once confirmed. Responses before a write never wait for it: they are
+//! written first. A request that must wait for something else
+//! (`Action::Await`: a write the backend checks first, a lookup, a password
+//! hash, a search) is answered alone: what is before it is written, then it
+//! is awaited.
+//!
+//! Buffers are bounded: input by the head and body limits, output by
 //! `write_buffer` (a full buffer is written before parsing goes on), and at
 //! most `max_pipeline` requests are answered per batch, so a client that
 //! pipelines without reading gets back-pressure, not memory growth.
@@ -209,7 +215,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 queued.push_back(Queued::Ready(later));
                             }
                         }
-                        Action::Await(Pending::Submit(cmd)) => {
+                        Action::Write(cmd) => {
                             let trace = core.trace_ids.trace(req.request_id, req.traceparent);
                             let info = logged.then(|| LogInfo {
                                 user: Some(cmd.user.clone()),

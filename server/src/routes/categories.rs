@@ -95,8 +95,11 @@ pub fn request(
             let name = named(req)?;
             // A model that may lag could hold a name freed a moment ago:
             // then the apply rule alone decides.
-            if !core.backend.lags() && model.read().categories_of(&subject).any(|c| c.name == name)
-            {
+            let taken = core
+                .backend
+                .current_model(model)
+                .is_some_and(|m| m.categories_of(&subject).any(|c| c.name == name));
+            if taken {
                 return Err(NAME_TAKEN);
             }
             Ok(Pending::Apply(command(
@@ -113,14 +116,14 @@ pub fn request(
         (Method::Delete, Some(id)) => {
             // Refused here when this server already sees todos in it; the
             // apply rule refuses it anyway if some landed meanwhile.
-            let m = model.read();
-            if !core.backend.lags() && m.category(id).is_some_and(|c| c.owner == subject) {
-                let n = m.category_todos(id);
-                if n > 0 {
-                    return Err(not_empty(n));
+            if let Some(m) = core.backend.current_model(model) {
+                if m.category(id).is_some_and(|c| c.owner == subject) {
+                    let n = m.category_todos(id);
+                    if n > 0 {
+                        return Err(not_empty(n));
+                    }
                 }
             }
-            drop(m);
             Ok(Pending::Apply(command(Op::DeleteCategory, id, None)))
         }
         _ => Err(HttpError::internal("unroutable category request")),

@@ -55,9 +55,7 @@ pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
         services.accounts.hashes(),
         services.model.version(),
     );
-    if let crate::backend::Backend::Distributed { producer, .. } = &core.backend {
-        producer.render_metrics(&mut text);
-    }
+    core.backend.render_metrics(&mut text);
     response::append(
         out,
         response::Head {

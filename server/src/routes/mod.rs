@@ -1,9 +1,14 @@
 //! Routing: from a parsed request to a response appended to the batch.
 //!
 //! [`dispatch`] answers everything it can synchronously — above all
-//! `GET /todos?limit=N`, straight from the core's snapshot. A request that
-//! must wait (a write being made durable, a lookup outside the snapshot) comes
-//! back as [`Action::Await`]; the connection loop flushes what it has, awaits
+//! `GET /todos?limit=N`, straight from the core's snapshot. A todo write
+//! that passed its checks comes back as [`Action::Write`], its command: the
+//! connection loop hands it to the backend at once and answers it once it
+//! is durable, so the writes of a pipelined batch share one wait
+//! (`conn.rs`). A request that must wait for something else (a write whose
+//! category or `Idempotency-Key` the backend checks first, a lookup outside
+//! the snapshot, a password hash, a search) comes back as
+//! [`Action::Await`]; the connection loop writes what is before it, awaits
 //! [`complete`], and carries on, so responses stay in request order.
 
 pub mod accounts;
@@ -30,17 +35,24 @@ use todo_http::HttpError;
 pub enum Action {
     /// A response was appended.
     Done(Route, u16),
+    /// A checked todo write, for the connection loop to hand to the backend
+    /// and answer once it is durable ([`todos::accepted`]).
+    Write(TodoCommand),
     /// The response needs an await first.
     Await(Pending),
 }
 
-/// Work that needs the backend before it can be answered.
+/// Work that needs the backend (or another thread) before it can be
+/// answered.
 pub enum Pending {
-    Submit(TodoCommand),
-    /// A todo write naming a category this server's read model does not
-    /// know (yet), or carrying an `Idempotency-Key`: the category is asked
-    /// of the backend and the key claimed before the command is submitted.
-    SubmitChecked(TodoCommand),
+    /// A todo write naming a category this server's read model cannot vouch
+    /// for (see [`crate::backend::Backend::current_model`]), or carrying an
+    /// `Idempotency-Key`: `category` is asked of the backend and the key
+    /// claimed before the command is submitted.
+    SubmitChecked {
+        cmd: TodoCommand,
+        category: Option<u64>,
+    },
     GetTodo(u64),
     Outcome(u64),
     /// A `q=` search, and its page cache key (boxed: rare and large).
@@ -132,7 +144,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
         return match req.method {
             Method::Get | Method::Head => todos::list(core, req, out, reply),
             Method::Post => match todos::write(core, req, None) {
-                Ok(pending) => Action::Await(pending),
+                Ok(action) => action,
                 Err(e) => done(Route::TodosWrite, e, out),
             },
             _ => done(
@@ -149,7 +161,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
         return match req.method {
             Method::Get | Method::Head => todos::get(core, id, out, reply),
             Method::Put | Method::Delete => match todos::write(core, req, Some(id)) {
-                Ok(pending) => Action::Await(pending),
+                Ok(action) => action,
                 Err(e) => done(Route::TodosWrite, e, out),
             },
             _ => done(Route::Other, HttpError::method_not_allowed(TODO_ALLOW), out),
@@ -269,13 +281,9 @@ pub async fn complete(
     trace: &Trace,
 ) -> (Route, u16) {
     match pending {
-        Pending::Submit(cmd) => {
-            let result = core.backend.submit(cmd, Some(trace)).await;
-            (Route::TodosWrite, todos::accepted(core, result, out, reply))
-        }
-        Pending::SubmitChecked(cmd) => (
+        Pending::SubmitChecked { cmd, category } => (
             Route::TodosWrite,
-            todos::submit_checked(core, cmd, out, reply, trace).await,
+            todos::submit_checked(core, cmd, category, out, reply, trace).await,
         ),
         Pending::GetTodo(id) => (Route::TodosGet, todos::get_slow(core, id, out, reply).await),
         Pending::Search(search) => (

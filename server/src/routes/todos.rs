@@ -197,8 +197,10 @@ pub async fn get_slow(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> 
 }
 
 /// Check a write: token, body framing, media type, JSON, field rules, the
-/// category. Returns what to await. `id` is `None` for a create.
-pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending, HttpError> {
+/// category. Returns the command for the connection loop to hand to the
+/// backend ([`Action::Write`]), or, when the backend must check it first,
+/// what to await. `id` is `None` for a create.
+pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Action, HttpError> {
     let user = super::subject(core, req)?;
     let op = match (req.method, id) {
         (Method::Post, None) => Op::Create,
@@ -232,23 +234,25 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Pending,
         password_hash: None,
         idempotency,
     };
+    // A keyed write's key is claimed before it is submitted.
     let keyed = cmd.idempotency.is_some();
+    let checked = |cmd, category| Action::Await(Pending::SubmitChecked { cmd, category });
     let Some(category) = category else {
         return Ok(if keyed {
-            Pending::SubmitChecked(cmd)
+            checked(cmd, None)
         } else {
-            Pending::Submit(cmd)
+            Action::Write(cmd)
         });
     };
     // The category must be one of the writer's own: 422 now; the apply
     // rule holds it either way. A model that may lag (made or deleted on
     // another server a moment ago) defers to PostgreSQL.
-    if core.backend.lags() {
-        return Ok(Pending::SubmitChecked(cmd));
-    }
-    match core.services.model.read().category(category) {
-        Some(c) if c.owner == cmd.user && keyed => Ok(Pending::SubmitChecked(cmd)),
-        Some(c) if c.owner == cmd.user => Ok(Pending::Submit(cmd)),
+    let Some(model) = core.backend.current_model(&core.services.model) else {
+        return Ok(checked(cmd, Some(category)));
+    };
+    match model.category(category) {
+        Some(c) if c.owner == cmd.user && keyed => Ok(checked(cmd, None)),
+        Some(c) if c.owner == cmd.user => Ok(Action::Write(cmd)),
         _ => Err(UNKNOWN_CATEGORY),
     }
 }
@@ -293,37 +297,26 @@ pub const UNKNOWN_CATEGORY: HttpError = HttpError::new(
     false,
 );
 
-/// Submit a todo write once the backend confirmed its category and, for a
-/// keyed write, claimed its `Idempotency-Key`.
+/// Submit a todo write once the backend confirmed `category` is the
+/// writer's (`None`: no category, or one confirmed from the read model)
+/// and, for a keyed write, claimed its `Idempotency-Key`.
 pub async fn submit_checked(
     core: &Core,
     cmd: TodoCommand,
+    category: Option<u64>,
     out: &mut Vec<u8>,
     reply: Reply,
     trace: &Trace,
 ) -> u16 {
-    let category = match cmd.fields.category_id.flatten() {
-        Some(category) if core.backend.lags() => category,
-        // Checked already (or none): only the key is left to claim.
-        _ => {
-            return accepted(
-                core,
-                core.backend.submit(cmd, Some(trace)).await,
-                out,
-                reply,
-            )
+    if let Some(category) = category {
+        match core.backend.category(&core.services.model, category).await {
+            Ok(Some(c)) if c.owner == cmd.user => {}
+            Ok(_) => return reply.error(core, out, &UNKNOWN_CATEGORY),
+            Err(unavailable) => return reply.error(core, out, &unavailable.answer()),
         }
-    };
-    match core.backend.category(&core.services.model, category).await {
-        Ok(Some(c)) if c.owner == cmd.user => accepted(
-            core,
-            core.backend.submit(cmd, Some(trace)).await,
-            out,
-            reply,
-        ),
-        Ok(_) => reply.error(core, out, &UNKNOWN_CATEGORY),
-        Err(unavailable) => reply.error(core, out, &unavailable.answer()),
     }
+    let result = core.backend.submit(cmd, Some(trace)).await;
+    accepted(core, result, out, reply)
 }
 
 /// A `q=` search, rendered on the search thread.
