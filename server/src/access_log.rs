@@ -103,8 +103,6 @@ pub struct AccessLog {
     core: usize,
     sink: Option<Sink>,
     seen: Cell<u32>,
-    /// Whether the request being answered is logged.
-    now: Cell<bool>,
     /// The formatted time up to the second, and which second.
     second: RefCell<(u64, Vec<u8>)>,
     buf: RefCell<Vec<u8>>,
@@ -119,7 +117,6 @@ impl AccessLog {
             core,
             sink,
             seen: Cell::new(0),
-            now: Cell::new(false),
             second: RefCell::new((0, Vec::new())),
             buf: RefCell::new(Vec::new()),
         }
@@ -128,22 +125,6 @@ impl AccessLog {
     /// Whether the next request is logged (counts it for `sample:N`).
     #[inline]
     pub fn wants(&self) -> bool {
-        let wants = self.decide();
-        if wants || self.now.get() {
-            self.now.set(wants);
-        }
-        wants
-    }
-
-    /// Whether the request being answered is logged (routes record the
-    /// token's subject for its line only then).
-    #[inline]
-    pub fn logging(&self) -> bool {
-        self.now.get()
-    }
-
-    #[inline]
-    fn decide(&self) -> bool {
         match self.mode {
             Mode::Off => false,
             Mode::On => true,
@@ -279,7 +260,6 @@ mod tests {
             core: 0,
             sink: None,
             seen: Cell::new(0),
-            now: Cell::new(false),
             second: RefCell::new((0, Vec::new())),
             buf: RefCell::new(Vec::new()),
         };

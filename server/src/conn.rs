@@ -40,7 +40,7 @@ use crate::access_log;
 use crate::backend::Submission;
 use crate::metrics::Route;
 use crate::per_core::Core;
-use crate::routes::{self, todos, Action, Pending, Reply};
+use crate::routes::{self, todos, Action, Pending, Reply, Routed};
 use crate::trace::Trace;
 use todo_http::http1::{self, Method, Parsed};
 use todo_http::response::{self, Persist};
@@ -203,13 +203,15 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     let mut later = Vec::new();
                     let target = if behind { &mut later } else { &mut out };
                     let start = target.len();
-                    match routes::dispatch(core, &req, target, persist) {
+                    let Routed { action, user } = routes::dispatch(core, &req, target, persist);
+                    match action {
                         Action::Done(route, status) => {
                             core.metrics().request(route, status);
                             // Ids only where they are used: the hot path
                             // makes none unless asked or logging.
                             if logged || req.request_id.is_some() {
-                                identify(core, &req, target, start, logged, status, t0);
+                                let log_as = logged.then_some(user.as_deref());
+                                identify(core, &req, target, start, log_as, status, t0);
                             }
                             if behind {
                                 queued.push_back(Queued::Ready(later));
@@ -217,10 +219,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         }
                         Action::Write(cmd) => {
                             let trace = core.trace_ids.trace(req.request_id, req.traceparent);
-                            let info = logged.then(|| LogInfo {
-                                user: Some(cmd.user.clone()),
-                                ..LogInfo::of(core, &req)
-                            });
+                            let info = logged.then(|| LogInfo::of(&req, user));
                             let sub = core.backend.start(cmd, Some(&trace));
                             queued.push_back(Queued::Write {
                                 sub,
@@ -237,7 +236,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 *peer = stream.peer_addr().ok().map(|a| a.ip());
                             }
                             let trace = core.trace_ids.trace(req.request_id, req.traceparent);
-                            let info = logged.then(|| LogInfo::of(core, &req));
+                            let info = logged.then(|| LogInfo::of(&req, user));
                             settle(core, stream, &mut out, &mut queued, t0).await?;
                             lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                             let start = out.len();
@@ -246,10 +245,6 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 // be in every connection's future.
                                 Box::pin(routes::complete(core, pending, &mut out, reply, &trace)).await;
                             core.metrics().request(route, status);
-                            let info = info.map(|i| LogInfo {
-                                user: core.seen_user.take().or(i.user),
-                                ..i
-                            });
                             answered(
                                 core,
                                 &mut out,
@@ -387,7 +382,8 @@ struct LogInfo {
     method: &'static str,
     path: String,
     query: String,
-    user: Option<String>,
+    /// The token subject the route verified.
+    user: Option<Rc<str>>,
 }
 
 /// What one access log line names about the request.
@@ -408,19 +404,20 @@ impl LogInfo {
         }
     }
 
-    fn of(core: &Core, req: &http1::Request<'_>) -> LogInfo {
+    fn of(req: &http1::Request<'_>, user: Option<Rc<str>>) -> LogInfo {
         LogInfo {
             method: req.method.as_str(),
             path: req.path.to_string(),
             query: req.query.to_string(),
-            user: core.seen_user.take(),
+            user,
         }
     }
 }
 
 /// A request answered at once that is logged or sent an id: its id in the
-/// response, its line in the log. Out of line: the hot path's common case
-/// is neither.
+/// response, its line in the log (`log_as`: `Some` when it is logged, with
+/// the token subject its route verified). Out of line: the hot path's
+/// common case is neither.
 #[cold]
 #[inline(never)]
 fn identify(
@@ -428,7 +425,7 @@ fn identify(
     req: &http1::Request<'_>,
     out: &mut Vec<u8>,
     start: usize,
-    logged: bool,
+    log_as: Option<Option<&str>>,
     status: u16,
     started: Instant,
 ) {
@@ -436,12 +433,11 @@ fn identify(
         request_id: core.trace_ids.request_id(req.request_id),
         traceparent: None,
     };
-    let user = core.seen_user.take();
-    let line = logged.then(|| LogLine {
+    let line = log_as.map(|user| LogLine {
         method: req.method.as_str(),
         path: req.path,
         query: req.query,
-        user: user.as_deref(),
+        user,
     });
     answered(core, out, start, &trace, line, status, started);
 }

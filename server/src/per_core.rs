@@ -59,9 +59,6 @@ pub struct Core {
     pub trace_ids: crate::trace::Ids,
     /// This core's access log (off unless `--access-log`).
     pub log: crate::access_log::AccessLog,
-    /// The token subject a route verified for the request being answered,
-    /// kept only while the access log wants it.
-    pub seen_user: RefCell<Option<String>>,
     /// Set when shutting down: `/readyz` answers 503 so balancers drain us.
     pub draining: Cell<bool>,
     /// The snapshot cannot be confirmed current (its source is unreachable).
@@ -97,7 +94,6 @@ impl Core {
             index,
             trace_ids: crate::trace::Ids::new(index),
             log,
-            seen_user: RefCell::new(None),
             snapshot: RefCell::new(Rc::new(snapshot.clone())),
             hot: RefCell::new(HotExtra {
                 version: u64::MAX,

@@ -7,6 +7,7 @@
 //! command is made; only the hash is written anywhere.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use serde::Deserialize;
 use todo_model::account::{check_password, check_username, render_user};
@@ -166,7 +167,7 @@ pub async fn complete_login(
 }
 
 /// `GET /users/me`: the token's account.
-pub async fn me(core: &Core, subject: String, out: &mut Vec<u8>, reply: Reply) -> u16 {
+pub async fn me(core: &Core, subject: Rc<str>, out: &mut Vec<u8>, reply: Reply) -> u16 {
     match core.backend.user(&core.services.model, &subject).await {
         Ok(Some(user)) => {
             let mut body = Vec::with_capacity(64);

@@ -70,7 +70,7 @@ pub fn list(core: &Core, subject: &str, out: &mut Vec<u8>, reply: Reply) -> u16 
 pub fn request(
     core: &Core,
     req: &Request<'_>,
-    subject: String,
+    subject: &str,
     id: Option<u64>,
 ) -> Result<Pending, HttpError> {
     let named = |req: &Request<'_>| -> Result<String, HttpError> {
@@ -82,7 +82,7 @@ pub fn request(
         command_id: core.next_id(),
         op,
         todo_id,
-        user: subject.clone(),
+        user: subject.to_string(),
         fields: Fields::default(),
         issued_at: todo_model::now_ms(),
         name,
@@ -98,7 +98,7 @@ pub fn request(
             let taken = core
                 .backend
                 .current_model(model)
-                .is_some_and(|m| m.categories_of(&subject).any(|c| c.name == name));
+                .is_some_and(|m| m.categories_of(subject).any(|c| c.name == name));
             if taken {
                 return Err(NAME_TAKEN);
             }
@@ -108,7 +108,7 @@ pub fn request(
                 Some(name),
             )))
         }
-        (Method::Get | Method::Head, Some(id)) => Ok(Pending::Get(subject, id)),
+        (Method::Get | Method::Head, Some(id)) => Ok(Pending::Get(subject.to_string(), id)),
         (Method::Put, Some(id)) => {
             let name = named(req)?;
             Ok(Pending::Apply(command(Op::UpdateCategory, id, Some(name))))

@@ -19,6 +19,7 @@ pub mod health;
 pub mod todos;
 
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use todo_model::TodoCommand;
 
@@ -30,6 +31,30 @@ use crate::trace::Trace;
 use todo_http::http1::{Method, Request};
 use todo_http::response::{self, Persist};
 use todo_http::HttpError;
+
+/// What routing made of a request: what was done, and who asked.
+pub struct Routed {
+    pub action: Action,
+    /// The subject of the bearer token a route verified, for the access
+    /// log's line (`None`: the route verified none).
+    pub user: Option<Rc<str>>,
+}
+
+impl From<Action> for Routed {
+    /// An action for a request with no verified subject.
+    #[inline]
+    fn from(action: Action) -> Routed {
+        Routed { action, user: None }
+    }
+}
+
+impl Action {
+    /// This action, for the verified token subject `user`.
+    #[inline]
+    pub fn by(self, user: Option<Rc<str>>) -> Routed {
+        Routed { action: self, user }
+    }
+}
 
 /// What a route did with a request.
 pub enum Action {
@@ -59,7 +84,7 @@ pub enum Pending {
     Search(Box<(crate::query::ListQuery, Box<[u8]>)>),
     Register(accounts::Credentials),
     Login(accounts::Credentials, Option<IpAddr>),
-    Me(String),
+    Me(Rc<str>),
     Category(categories::Pending),
 }
 
@@ -118,7 +143,7 @@ const POST_ALLOW: &str = "POST";
 /// connection loop; everything else goes through [`dispatch_other`], kept
 /// out of line so the hot path's code stays small as routes are added.
 #[inline(always)]
-pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Persist) -> Action {
+pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Persist) -> Routed {
     if req.method == Method::Get && req.path == "/todos" {
         let reply = Reply {
             persist,
@@ -130,7 +155,7 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
 }
 
 #[inline(never)]
-fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Persist) -> Action {
+fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Persist) -> Routed {
     let reply = Reply {
         persist,
         head_only: req.method == Method::Head,
@@ -143,28 +168,23 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
     if req.path == "/todos" {
         return match req.method {
             Method::Get | Method::Head => todos::list(core, req, out, reply),
-            Method::Post => match todos::write(core, req, None) {
-                Ok(action) => action,
-                Err(e) => done(Route::TodosWrite, e, out),
-            },
+            Method::Post => todo_write(core, req, None, out, reply),
             _ => done(
                 Route::Other,
                 HttpError::method_not_allowed(TODOS_ALLOW),
                 out,
-            ),
+            )
+            .into(),
         };
     }
     if let Some(id) = req.path.strip_prefix("/todos/") {
         let Some(id) = parse_id(id) else {
-            return done(Route::TodosGet, errors::TODO_NOT_FOUND, out);
+            return done(Route::TodosGet, errors::TODO_NOT_FOUND, out).into();
         };
         return match req.method {
-            Method::Get | Method::Head => todos::get(core, id, out, reply),
-            Method::Put | Method::Delete => match todos::write(core, req, Some(id)) {
-                Ok(action) => action,
-                Err(e) => done(Route::TodosWrite, e, out),
-            },
-            _ => done(Route::Other, HttpError::method_not_allowed(TODO_ALLOW), out),
+            Method::Get | Method::Head => todos::get(core, id, out, reply).into(),
+            Method::Put | Method::Delete => todo_write(core, req, Some(id), out, reply),
+            _ => done(Route::Other, HttpError::method_not_allowed(TODO_ALLOW), out).into(),
         };
     }
     if let Some(id) = req.path.strip_prefix("/commands/") {
@@ -172,7 +192,8 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
             (false, _) => done(Route::Other, HttpError::method_not_allowed(READ_ALLOW), out),
             (true, None) => done(Route::Commands, errors::COMMAND_NOT_FOUND, out),
             (true, Some(id)) => Action::Await(Pending::Outcome(id)),
-        };
+        }
+        .into();
     }
     match req.path {
         "/users" => {
@@ -183,6 +204,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
                 },
                 _ => done(Route::Users, HttpError::method_not_allowed(POST_ALLOW), out),
             }
+            .into()
         }
         "/sessions" => {
             return match req.method {
@@ -196,28 +218,29 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
                     HttpError::method_not_allowed(POST_ALLOW),
                     out,
                 ),
-            };
+            }
+            .into();
         }
         "/users/me" => {
             if !read {
-                return done(Route::Users, HttpError::method_not_allowed(READ_ALLOW), out);
+                return done(Route::Users, HttpError::method_not_allowed(READ_ALLOW), out).into();
             }
             return match subject(core, req) {
-                Ok(s) => Action::Await(Pending::Me(s)),
-                Err(e) => done(Route::Users, e, out),
+                Ok(s) => Action::Await(Pending::Me(s.clone())).by(Some(s)),
+                Err(e) => done(Route::Users, e, out).into(),
             };
         }
         "/categories" => {
             let subject = match subject(core, req) {
                 Ok(s) => s,
-                Err(e) => return done(Route::Categories, e, out),
+                Err(e) => return done(Route::Categories, e, out).into(),
             };
             return match req.method {
                 Method::Get | Method::Head => Action::Done(
                     Route::Categories,
                     categories::list(core, &subject, out, reply),
                 ),
-                Method::Post => match categories::request(core, req, subject, None) {
+                Method::Post => match categories::request(core, req, &subject, None) {
                     Ok(p) => Action::Await(Pending::Category(p)),
                     Err(e) => done(Route::Categories, e, out),
                 },
@@ -226,7 +249,8 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
                     HttpError::method_not_allowed(TODOS_ALLOW),
                     out,
                 ),
-            };
+            }
+            .by(Some(subject));
         }
         _ => {}
     }
@@ -239,37 +263,62 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
                 Route::Categories,
                 HttpError::method_not_allowed(TODO_ALLOW),
                 out,
-            );
+            )
+            .into();
         }
         let subject = match subject(core, req) {
             Ok(s) => s,
-            Err(e) => return done(Route::Categories, e, out),
+            Err(e) => return done(Route::Categories, e, out).into(),
         };
         let Some(id) = parse_id(id) else {
-            return done(Route::Categories, categories::CATEGORY_NOT_FOUND, out);
+            return done(Route::Categories, categories::CATEGORY_NOT_FOUND, out).by(Some(subject));
         };
-        return match categories::request(core, req, subject, Some(id)) {
+        return match categories::request(core, req, &subject, Some(id)) {
             Ok(p) => Action::Await(Pending::Category(p)),
             Err(e) => done(Route::Categories, e, out),
-        };
+        }
+        .by(Some(subject));
     }
     if docs::owns(req.path) {
-        return Action::Done(Route::Docs, docs::serve(core, req, out, reply));
+        return Action::Done(Route::Docs, docs::serve(core, req, out, reply)).into();
     }
     let route = match req.path {
         "/livez" | "/readyz" => Route::Health,
         "/metrics" => Route::Metrics,
-        _ => return done(Route::Other, HttpError::NOT_FOUND, out),
+        _ => return done(Route::Other, HttpError::NOT_FOUND, out).into(),
     };
     if !read {
-        return done(Route::Other, HttpError::method_not_allowed(READ_ALLOW), out);
+        return done(Route::Other, HttpError::method_not_allowed(READ_ALLOW), out).into();
     }
     let status = match req.path {
         "/livez" => health::livez(core, out, reply),
         "/readyz" => health::readyz(core, out, reply),
         _ => health::metrics(core, out, reply),
     };
-    Action::Done(route, status)
+    Action::Done(route, status).into()
+}
+
+/// `POST /todos`, `PUT` and `DELETE /todos/{id}`: the token's subject
+/// first (401 without one), then the write's own checks.
+fn todo_write(
+    core: &Core,
+    req: &Request<'_>,
+    id: Option<u64>,
+    out: &mut Vec<u8>,
+    reply: Reply,
+) -> Routed {
+    let refused = |err: HttpError, out: &mut Vec<u8>| {
+        Action::Done(Route::TodosWrite, reply.error(core, out, &err))
+    };
+    let user = match subject(core, req) {
+        Ok(user) => user,
+        Err(e) => return refused(e, out).into(),
+    };
+    match todos::write(core, req, &user, id) {
+        Ok(action) => action,
+        Err(e) => refused(e, out),
+    }
+    .by(Some(user))
 }
 
 /// Answer a [`Pending`] request once the backend has replied.
@@ -311,18 +360,12 @@ pub async fn complete(
 }
 
 /// The subject of the request's bearer token (401 without a valid one).
-pub fn subject(core: &Core, req: &Request<'_>) -> Result<String, HttpError> {
+pub fn subject(core: &Core, req: &Request<'_>) -> Result<Rc<str>, HttpError> {
     let now = todo_model::now_ms() / 1000;
-    let subject = core
-        .tokens
+    core.tokens
         .borrow_mut()
         .subject(&core.verifier, req.authorization, now)
-        .map(|s| s.to_string())
-        .map_err(|e| errors::unauthorized(e.to_string()))?;
-    if core.log.logging() {
-        *core.seen_user.borrow_mut() = Some(subject.clone());
-    }
-    Ok(subject)
+        .map_err(|e| errors::unauthorized(e.to_string()))
 }
 
 /// A JSON object body of type `T` (`what` names it in errors): 411

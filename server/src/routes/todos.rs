@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use sha2::{Digest, Sha256};
 use todo_model::{Fields, Idempotency, Op, TodoCommand, SNAPSHOT_MAX};
 
-use super::{Action, Pending, Reply};
+use super::{Action, Pending, Reply, Routed};
 use crate::cache::{page_key, CachedPage};
 use crate::errors;
 use crate::metrics::Route;
@@ -23,9 +23,9 @@ use todo_http::HttpError;
 /// `GET /todos`: the hot path when the query is empty or only `limit=N`,
 /// the read model otherwise ([`query`]).
 #[inline]
-pub fn list(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
+pub fn list(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Routed {
     match hot_limit(req.query, core.config.default_limit) {
-        Some(limit) => hot(core, req, limit, out, reply),
+        Some(limit) => hot(core, req, limit, out, reply).into(),
         None => query(core, req, out, reply),
     }
 }
@@ -84,8 +84,7 @@ fn hot(core: &Core, req: &Request<'_>, limit: usize, out: &mut Vec<u8>, reply: R
 /// `GET /todos` with filters, a sort or a cursor: from the core's page
 /// cache when the model has not changed since the page was rendered, else
 /// rendered from the read model (searches on the search thread).
-pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Action {
-    let done = |status| Action::Done(Route::TodosQuery, status);
+pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Routed {
     // A token that does not verify leaves a public query public; `mine`
     // below says 401.
     let subject = req.authorization.and_then(|auth| {
@@ -95,24 +94,22 @@ pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) ->
             .subject(&core.verifier, Some(auth), now)
             .ok()
     });
-    if core.log.logging() {
-        *core.seen_user.borrow_mut() = subject.as_deref().map(str::to_string);
-    }
+    let done = |status, subject| Action::Done(Route::TodosQuery, status).by(subject);
     let version = core.services.model.version();
     {
         // Built in the core's scratch buffer: a hit allocates nothing.
         let mut key = core.scratch.borrow_mut();
         page_key(&mut key, req.query, subject.as_deref());
         if let Some(page) = core.pages.borrow().get(&key, version) {
-            return done(answer_page(core, req, page, out, reply));
+            return done(answer_page(core, req, page, out, reply), subject);
         }
     }
     if !core.services.model.loaded() {
-        return done(reply.error(core, out, &errors::NOT_READY));
+        return done(reply.error(core, out, &errors::NOT_READY), subject);
     }
     let mut q = match ListQuery::parse(req.query, None, core.config.default_limit) {
         Ok(q) => q,
-        Err(e) => return done(reply.error(core, out, &e)),
+        Err(e) => return done(reply.error(core, out, &e), subject),
     };
     if q.mine {
         match &subject {
@@ -123,18 +120,18 @@ pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) ->
                     .verify(req.authorization)
                     .err()
                     .map_or_else(|| "invalid token".to_string(), |e| e.to_string());
-                return done(reply.error(core, out, &errors::unauthorized(e)));
+                return done(reply.error(core, out, &errors::unauthorized(e)), None);
             }
         }
     }
     // The key the lookup above built, kept for the page about to be made.
     let key: Box<[u8]> = core.scratch.borrow().as_slice().into();
     if q.is_search() {
-        return Action::Await(super::Pending::Search(Box::new((q, key))));
+        return Action::Await(super::Pending::Search(Box::new((q, key)))).by(subject);
     }
     let rendered = render_page(&core.services.model.read(), &q);
     let page = cache_page(core, key, rendered, !q.mine);
-    done(answer_page(core, req, &page, out, reply))
+    done(answer_page(core, req, &page, out, reply), subject)
 }
 
 /// Keep a rendered page in the core's cache; returns what to answer with.
@@ -200,8 +197,13 @@ pub async fn get_slow(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> 
 /// category. Returns the command for the connection loop to hand to the
 /// backend ([`Action::Write`]), or, when the backend must check it first,
 /// what to await. `id` is `None` for a create.
-pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Action, HttpError> {
-    let user = super::subject(core, req)?;
+/// `user` is the token's subject, checked by the caller.
+pub fn write(
+    core: &Core,
+    req: &Request<'_>,
+    user: &str,
+    id: Option<u64>,
+) -> Result<Action, HttpError> {
     let op = match (req.method, id) {
         (Method::Post, None) => Op::Create,
         (Method::Put, Some(_)) => Op::Update,
@@ -227,7 +229,7 @@ pub fn write(core: &Core, req: &Request<'_>, id: Option<u64>) -> Result<Action, 
         command_id: core.next_id(),
         op,
         todo_id,
-        user,
+        user: user.to_string(),
         fields,
         issued_at: todo_model::now_ms(),
         name: None,
