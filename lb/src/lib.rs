@@ -3,15 +3,22 @@
 //! todo-server.
 //!
 //! ```text
-//! client -> core k (SO_REUSEPORT; TLS by tls.rs on --listen-tls) -> proxy.rs: parse every request, admit
-//!           (client_limits.rs), pick an upstream (pool.rs), ONE write of the
-//!           batch, read the answers, ONE write back in request order
+//! client -> core k (SO_REUSEPORT; TLS by tls.rs on --listen-tls)
+//!   -> proxy/conn.rs: read; proxy/batch.rs: parse every request ([[limit]]s:
+//!      route_limits.rs); admit (client_limits.rs)
+//!   -> proxy/forward.rs: the edge cache (cache.rs); pick an upstream (pool.rs),
+//!      ONE write of the batch, read the answers (failover: proxy/retry.rs)
+//!   -> proxy/conn.rs: ONE write back in request order
 //! upstream.rs: the upstream set, active health checks, the upstreams file
 //! admin.rs:    --admin ADDR, its own thread: /metrics (metrics.rs) and /livez
 //! ```
 //!
 //! - [`proxy`]: per client connection, parse every request, forward the
-//!   batch to one upstream, answer in order; retry and failover.
+//!   batch to one upstream, answer in order; retry and failover. In parts:
+//!   `conn.rs` the connection and its loop, `batch.rs` parsing a batch,
+//!   `forward.rs` runs to the upstreams and their answers back, `retry.rs`
+//!   the retry policy, `state.rs` the core's state ([`proxy::LbCore`]) in
+//!   parts.
 //! - [`pool`]: per core, keep-alive upstream pools, the balancing policy
 //!   (`--balance`), passive ejection (circuit breaker).
 //! - [`client_io`]: the client side of a connection, plain or TLS.
@@ -193,14 +200,15 @@ pub fn run(
         let pin = config.pin;
         let tls = certs.clone().zip(tls_listeners.next());
         let thread = todo_runtime::spawn_core("todo-lb", index, pin, driver, move || {
-            let mut core = LbCore::new(index, config, set, clients, metrics, id_prefix);
+            let mut core = LbCore::new(index, &config, set, clients, metrics, id_prefix);
             // Without a file no rule can ever be in force: the proxy skips
             // the check entirely.
-            if core.config.config.is_some() {
-                core.route_limits = Some(route_limits::CoreLimits::new(route_limits.rules.clone()));
+            if config.config.is_some() {
+                core.limits.routes =
+                    Some(route_limits::CoreLimits::new(route_limits.rules.clone()));
             }
             let core = Rc::new(core);
-            core_main(core, listener, tls, shutdown)
+            core_main(core, listener, tls, config.drain_timeout, shutdown)
         })
         .map_err(LbError::Thread)?;
         threads.push(thread);
@@ -256,6 +264,7 @@ async fn core_main(
     core: Rc<LbCore>,
     listener: TcpListener,
     tls: Option<(Arc<tls::TlsCerts>, TcpListener)>,
+    drain_timeout: Duration,
     shutdown: Shutdown,
 ) {
     let date_core = core.clone();
@@ -273,11 +282,11 @@ async fn core_main(
         monoio::spawn(async move {
             lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
                 let (core, tls) = (core.clone(), tls.clone());
-                core.open.set(core.open.get() + 1);
+                core.conns.open.set(core.conns.open.get() + 1);
                 core.metrics().accepted();
                 monoio::spawn(async move {
                     proxy::serve_tls(core.clone(), &tls, stream, peer).await;
-                    core.open.set(core.open.get() - 1);
+                    core.conns.open.set(core.conns.open.get() - 1);
                     core.metrics().closed();
                 });
             })
@@ -286,11 +295,11 @@ async fn core_main(
     });
     lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
         let core = core.clone();
-        core.open.set(core.open.get() + 1);
+        core.conns.open.set(core.conns.open.get() + 1);
         core.metrics().accepted();
         monoio::spawn(async move {
             proxy::serve(core.clone(), stream, peer).await;
-            core.open.set(core.open.get() - 1);
+            core.conns.open.set(core.conns.open.get() - 1);
             core.metrics().closed();
         });
     })
@@ -299,6 +308,6 @@ async fn core_main(
         accepting.await;
     }
     // Drain: connections finish their batch in flight and close.
-    core.drain();
-    lifecycle::drained(&core.open, core.config.drain_timeout).await;
+    core.conns.drain();
+    lifecycle::drained(&core.conns.open, drain_timeout).await;
 }

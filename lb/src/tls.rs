@@ -5,7 +5,7 @@
 //!                            no  -> 400 in plain text, close (a plain-HTTP
 //!                                   client on the TLS port learns why)
 //!                            yes -> rustls handshake (within --header-timeout)
-//!                                   -> proxy.rs, the same loop as plain
+//!                                   -> proxy/conn.rs, the same loop as plain
 //! ```
 //!
 //! - rustls with the ring provider; TLS 1.3 and 1.2; ALPN `http/1.1` only

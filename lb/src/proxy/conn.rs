@@ -1,0 +1,337 @@
+//! One client connection, from its start to its end: the TLS start on
+//! `--listen-tls`, the per-client connection limit, then the loop, one
+//! batch a turn:
+//!
+//! ```text
+//! read_more  what the client sent next (--idle-timeout between requests,
+//!            --header-timeout within one: 408; 413 past the size limit)
+//! parse      batch.rs: every complete request into the batch
+//! answer     admit them against the client's rate (429 the rest); forward
+//!            the admitted ones (forward.rs); the error that ended the parse
+//! send       ONE write of the answers, in request order; what follows waits
+//!            for the next read, or the connection closes
+//! ```
+//!
+//! This is where the core is taken apart: each step gets the parts it reads.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use todo_http::response::{self, Persist};
+use todo_http::{DateCache, HttpError};
+
+use crate::client_io::ClientIo;
+use crate::client_limits::ClientConn;
+use crate::metrics::{CoreMetrics, Handshake};
+use crate::tls::{self, CoreTls, TlsStream};
+
+use super::batch::{Batch, Cut, Reader};
+use super::forward::Forwarding;
+use super::state::{Connections, LbCore, Reading};
+use super::READ_CHUNK;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+static RATE_LIMITED: HttpError = HttpError::new(
+    429,
+    "rate_limited",
+    "too many requests from this client",
+    false,
+)
+.with_retry_after(1);
+static TLS_REQUIRED: HttpError = HttpError::new(
+    400,
+    "tls_required",
+    "this port speaks TLS: use https:// (plain HTTP is served on --listen)",
+    true,
+);
+static TOO_MANY_CONNECTIONS: HttpError = HttpError::new(
+    429,
+    "too_many_connections",
+    "too many connections from this client",
+    true,
+)
+.with_retry_after(1);
+
+/// Serve one plain client connection until it closes.
+pub async fn serve(core: Rc<LbCore>, stream: TcpStream, peer: SocketAddr) {
+    let fd = stream.as_raw_fd();
+    serve_on(&core, stream, fd, peer).await;
+}
+
+/// Serve one connection accepted on `--listen-tls`: refuse plain HTTP with a
+/// 400 that says why, else the handshake (both within `--header-timeout`),
+/// then the same loop as plain.
+pub async fn serve_tls(core: Rc<LbCore>, tls: &CoreTls, stream: TcpStream, peer: SocketAddr) {
+    let fd = stream.as_raw_fd();
+    let within = core.reading.header_timeout;
+    match monoio::time::timeout(within, first_byte(&stream)).await {
+        Ok(Some(tls::HANDSHAKE_RECORD)) => {}
+        Ok(Some(_)) => {
+            core.metrics().handshake(Handshake::PlainHttp);
+            let mut stream = stream;
+            let mut out = Vec::new();
+            response::append_error(&mut out, &TLS_REQUIRED, &core.date, Persist::Close);
+            let _ = stream.write_from(&mut out).await;
+            stream.close().await;
+            return;
+        }
+        Ok(None) | Err(_) => {
+            core.metrics().handshake(Handshake::Failed);
+            return;
+        }
+    }
+    match monoio::time::timeout(within, TlsStream::accept(stream, tls.config(), tls.spare())).await
+    {
+        Ok(Ok(stream)) => {
+            core.metrics().handshake(Handshake::Ok);
+            serve_on(&core, stream, fd, peer).await;
+        }
+        Ok(Err(_)) | Err(_) => core.metrics().handshake(Handshake::Failed),
+    }
+}
+
+/// The first byte the client sent, left in the socket; `None` at its end.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    loop {
+        stream.readable(false).await.ok()?;
+        let mut byte = 0u8;
+        // SAFETY: `stream` owns the descriptor for this call, and `byte` is a
+        // valid one-byte buffer that outlives it. MSG_PEEK leaves the byte
+        // for the TLS library to read.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            1 => return Some(byte),
+            0 => return None,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Serve a connection (plain or TLS; `fd` is its socket) until it closes.
+async fn serve_on<S: ClientIo>(core: &LbCore, mut stream: S, fd: RawFd, peer: SocketAddr) {
+    let Some(client) = core.limits.clients.connect(peer.ip()) else {
+        let mut out = Vec::new();
+        response::append_error(&mut out, &TOO_MANY_CONNECTIONS, &core.date, Persist::Close);
+        let _ = stream.write_from(&mut out).await;
+        stream.close().await;
+        return;
+    };
+    core.conns.enter(fd);
+    let linger = matches!(proxy(core, &mut stream, peer, &client).await, Ok(true));
+    core.conns.leave(fd);
+    if linger {
+        stream.close().await;
+    }
+}
+
+/// The loop; `Ok(true)` when the connection should linger before closing.
+async fn proxy<S: ClientIo>(
+    core: &LbCore,
+    stream: &mut S,
+    peer: SocketAddr,
+    client: &ClientConn,
+) -> io::Result<bool> {
+    let mut reader = Reader::new(
+        &core.reading,
+        &core.ids,
+        &core.date,
+        core.cache.is_some(),
+        peer,
+    );
+    let mut conn = Conn::new(stream, core);
+    let mut batch = Batch::new();
+    let forwarding = Forwarding {
+        upstreams: &core.upstreams,
+        cache: core.cache.as_ref(),
+        date: &core.date,
+        metrics: core.metrics(),
+    };
+    loop {
+        if let Next::Close { linger } = conn.read_more().await? {
+            return Ok(linger);
+        }
+        let routes = core.limits.routes_now();
+        let cut = reader.parse(&conn.input, routes.as_deref().map(Arc::as_ref), &mut batch);
+        conn.answer(&forwarding, client, &mut batch, &cut).await;
+        if let Next::Close { linger } = conn.send(&batch, &cut).await? {
+            return Ok(linger);
+        }
+    }
+}
+
+/// What the loop does next.
+enum Next {
+    /// Go on: parse what was read, or read again.
+    Go,
+    /// End the connection; `linger`: drain what the client still sends for
+    /// a moment first (it may not have read our last answer yet).
+    Close { linger: bool },
+}
+
+/// A client connection in the loop: its stream, its buffers, its header
+/// clock, and the parts of the core the loop itself reads.
+struct Conn<'c, S> {
+    stream: &'c mut S,
+    conns: &'c Connections,
+    reading: &'c Reading,
+    date: &'c DateCache,
+    metrics: &'c CoreMetrics,
+    /// What the client sent that no batch has taken yet.
+    input: Vec<u8>,
+    /// The answers of a batch, written in one go.
+    out: Vec<u8>,
+    /// The upstreams' answers as they are read (large enough for a
+    /// depth-80 batch of responses in one read).
+    upbuf: Vec<u8>,
+    /// When the request at the input's start began arriving
+    /// (`--header-timeout`); `None` with no request begun.
+    started: Option<Instant>,
+}
+
+impl<'c, S: ClientIo> Conn<'c, S> {
+    fn new(stream: &'c mut S, core: &'c LbCore) -> Self {
+        Conn {
+            stream,
+            conns: &core.conns,
+            reading: &core.reading,
+            date: &core.date,
+            metrics: core.metrics(),
+            input: Vec::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(READ_CHUNK),
+            upbuf: Vec::with_capacity(64 * 1024),
+            started: None,
+        }
+    }
+
+    /// Read what the client sent next onto the input. Close at its end,
+    /// after a time-out (408 within a request), past the size limit (413),
+    /// or in a drain with nothing left to answer.
+    async fn read_more(&mut self) -> io::Result<Next> {
+        if self.conns.draining() && self.input.is_empty() {
+            return Ok(Next::Close { linger: false });
+        }
+        if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+            if self.input.len() >= self.reading.read_max {
+                self.refuse(&HttpError::PAYLOAD_TOO_LARGE).await?;
+                return Ok(Next::Close { linger: true });
+            }
+            self.input.reserve(self.input.capacity().max(READ_CHUNK));
+        }
+        let wait = read_wait(self.reading, self.started);
+        let res = match monoio::time::timeout(wait, self.stream.read_to(&mut self.input)).await {
+            Ok(r) => r,
+            Err(_) if self.started.is_some() => {
+                self.refuse(&HttpError::HEADER_TIMEOUT).await?;
+                return Ok(Next::Close { linger: false });
+            }
+            Err(_) => return Ok(Next::Close { linger: false }),
+        };
+        if res? == 0 {
+            return Ok(Next::Close { linger: false });
+        }
+        Ok(Next::Go)
+    }
+
+    /// The balancer's last answer on the connection, `err` (counted as a
+    /// request), written at once.
+    async fn refuse(&mut self, err: &HttpError) -> io::Result<()> {
+        self.metrics.requests(1);
+        response::append_error(&mut self.out, err, self.date, Persist::Close);
+        self.stream.write_from(&mut self.out).await
+    }
+
+    /// Answer a parsed batch into the output: the `100 Continue` the next
+    /// request waits for, the requests the client's rate admits (forwarded
+    /// or answered here), 429 for the others, and the error that ended the
+    /// parse.
+    async fn answer(
+        &mut self,
+        forwarding: &Forwarding<'_>,
+        client: &ClientConn,
+        batch: &mut Batch,
+        cut: &Cut,
+    ) {
+        if cut.send_continue {
+            self.out.extend_from_slice(CONTINUE);
+        }
+        self.metrics
+            .requests(batch.items.len() + usize::from(cut.ending.is_some()));
+        let admitted = client.admit(batch.items.len());
+        if admitted > 0 {
+            forwarding
+                .forward(batch, admitted, &self.input, &mut self.upbuf, &mut self.out)
+                .await;
+        }
+        for item in &batch.items[admitted..] {
+            item.answer(&mut self.out, &RATE_LIMITED, self.date);
+        }
+        if let Some(err) = &cut.ending {
+            response::append_error(&mut self.out, err, self.date, Persist::Close);
+        }
+    }
+
+    /// ONE write of the batch's answers; then its requests leave the input,
+    /// or the connection closes (after an error, a `Connection: close`, or
+    /// in a drain).
+    async fn send(&mut self, batch: &Batch, cut: &Cut) -> io::Result<Next> {
+        self.stream.write_from(&mut self.out).await?;
+        if cut.ending.is_some() || cut.closes {
+            return Ok(Next::Close { linger: true });
+        }
+        self.input.drain(..cut.used);
+        self.started = header_clock(
+            self.input.is_empty(),
+            !batch.items.is_empty(),
+            self.started,
+            Instant::now,
+        );
+        if self.conns.draining() {
+            // Every answer of this batch is out; what the client sends next
+            // goes to a balancer that is staying.
+            return Ok(Next::Close { linger: false });
+        }
+        Ok(Next::Go)
+    }
+}
+
+/// How long the next read may wait: `--idle-timeout` with no request begun,
+/// else what is left of `--header-timeout` since it began.
+fn read_wait(reading: &Reading, started: Option<Instant>) -> Duration {
+    match started {
+        None => reading.idle_timeout,
+        Some(t) => reading.header_timeout.saturating_sub(t.elapsed()),
+    }
+}
+
+/// The header clock after a batch: stopped when the input is empty;
+/// restarted (`now`) when the batch took requests and left bytes of the next
+/// one, or when bytes came with no request begun; else the request still
+/// incomplete keeps the time it began, so a client sending a byte at a time
+/// gets no longer than `--header-timeout`.
+fn header_clock(
+    input_empty: bool,
+    took_requests: bool,
+    started: Option<Instant>,
+    now: impl FnOnce() -> Instant,
+) -> Option<Instant> {
+    match (input_empty, took_requests, started) {
+        (true, _, _) => None,
+        (false, true, _) | (false, false, None) => Some(now()),
+        (false, false, Some(t)) => Some(t),
+    }
+}
