@@ -374,3 +374,275 @@ fn verified_user(
     *last = Some((token.to_vec(), key));
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use todo_http::http1::RequestLimits;
+
+    const PEER: &str = "10.0.0.7:5555";
+    const GET: &str = "GET /todos HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn reading(hash_key: Option<HashKey>) -> Reading {
+        Reading {
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            limits: RequestLimits::default(),
+            read_max: 1 << 20,
+            hash_key,
+        }
+    }
+
+    /// `input` parsed as one batch: by a fresh connection from [`PEER`] on
+    /// core 0 of a process whose id prefix is 1.
+    fn parse(input: &str, hash_key: Option<HashKey>, cache: bool) -> (Batch, Cut) {
+        let (reading, ids, date) = (
+            reading(hash_key),
+            RequestIds::new(1, 0),
+            DateCache::default(),
+        );
+        let mut reader = Reader::new(&reading, &ids, &date, cache, PEER.parse().unwrap());
+        let mut batch = Batch::new();
+        let cut = reader.parse(input.as_bytes(), None, &mut batch);
+        (batch, cut)
+    }
+
+    fn forwarded(batch: &Batch, i: usize) -> &str {
+        let item = &batch.items[i];
+        std::str::from_utf8(&batch.fwd[item.start as usize..item.end as usize]).unwrap()
+    }
+
+    fn item(idempotent: bool) -> Item {
+        Item {
+            start: 0,
+            end: 0,
+            local: false,
+            idempotent,
+            head: false,
+            poisoned: None,
+            closes: false,
+            key: 0,
+            cache: None,
+            span: (0, 0),
+        }
+    }
+
+    #[test]
+    fn every_complete_request_is_rewritten_and_a_partial_one_waits() {
+        let first = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let second = "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+        let input = format!("{first}{second}GET /c HTTP/1.1\r\nHo");
+        let (batch, cut) = parse(&input, None, false);
+        assert_eq!(batch.items.len(), 2);
+        assert_eq!(
+            cut.used,
+            first.len() + second.len(),
+            "the partial one stays"
+        );
+        assert!(cut.ending.is_none() && !cut.closes && !cut.send_continue);
+        assert_eq!(
+            forwarded(&batch, 0),
+            "GET /a HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.7\r\n\
+             X-Request-Id: 000000010000000000000000\r\n\r\n"
+        );
+        assert_eq!(
+            forwarded(&batch, 1),
+            "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-Forwarded-For: 10.0.0.7\r\n\
+             X-Request-Id: 000000010000000000000001\r\n\r\nhi",
+            "the body follows the blank line as it came"
+        );
+        assert!(batch.items[0].idempotent && !batch.items[1].idempotent);
+        assert_eq!(
+            batch.items[1].head_in(input.as_bytes()),
+            &second.as_bytes()[..second.len() - 2]
+        );
+        assert!(batch
+            .items
+            .iter()
+            .all(|i| !i.local && i.key == 0 && i.cache.is_none()));
+    }
+
+    #[test]
+    fn a_request_id_the_client_sent_is_kept() {
+        let (batch, _) = parse(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc\r\n\r\n",
+            None,
+            false,
+        );
+        assert_eq!(
+            forwarded(&batch, 0),
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc\r\nX-Forwarded-For: 10.0.0.7\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_close_ends_the_batch_at_its_request() {
+        let close = "GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let (batch, cut) = parse(&format!("{close}{GET}"), None, false);
+        assert_eq!(batch.items.len(), 1);
+        assert!(cut.closes && batch.items[0].closes);
+        assert_eq!(cut.used, close.len());
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_parsed_ends_the_batch_after_the_good_ones() {
+        let (batch, cut) = parse(&format!("{GET}{GET}BAD\r\n\r\n{GET}"), None, false);
+        assert_eq!(batch.items.len(), 2);
+        assert_eq!(cut.used, 2 * GET.len());
+        assert_eq!(cut.ending.map(|e| e.status), Some(400));
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch_requests() {
+        let (batch, cut) = parse(&GET.repeat(MAX_BATCH + 7), None, false);
+        assert_eq!(batch.items.len(), MAX_BATCH);
+        assert_eq!(
+            cut.used,
+            MAX_BATCH * GET.len(),
+            "the rest waits for the next turn"
+        );
+        assert!(cut.ending.is_none() && !cut.closes);
+    }
+
+    #[test]
+    fn continue_is_asked_for_once_per_request_that_waits_for_it() {
+        let head =
+            "POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+        let (reading, ids, date) = (reading(None), RequestIds::new(1, 0), DateCache::default());
+        let mut reader = Reader::new(&reading, &ids, &date, false, PEER.parse().unwrap());
+        let mut batch = Batch::new();
+        let cut = reader.parse(head.as_bytes(), None, &mut batch);
+        assert!(cut.send_continue && batch.items.is_empty() && cut.used == 0);
+        // More of the same request: the 100 went out already.
+        let cut = reader.parse(head.as_bytes(), None, &mut batch);
+        assert!(!cut.send_continue);
+        // It completes, and the next one asks again.
+        let cut = reader.parse(format!("{head}hi{head}").as_bytes(), None, &mut batch);
+        assert_eq!(batch.items.len(), 1);
+        assert!(cut.send_continue);
+    }
+
+    #[test]
+    fn hash_keys_follow_hash_key_and_fall_back_to_the_client() {
+        let client = ring::ip_key(PEER.parse::<SocketAddr>().unwrap().ip());
+        let key = |input: &str, how: Option<HashKey>| parse(input, how, false).0.items[0].key;
+        assert_eq!(key(GET, None), 0, "other policies key nothing");
+        assert_eq!(key(GET, Some(HashKey::ClientIp)), client);
+
+        let user = Some(HashKey::Header("x-user".into()));
+        assert_eq!(
+            key(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-User: ann\r\n\r\n",
+                user.clone()
+            ),
+            ring::key(b"ann")
+        );
+        assert_eq!(key(GET, user), client);
+
+        #[derive(serde::Serialize)]
+        struct Claims {
+            sub: &'static str,
+        }
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &Claims { sub: "bob" },
+            &jsonwebtoken::EncodingKey::from_secret(b"any"),
+        )
+        .unwrap();
+        let jwt = Some(HashKey::JwtSub);
+        let bearer = format!("GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        assert_eq!(key(&bearer, jwt.clone()), ring::key(b"bob"));
+        let garbage = "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not.a.token\r\n\r\n";
+        assert_eq!(key(garbage, jwt.clone()), client);
+        assert_eq!(key(GET, jwt), client);
+    }
+
+    #[test]
+    fn only_public_gets_get_a_cache_probe_and_only_with_the_cache_on() {
+        let probe = |input: &str, cache: bool| parse(input, None, cache).0.items[0].cache;
+        assert_eq!(
+            probe(GET, true).map(|p| p.target),
+            Some(ring::key(b"/todos"))
+        );
+        assert!(probe(GET, false).is_none());
+        let authorized = "GET /todos HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\n\r\n";
+        assert!(probe(authorized, true).is_none());
+        assert!(probe(
+            "POST /todos HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            true
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn a_limit_refusal_is_answered_here_in_its_turn() {
+        let path = std::env::temp_dir().join(format!("todo-lb-batch-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[limit]]\nroute = \"POST /todos\"\nper = \"client\"\nrate = 1\nburst = 1\n",
+        )
+        .unwrap();
+        let shared = crate::route_limits::SharedLimits::load(Some(path.clone()), None).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let routes = shared.current();
+
+        let post = "POST /todos HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+        let input = format!("{post}{post}{GET}");
+        let (reading, ids, date) = (reading(None), RequestIds::new(1, 0), DateCache::default());
+        let mut reader = Reader::new(&reading, &ids, &date, false, PEER.parse().unwrap());
+        let mut batch = Batch::new();
+        let cut = reader.parse(input.as_bytes(), Some(&routes), &mut batch);
+
+        assert_eq!(cut.used, input.len());
+        let local: Vec<bool> = batch.items.iter().map(|i| i.local).collect();
+        assert_eq!(
+            local,
+            [false, true, false],
+            "the second POST is over the burst"
+        );
+        let refused = &batch.items[1];
+        let answer = &batch.local[refused.start as usize..refused.end as usize];
+        let text = std::str::from_utf8(answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 429 "), "{text}");
+        assert!(text.contains("RateLimit-Policy: \"POST /todos\""), "{text}");
+        // Only the admitted ones are forwarded: a POST and the GET.
+        assert_eq!(batch.fwd.windows(4).filter(|w| w == b"POST").count(), 1);
+        assert_eq!(batch.fwd.windows(3).filter(|w| w == b"GET").count(), 1);
+    }
+
+    #[test]
+    fn a_failure_poisons_only_what_may_not_be_sent_again() {
+        let mut post = item(false);
+        post.failed(Failure::Connect);
+        assert_eq!(post.poisoned, None, "never written: it may go elsewhere");
+        post.failed(Failure::Broken);
+        post.failed(Failure::TimedOut);
+        assert_eq!(
+            post.poisoned,
+            Some(Failure::Broken),
+            "the first failure answers"
+        );
+        let mut get = item(true);
+        get.failed(Failure::TimedOut);
+        assert_eq!(get.poisoned, None);
+    }
+
+    #[test]
+    fn the_balancers_answer_to_a_head_has_no_body() {
+        let date = DateCache::default();
+        let err = HttpError::new(502, "bad_gateway", "gone", false);
+        let (mut get, mut head) = (Vec::new(), Vec::new());
+        item(true).answer(&mut get, &err, &date);
+        Item {
+            head: true,
+            ..item(true)
+        }
+        .answer(&mut head, &err, &date);
+        assert!(get.starts_with(b"HTTP/1.1 502 ") && head.starts_with(b"HTTP/1.1 502 "));
+        assert!(head.ends_with(b"\r\n\r\n"), "no body after the head");
+        assert!(get.len() > head.len());
+        assert!(get.windows(11).any(|w| w == b"bad_gateway"));
+    }
+}

@@ -335,3 +335,217 @@ fn header_clock(
         (false, false, Some(t)) => Some(t),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    use todo_testkit::http::Response;
+
+    use crate::client_limits::{ClientLimitConfig, ClientLimits};
+    use crate::config::LbConfig;
+    use crate::upstream::UpstreamSet;
+
+    const GET: &str = "GET /todos HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// A client that sends `reads`, one per read, then ends its side (or,
+    /// `hang`, sends nothing more and stays), and keeps each write.
+    #[derive(Default)]
+    struct Client {
+        reads: VecDeque<Vec<u8>>,
+        hang: bool,
+        writes: Vec<Vec<u8>>,
+    }
+
+    impl Client {
+        fn sending(reads: &[&[u8]]) -> Self {
+            Client {
+                reads: reads.iter().map(|r| r.to_vec()).collect(),
+                ..Client::default()
+            }
+        }
+
+        /// The status of every response written, in order.
+        fn statuses(&self) -> Vec<u16> {
+            let all = self.writes.concat();
+            let mut at = 0;
+            let mut statuses = Vec::new();
+            while let Some((response, used)) = Response::parse(&all[at..], false).unwrap() {
+                statuses.push(response.status);
+                at += used;
+            }
+            assert_eq!(at, all.len(), "every byte written frames");
+            statuses
+        }
+    }
+
+    impl ClientIo for Client {
+        async fn read_to(&mut self, input: &mut Vec<u8>) -> io::Result<usize> {
+            match self.reads.pop_front() {
+                Some(chunk) => {
+                    input.extend_from_slice(&chunk);
+                    Ok(chunk.len())
+                }
+                None if self.hang => std::future::pending().await,
+                None => Ok(0),
+            }
+        }
+
+        async fn write_from(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+            self.writes.push(out.clone());
+            out.clear();
+            Ok(())
+        }
+
+        async fn close(&mut self) {}
+    }
+
+    /// A core with no upstream at all: every request forwarded is answered
+    /// 503 here, so what a test sees is the loop's own doing.
+    fn core(tune: impl FnOnce(&mut LbConfig)) -> LbCore {
+        let mut config = LbConfig::for_tests(&[]);
+        config.cores = 1;
+        tune(&mut config);
+        let clients = Arc::new(ClientLimits::new(ClientLimitConfig {
+            rate: config.rate,
+            burst: config.burst.unwrap_or(config.rate).max(1.0),
+            max_conns: config.max_conns_per_client,
+        }));
+        let set = Arc::new(UpstreamSet::new(Vec::new(), 1));
+        let metrics: Arc<[CoreMetrics]> = Arc::new([CoreMetrics::default()]);
+        LbCore::new(0, &config, set, clients, metrics, 1)
+    }
+
+    /// The loop on `client` until it ends: whether it lingers.
+    fn run(core: &LbCore, client: &mut Client) -> bool {
+        let peer: SocketAddr = "10.0.0.7:5555".parse().unwrap();
+        let limit = core.limits.clients.connect(peer.ip()).unwrap();
+        let mut result = None;
+        todo_runtime::cores::block_on(todo_runtime::Driver::Legacy, async {
+            result = Some(proxy(core, client, peer, &limit).await);
+        })
+        .unwrap();
+        result.unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_pipelined_batch_is_answered_in_one_write_in_order() {
+        let core = core(|_| {});
+        let mut client = Client::sending(&[format!("{GET}{GET}BAD\r\n\r\n").as_bytes()]);
+        let linger = run(&core, &mut client);
+        assert_eq!(client.writes.len(), 1);
+        assert_eq!(
+            client.statuses(),
+            [503, 503, 400],
+            "the error that ended it last"
+        );
+        assert!(linger, "closed after the 400: let the client read it");
+    }
+
+    #[test]
+    fn requests_split_at_every_byte_are_each_answered_once() {
+        let core = core(|_| {});
+        let input = format!("{GET}{GET}");
+        for cut in 1..input.len() {
+            let (a, b) = input.as_bytes().split_at(cut);
+            let mut client = Client::sending(&[a, b]);
+            assert!(!run(&core, &mut client));
+            assert_eq!(client.statuses(), [503, 503], "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn continue_goes_out_before_the_body_is_sent() {
+        let core = core(|_| {});
+        let head =
+            "POST /todos HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+        let mut client = Client::sending(&[head.as_bytes(), b"hi"]);
+        run(&core, &mut client);
+        assert_eq!(client.writes[0], CONTINUE);
+        assert_eq!(client.statuses(), [100, 503]);
+    }
+
+    #[test]
+    fn requests_over_the_clients_rate_are_answered_429() {
+        let core = core(|c| {
+            c.rate = 1.0;
+            c.burst = Some(2.0);
+        });
+        let mut client = Client::sending(&[GET.repeat(3).as_bytes()]);
+        run(&core, &mut client);
+        assert_eq!(client.statuses(), [503, 503, 429]);
+    }
+
+    #[test]
+    fn connection_close_is_answered_and_what_follows_is_not() {
+        let core = core(|_| {});
+        let close = "GET /todos HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut client = Client::sending(&[format!("{close}{GET}").as_bytes()]);
+        assert!(run(&core, &mut client));
+        assert_eq!(client.statuses(), [503]);
+    }
+
+    #[test]
+    fn a_draining_core_takes_no_new_batch() {
+        let core = core(|_| {});
+        core.conns.drain();
+        let mut client = Client::sending(&[GET.as_bytes()]);
+        assert!(!run(&core, &mut client));
+        assert!(client.writes.is_empty());
+        assert_eq!(client.reads.len(), 1, "not even read");
+    }
+
+    #[test]
+    fn a_request_not_complete_within_the_header_timeout_is_408() {
+        let core = core(|c| c.header_timeout = Duration::from_millis(50));
+        let mut client = Client {
+            hang: true,
+            ..Client::sending(&[b"GET /todos HT"])
+        };
+        assert!(!run(&core, &mut client));
+        assert_eq!(client.statuses(), [408]);
+    }
+
+    #[test]
+    fn an_idle_connection_closes_without_a_word() {
+        let core = core(|c| c.idle_timeout = Duration::from_millis(50));
+        let mut client = Client {
+            hang: true,
+            ..Client::default()
+        };
+        assert!(!run(&core, &mut client));
+        assert!(client.writes.is_empty());
+    }
+
+    #[test]
+    fn the_header_clock_runs_from_the_first_byte_of_a_request() {
+        let (t0, now) = (Instant::now(), Instant::now() + Duration::from_secs(3));
+        let clock = |empty, took, started| header_clock(empty, took, started, || now);
+        assert_eq!(clock(true, true, Some(t0)), None, "nothing left: stopped");
+        assert_eq!(clock(true, false, Some(t0)), None);
+        assert_eq!(
+            clock(false, true, Some(t0)),
+            Some(now),
+            "the next request began"
+        );
+        assert_eq!(clock(false, false, None), Some(now), "a request began");
+        assert_eq!(
+            clock(false, false, Some(t0)),
+            Some(t0),
+            "still the same request: a byte at a time gains nothing"
+        );
+    }
+
+    #[test]
+    fn a_read_waits_the_idle_time_or_what_is_left_of_the_header_time() {
+        let reading = Reading::new(&LbConfig::for_tests(&[]));
+        assert_eq!(read_wait(&reading, None), reading.idle_timeout);
+        let begun = Instant::now() - Duration::from_secs(3);
+        let left = read_wait(&reading, Some(begun));
+        assert!(left <= reading.header_timeout - Duration::from_secs(3));
+        assert!(left > reading.header_timeout - Duration::from_secs(4));
+        let long_ago = Instant::now() - reading.header_timeout * 2;
+        assert_eq!(read_wait(&reading, Some(long_ago)), Duration::ZERO);
+    }
+}

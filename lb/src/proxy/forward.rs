@@ -398,3 +398,173 @@ fn mark_miss(out: &mut Vec<u8>, from: usize) {
         out.splice(at..at, b"X-Cache: MISS\r\n".iter().copied());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    const EMPTY: &str = "HTTP/1.1 204 No Content\r\n\r\n";
+
+    fn item() -> Item {
+        Item {
+            start: 0,
+            end: 0,
+            local: false,
+            idempotent: true,
+            head: false,
+            poisoned: None,
+            closes: false,
+            key: 7,
+            cache: None,
+            span: (0, 0),
+        }
+    }
+
+    /// `buf` framed for `waiting`, without the cache; what reached the client.
+    fn frame_plain(buf: &str, waiting: &[Item]) -> (Framed, String) {
+        let mut out = Vec::new();
+        let framed = frame(buf.as_bytes(), waiting, 1 << 20, false, &mut out, |_| {});
+        (framed, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_run_goes_to_one_upstream_up_to_what_is_answered_here() {
+        let run = |items: &[Item], next| run_end(items, next, false);
+        let four = [item(), item(), item(), item()];
+        assert_eq!(run(&four, 0), 4);
+        assert_eq!(run(&four, 2), 4);
+
+        let mut local = [item(), item(), item(), item()];
+        local[2].local = true;
+        assert_eq!(run(&local, 0), 2, "a [[limit]] 429 is answered in its turn");
+
+        let mut poisoned = [item(), item(), item()];
+        poisoned[1].poisoned = Some(Failure::Broken);
+        assert_eq!(run(&poisoned, 0), 1);
+
+        let mut cached = [item(), item(), item()];
+        cached[1].cache = Some(cache::probe(true, false, b"/", b"GET / HTTP/1.1\r\n\r\n").unwrap());
+        assert_eq!(run(&cached, 0), 1, "the cache looks at it first");
+
+        let mut keys = [item(), item(), item()];
+        keys[2].key = 8;
+        assert_eq!(
+            run(&keys, 0),
+            2,
+            "hash: another key, maybe another upstream"
+        );
+
+        assert_eq!(run_end(&four, 1, true), 2, "a cache fetch goes alone");
+    }
+
+    #[test]
+    fn complete_responses_are_framed_and_a_partial_one_waits() {
+        let buf = format!("{OK}{EMPTY}HTTP/1.1 200 OK\r\nContent-Le");
+        let (framed, out) = frame_plain(&buf, &[item(), item(), item()]);
+        assert_eq!((framed.answered, framed.used), (2, OK.len() + EMPTY.len()));
+        assert_eq!(framed.end, Framing::Open);
+        assert_eq!(out, format!("{OK}{EMPTY}"));
+    }
+
+    #[test]
+    fn an_interim_response_is_not_forwarded() {
+        let buf = format!("HTTP/1.1 100 Continue\r\n\r\n{OK}");
+        let (framed, out) = frame_plain(&buf, &[item()]);
+        assert_eq!((framed.answered, framed.used), (1, buf.len()));
+        assert_eq!(out, OK, "we sent the client its 100 ourselves");
+    }
+
+    #[test]
+    fn an_upstreams_close_is_not_passed_to_a_client_that_stays() {
+        let closing = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+        let buf = format!("{closing}{OK}");
+        let (framed, out) = frame_plain(&buf, &[item(), item()]);
+        assert_eq!(framed.end, Framing::Closed);
+        assert_eq!(
+            (framed.answered, framed.used),
+            (1, closing.len()),
+            "nothing after it is read"
+        );
+        assert!(!out.to_ascii_lowercase().contains("connection"), "{out}");
+        assert!(out.ends_with("\r\n\r\nok"));
+
+        // The client asked to close itself: the answer says so.
+        let (_, out) = frame_plain(
+            closing,
+            &[Item {
+                closes: true,
+                ..item()
+            }],
+        );
+        assert_eq!(out, closing);
+    }
+
+    #[test]
+    fn the_answer_to_a_head_is_framed_without_its_body() {
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        let buf = format!("{head}{OK}");
+        let (framed, out) = frame_plain(
+            &buf,
+            &[
+                Item {
+                    head: true,
+                    ..item()
+                },
+                item(),
+            ],
+        );
+        assert_eq!((framed.answered, framed.used), (2, buf.len()));
+        assert_eq!(out, buf);
+    }
+
+    #[test]
+    fn an_unframable_response_breaks_the_exchange_after_those_before_it() {
+        let buf = format!("{OK}NOT HTTP AT ALL\r\n\r\n");
+        let (framed, out) = frame_plain(&buf, &[item(), item()]);
+        assert_eq!(framed.end, Framing::Broken);
+        assert_eq!(framed.answered, 1);
+        assert_eq!(out, OK);
+    }
+
+    #[test]
+    fn bytes_past_the_last_answer_are_left_unframed() {
+        // A response nobody asked for: the exchange sees `used` short of the
+        // buffer and does not pool the connection.
+        let buf = format!("{OK}{OK}");
+        let (framed, _) = frame_plain(&buf, &[item()]);
+        assert_eq!((framed.answered, framed.used), (1, OK.len()));
+        assert!(framed.used < buf.len());
+    }
+
+    #[test]
+    fn with_the_cache_on_each_answer_is_marked_a_miss_and_held_as_it_came() {
+        let mut out = Vec::new();
+        let mut held = Vec::new();
+        let framed = frame(
+            OK.as_bytes(),
+            &[item()],
+            1 << 20,
+            true,
+            &mut out,
+            |r: &[u8]| held.push(r.to_vec()),
+        );
+        assert_eq!(framed.answered, 1);
+        assert_eq!(held, [OK.as_bytes()]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-Cache: MISS\r\nContent-Length: 2\r\n\r\nok"
+        );
+    }
+
+    #[test]
+    fn the_miss_mark_goes_after_the_status_line_past_empty_lines() {
+        let mut out = b"before".to_vec();
+        out.extend_from_slice(b"\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+        mark_miss(&mut out, 6);
+        assert_eq!(
+            out,
+            b"before\r\n\r\nHTTP/1.1 200 OK\r\nX-Cache: MISS\r\n\r\n"
+        );
+    }
+}
