@@ -39,7 +39,7 @@ use std::os::fd::AsRawFd;
 use crate::access_log;
 use crate::backend::Submission;
 use crate::metrics::Route;
-use crate::per_core::Core;
+use crate::per_core::{Core, Observability};
 use crate::routes::{self, todos, Action, Pending, Reply, Routed};
 use crate::trace::Trace;
 use todo_http::http1::{self, Method, Parsed};
@@ -76,7 +76,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
             Ok(Ending::Quiet(last)) => active = last,
             Ok(Ending::Linger) => return Box::pin(lifecycle::linger(&mut stream)).await,
             Err(e) if lifecycle::is_send_timeout(&e) => {
-                core.metrics().send_timed_out();
+                core.obs.metrics().send_timed_out();
                 return;
             }
             Ok(Ending::Close) | Err(_) => return,
@@ -101,14 +101,16 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
     let mut active = Instant::now();
     // Cancels a read that waited too long, without losing what it read.
     let mut canceller = Canceller::new();
-    let mut input: Vec<u8> = core.take_buffer(config.read_buffer.max(MIN_READ_SPACE));
+    let mut input: Vec<u8> = core
+        .conns
+        .take_buffer(config.read_buffer.max(MIN_READ_SPACE));
     // Grows to fit the batch's responses; pooled buffers already have.
-    let mut out: Vec<u8> = core.take_buffer(0);
+    let mut out: Vec<u8> = core.conns.take_buffer(0);
     // When the request still incomplete in `input` began arriving.
     let mut started: Option<Instant> = None;
     let mut sent_continue = false;
     // Writes started in this batch, and the responses queued behind them.
-    let mut queued: VecDeque<Queued> = VecDeque::new();
+    let mut queued: VecDeque<Queued<'_>> = VecDeque::new();
 
     loop {
         if input.capacity() - input.len() < MIN_READ_SPACE {
@@ -117,10 +119,10 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 response::append_error(
                     &mut out,
                     &HttpError::PAYLOAD_TOO_LARGE,
-                    &core.date,
+                    &core.reads.date,
                     persist,
                 );
-                core.metrics().request(Route::Other, 413);
+                core.obs.metrics().request(Route::Other, 413);
                 lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                 return Ok(Ending::Linger);
             }
@@ -142,10 +144,10 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     response::append_error(
                         &mut out,
                         &HttpError::HEADER_TIMEOUT,
-                        &core.date,
+                        &core.reads.date,
                         Persist::Close,
                     );
-                    core.metrics().request(Route::Other, 408);
+                    core.obs.metrics().request(Route::Other, 408);
                     lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
                     return Ok(Ending::Close);
                 }
@@ -153,8 +155,8 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     return Ok(Ending::Close);
                 }
                 // Quiet: both buffers go back to the pool.
-                core.put_buffer(input, MAX_POOLED);
-                core.put_buffer(out, MAX_POOLED);
+                core.conns.put_buffer(input, MAX_POOLED);
+                core.conns.put_buffer(out, MAX_POOLED);
                 return Ok(Ending::Quiet(active));
             }
             other => other,
@@ -188,7 +190,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     // Draining: this response is the connection's last; the
                     // client sends what follows it on a new connection
                     // (RFC 9112 §9.3.2), which reaches a server still running.
-                    let persist = match (req.keep_alive && !core.draining.get(), req.http10) {
+                    let persist = match (req.keep_alive && !core.conns.draining(), req.http10) {
                         (false, _) => Persist::Close,
                         (true, true) => Persist::KeepAlive10,
                         (true, false) => Persist::KeepAlive,
@@ -196,31 +198,32 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                     let reply = Reply {
                         persist,
                         head_only: req.method == Method::Head,
+                        date: &core.reads.date,
                     };
                     // Behind a write in flight, a response waits its turn.
                     let behind = !queued.is_empty();
-                    let logged = core.log.on && core.log.wants();
+                    let logged = core.obs.log.on && core.obs.log.wants();
                     let mut later = Vec::new();
                     let target = if behind { &mut later } else { &mut out };
                     let start = target.len();
                     let Routed { action, user } = routes::dispatch(core, &req, target, persist);
                     match action {
                         Action::Done(route, status) => {
-                            core.metrics().request(route, status);
+                            core.obs.metrics().request(route, status);
                             // Ids only where they are used: the hot path
                             // makes none unless asked or logging.
                             if logged || req.request_id.is_some() {
                                 let log_as = logged.then_some(user.as_deref());
-                                identify(core, &req, target, start, log_as, status, t0);
+                                identify(&core.obs, &req, target, start, log_as, status, t0);
                             }
                             if behind {
                                 queued.push_back(Queued::Ready(later));
                             }
                         }
                         Action::Write(cmd) => {
-                            let trace = core.trace_ids.trace(req.request_id, req.traceparent);
+                            let trace = core.obs.ids.trace(req.request_id, req.traceparent);
                             let info = logged.then(|| LogInfo::of(&req, user));
-                            let sub = core.backend.start(cmd, Some(&trace));
+                            let sub = core.writes.backend.start(cmd, Some(&trace));
                             queued.push_back(Queued::Write {
                                 sub,
                                 reply,
@@ -235,7 +238,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 // else needs it.
                                 *peer = stream.peer_addr().ok().map(|a| a.ip());
                             }
-                            let trace = core.trace_ids.trace(req.request_id, req.traceparent);
+                            let trace = core.obs.ids.trace(req.request_id, req.traceparent);
                             let info = logged.then(|| LogInfo::of(&req, user));
                             settle(core, stream, &mut out, &mut queued, t0).await?;
                             lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
@@ -244,9 +247,9 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 // Boxed: a rare wait whose state need not
                                 // be in every connection's future.
                                 Box::pin(routes::complete(core, pending, &mut out, reply, &trace)).await;
-                            core.metrics().request(route, status);
+                            core.obs.metrics().request(route, status);
                             answered(
-                                core,
+                                &core.obs,
                                 &mut out,
                                 start,
                                 &trace,
@@ -278,8 +281,8 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                 }
                 Err(err) => {
                     settle(core, stream, &mut out, &mut queued, t0).await?;
-                    core.metrics().request(Route::Other, err.status);
-                    response::append_error(&mut out, &err, &core.date, Persist::Close);
+                    core.obs.metrics().request(Route::Other, err.status);
+                    response::append_error(&mut out, &err, &core.reads.date, Persist::Close);
                     ending = Some(Ending::Linger);
                     break;
                 }
@@ -288,7 +291,8 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
         settle(core, stream, &mut out, &mut queued, t0).await?;
         lifecycle::flush_within(stream, &mut out, config.send_timeout).await?;
         if served > 0 {
-            core.metrics()
+            core.obs
+                .metrics()
                 .batch(served, t0.elapsed().as_micros() as u64);
         }
         if let Some(ending) = ending {
@@ -308,11 +312,11 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
 // Most slots are writes (a pipelined batch of them); boxing each would
 // allocate per write to make the rarer ready responses smaller.
 #[allow(clippy::large_enum_variant)]
-enum Queued {
+enum Queued<'a> {
     /// A write handed to the backend; its response is known once it finishes.
     Write {
         sub: Submission,
-        reply: Reply,
+        reply: Reply<'a>,
         trace: Trace,
         /// What the access log line says, when the request is logged.
         info: Option<LogInfo>,
@@ -330,7 +334,7 @@ async fn settle(
     core: &Core,
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    queued: &mut VecDeque<Queued>,
+    queued: &mut VecDeque<Queued<'_>>,
     started: Instant,
 ) -> io::Result<()> {
     if queued.is_empty() {
@@ -343,7 +347,7 @@ async fn settle_queued(
     core: &Core,
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    queued: &mut VecDeque<Queued>,
+    queued: &mut VecDeque<Queued<'_>>,
     started: Instant,
 ) -> io::Result<()> {
     // What is answered already leaves before the wait.
@@ -356,12 +360,12 @@ async fn settle_queued(
                 trace,
                 info,
             } => {
-                let result = core.backend.finish(sub).await;
+                let result = core.writes.backend.finish(sub).await;
                 let start = out.len();
-                let status = todos::accepted(core, result, out, reply);
-                core.metrics().request(Route::TodosWrite, status);
+                let status = todos::accepted(result, out, reply);
+                core.obs.metrics().request(Route::TodosWrite, status);
                 answered(
-                    core,
+                    &core.obs,
                     out,
                     start,
                     &trace,
@@ -421,7 +425,7 @@ impl LogInfo {
 #[cold]
 #[inline(never)]
 fn identify(
-    core: &Core,
+    obs: &Observability,
     req: &http1::Request<'_>,
     out: &mut Vec<u8>,
     start: usize,
@@ -430,7 +434,7 @@ fn identify(
     started: Instant,
 ) {
     let trace = Trace {
-        request_id: core.trace_ids.request_id(req.request_id),
+        request_id: obs.ids.request_id(req.request_id),
         traceparent: None,
     };
     let line = log_as.map(|user| LogLine {
@@ -439,13 +443,13 @@ fn identify(
         query: req.query,
         user,
     });
-    answered(core, out, start, &trace, line, status, started);
+    answered(obs, out, start, &trace, line, status, started);
 }
 
 /// After a response was appended at `out[start..]`: put the request's ids
 /// in its head and, when it is logged, write its access log line.
 fn answered(
-    core: &Core,
+    obs: &Observability,
     out: &mut Vec<u8>,
     start: usize,
     trace: &Trace,
@@ -455,8 +459,8 @@ fn answered(
 ) {
     crate::trace::stamp(out, start, trace);
     if let Some(line) = line {
-        core.log.write(
-            core.metrics(),
+        obs.log.write(
+            obs.metrics(),
             &access_log::Entry {
                 method: line.method,
                 path: line.path,
@@ -503,15 +507,13 @@ async fn read_within<T: monoio::buf::IoBufMut>(
 /// Wait, holding no buffer, until the connection is readable (true), or it
 /// is closed for being idle too long or for the drain (false).
 async fn wait_quietly(core: &Core, stream: &TcpStream, until: Instant) -> bool {
-    if core.draining.get() {
+    if core.conns.draining() {
         return false;
     }
     let fd = stream.as_raw_fd();
-    core.quiet.borrow_mut().insert(fd, until);
-    core.metrics().quiet(core.quiet.borrow().len());
+    core.obs.metrics().quiet(core.conns.go_quiet(fd, until));
     let ready = stream.readable(false).await;
-    core.quiet.borrow_mut().remove(&fd);
-    core.metrics().quiet(core.quiet.borrow().len());
+    core.obs.metrics().quiet(core.conns.wake(fd));
     // When the sweeper shut the socket down, the read that follows sees the
     // end of stream; input that arrived as the drain began is still answered
     // (with `Connection: close`).

@@ -32,10 +32,10 @@ pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdo
     monoio::spawn(async move {
         loop {
             monoio::time::sleep(Duration::from_secs(1)).await;
-            date_core.date.refresh();
-            date_core.sweep_quiet();
+            date_core.reads.date.refresh();
+            date_core.conns.sweep_quiet();
             // Lines of a quiet core reach the log within a second.
-            date_core.log.flush(date_core.metrics());
+            date_core.obs.log.flush(date_core.obs.metrics());
         }
     });
     match refresh {
@@ -58,30 +58,29 @@ pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdo
     let label = format!("todo-server: core {}", core.index);
     lifecycle::accept_until(listener, &shutdown, &label, |stream, _peer| {
         let core = core.clone();
-        core.metrics().accepted();
-        core.open.set(core.open.get() + 1);
+        core.obs.metrics().accepted();
+        core.conns.opened();
         monoio::spawn(async move {
             let served = AssertUnwindSafe(crate::conn::serve(core.clone(), stream))
                 .catch_unwind()
                 .await;
             if served.is_err() {
                 // A bug, not an input: count it and keep the core up.
-                core.metrics().panicked();
+                core.obs.metrics().panicked();
             }
-            core.metrics().closed();
-            core.open.set(core.open.get() - 1);
+            core.obs.metrics().closed();
+            core.conns.closed();
         });
     })
     .await;
     // Draining: /readyz says 503, every connection closes after its next
     // response or at once when quiet (conn.rs).
-    core.draining.set(true);
-    core.sweep_quiet();
-    if !lifecycle::drained(&core.open, core.config.drain_timeout).await {
+    core.conns.drain();
+    if !core.conns.drained(core.config.drain_timeout).await {
         eprintln!(
             "todo-server: core {}: drain timeout, closing {} connections",
             core.index,
-            core.open.get()
+            core.conns.count()
         );
     }
 }

@@ -17,8 +17,9 @@
 //! search.rs    rendering pages; the todo-search threads for q=
 //! accounts.rs  argon2id hashing and login checks on the todo-auth threads
 //! errors.rs    the server's own error answers (todo_http::HttpError)
-//! per_core.rs  per-core state: snapshot (Rc), Date cache, id generator,
-//!              caches, metrics; the handles shared with other threads
+//! per_core.rs  per-core state, grouped by who uses it: connections, reads
+//!              (snapshot, hot head, page cache, Date), auth, writes
+//!              (backend, ids), observability; handlers take their group
 //! auth.rs      HS256 bearer tokens (signing and checking)
 //! config.rs    flags and environment variables (`ServeConfig`), subcommands
 //! backend.rs   where writes go: the embedded apply thread (embedded/) or

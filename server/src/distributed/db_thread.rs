@@ -76,7 +76,7 @@ impl DbThread {
     /// Start the `todo-db` thread and on it: the lookups (answering this
     /// handle's requests), the follower that keeps `model` current from
     /// PostgreSQL, the writer of accepted marks to Redis, and the pruner of
-    /// expired `Idempotency-Key` records (every [`PRUNE_EVERY`]).
+    /// expired `Idempotency-Key` records (every 10 minutes).
     pub fn start(settings: &Settings, model: Shared) -> Result<DbThread, DistributedError> {
         let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
         let cache = Publisher::new(&settings.redis_url)?;

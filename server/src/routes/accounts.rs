@@ -15,8 +15,10 @@ use todo_model::{Fields, Op, Outcome, Rejection, TodoCommand};
 
 use super::{json_body, Reply};
 use crate::accounts::Login;
+use crate::backend::Backend;
 use crate::errors;
-use crate::per_core::Core;
+use crate::per_core::{Auth, Writes};
+use crate::read_model::Shared;
 use todo_http::http1::Request;
 use todo_http::HttpError;
 
@@ -43,36 +45,33 @@ pub const NO_ACCOUNT: HttpError = HttpError::new(
 );
 
 /// `POST /users`: check the body; the hashing and the command follow.
-pub fn register(core: &Core, req: &Request<'_>) -> Result<Credentials, HttpError> {
+pub fn register(model: &Shared, req: &Request<'_>) -> Result<Credentials, HttpError> {
     let c: Credentials = json_body(req, "a user")?;
     check_username(&c.username).map_err(|e| errors::invalid_field(e.to_string()))?;
     check_password(&c.password).map_err(|e| errors::invalid_field(e.to_string()))?;
     // Taken already, as far as this server knows: say so without hashing.
     // (A name taken meanwhile elsewhere is refused by the apply rule.)
-    if core.services.model.read().user(&c.username).is_some() {
+    if model.read().user(&c.username).is_some() {
         return Err(USERNAME_TAKEN);
     }
     Ok(c)
 }
 
 pub async fn complete_register(
-    core: &Core,
+    auth: &Auth,
+    writes: &Writes,
     c: Credentials,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
     trace: &crate::trace::Trace,
 ) -> u16 {
-    let Some(hash) = core.services.accounts.hash(c.password).await else {
-        return reply.error(
-            core,
-            out,
-            &HttpError::unavailable("password hashing stopped", 1),
-        );
+    let Some(hash) = auth.accounts.hash(c.password).await else {
+        return reply.error(out, &HttpError::unavailable("password hashing stopped", 1));
     };
     let cmd = TodoCommand {
-        command_id: core.next_id(),
+        command_id: writes.next_id(),
         op: Op::CreateUser,
-        todo_id: core.next_id(),
+        todo_id: writes.next_id(),
         user: c.username,
         fields: Fields::default(),
         issued_at: todo_model::now_ms(),
@@ -82,18 +81,15 @@ pub async fn complete_register(
     };
     let (id, command_id) = (cmd.todo_id, cmd.command_id);
     let username = cmd.user.clone();
-    match core.backend.apply(cmd, Some(trace)).await {
+    match writes.backend.apply(cmd, Some(trace)).await {
         Ok(Some(Outcome::Applied)) => {
             let mut body = Vec::with_capacity(64);
             render_user(id, &username, &mut body);
-            reply.with_headers(core, out, 201, b"\r\nLocation: /users/me", &[&body]);
+            reply.with_headers(out, 201, b"\r\nLocation: /users/me", &[&body]);
             201
         }
-        Ok(Some(Outcome::Rejected(Rejection::UsernameTaken))) => {
-            reply.error(core, out, &USERNAME_TAKEN)
-        }
+        Ok(Some(Outcome::Rejected(Rejection::UsernameTaken))) => reply.error(out, &USERNAME_TAKEN),
         Ok(Some(Outcome::Rejected(r))) => reply.error(
-            core,
             out,
             &HttpError::with_message(
                 409,
@@ -101,8 +97,8 @@ pub async fn complete_register(
                 format!("registration refused: {}", r.as_str()),
             ),
         ),
-        Ok(None) => super::todos::accepted(core, Ok((command_id, id)), out, reply),
-        Err(e) => reply.error(core, out, &e),
+        Ok(None) => super::todos::accepted(Ok((command_id, id)), out, reply),
+        Err(e) => reply.error(out, &e),
     }
 }
 
@@ -112,43 +108,36 @@ pub fn login(req: &Request<'_>) -> Result<Credentials, HttpError> {
 }
 
 pub async fn complete_login(
-    core: &Core,
+    auth: &Auth,
+    backend: &Backend,
+    model: &Shared,
     c: Credentials,
     peer: Option<IpAddr>,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
 ) -> u16 {
-    let user = match core.backend.user(&core.services.model, &c.username).await {
+    let user = match backend.user(model, &c.username).await {
         Ok(user) => user,
-        Err(unavailable) => return reply.error(core, out, &unavailable.answer()),
+        Err(unavailable) => return reply.error(out, &unavailable.answer()),
     };
-    let login = core
-        .services
+    let login = auth
         .accounts
         .login(user, c.username.clone(), c.password, peer)
         .await;
     match login {
         Some(Login::Ok(_)) => {
-            let ttl = core.config.session_ttl;
-            let token = crate::auth::issue(
-                &core.services.secret,
-                &core.services.rules,
-                &c.username,
-                ttl,
-            );
-            let Ok(token) = token else {
-                return reply.error(core, out, &HttpError::internal("cannot sign a token"));
+            let Ok(token) = auth.issue(&c.username) else {
+                return reply.error(out, &HttpError::internal("cannot sign a token"));
             };
             let body = format!(
                 r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":{}}}"#,
-                ttl.as_secs()
+                auth.session_ttl.as_secs()
             );
-            reply.no_store(core, out, 200, body.as_bytes());
+            reply.no_store(out, 200, body.as_bytes());
             200
         }
-        Some(Login::Refused) => reply.error(core, out, &BAD_CREDENTIALS),
+        Some(Login::Refused) => reply.error(out, &BAD_CREDENTIALS),
         Some(Login::Limited(secs)) => reply.error(
-            core,
             out,
             &HttpError::new(
                 429,
@@ -158,24 +147,26 @@ pub async fn complete_login(
             )
             .with_retry_after(secs.min(u64::from(u32::MAX)) as u32),
         ),
-        None => reply.error(
-            core,
-            out,
-            &HttpError::unavailable("password checks stopped", 1),
-        ),
+        None => reply.error(out, &HttpError::unavailable("password checks stopped", 1)),
     }
 }
 
 /// `GET /users/me`: the token's account.
-pub async fn me(core: &Core, subject: Rc<str>, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    match core.backend.user(&core.services.model, &subject).await {
+pub async fn me(
+    backend: &Backend,
+    model: &Shared,
+    subject: Rc<str>,
+    out: &mut Vec<u8>,
+    reply: Reply<'_>,
+) -> u16 {
+    match backend.user(model, &subject).await {
         Ok(Some(user)) => {
             let mut body = Vec::with_capacity(64);
             render_user(user.id, &user.username, &mut body);
-            reply.json(core, out, 200, &[&body]);
+            reply.json(out, 200, &[&body]);
             200
         }
-        Ok(None) => reply.error(core, out, &NO_ACCOUNT),
-        Err(unavailable) => reply.error(core, out, &unavailable.answer()),
+        Ok(None) => reply.error(out, &NO_ACCOUNT),
+        Err(unavailable) => reply.error(out, &unavailable.answer()),
     }
 }

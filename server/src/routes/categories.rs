@@ -11,8 +11,10 @@ use todo_model::account::{check_category_name, render_category};
 use todo_model::{Category, Fields, Op, Outcome, Rejection, TodoCommand};
 
 use super::{json_body, Reply};
+use crate::backend::Backend;
 use crate::errors;
-use crate::per_core::Core;
+use crate::per_core::Writes;
+use crate::read_model::Shared;
 use todo_http::http1::{Method, Request};
 use todo_http::HttpError;
 
@@ -40,35 +42,24 @@ pub enum Pending {
 }
 
 /// `GET /categories`: the caller's categories, oldest first.
-pub fn list(core: &Core, subject: &str, out: &mut Vec<u8>, reply: Reply) -> u16 {
+pub fn list(model: &Shared, subject: &str, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
     let mut body = Vec::with_capacity(256);
     body.push(b'[');
-    for (i, c) in core
-        .services
-        .model
-        .read()
-        .categories_of(subject)
-        .enumerate()
-    {
+    for (i, c) in model.read().categories_of(subject).enumerate() {
         if i > 0 {
             body.push(b',');
         }
         render_category(c, &mut body);
     }
     body.push(b']');
-    reply.with_headers(
-        core,
-        out,
-        200,
-        b"\r\nCache-Control: private, no-cache",
-        &[&body],
-    );
+    reply.with_headers(out, 200, b"\r\nCache-Control: private, no-cache", &[&body]);
     200
 }
 
 /// Check a category request and say what it needs.
 pub fn request(
-    core: &Core,
+    writes: &Writes,
+    model: &Shared,
     req: &Request<'_>,
     subject: &str,
     id: Option<u64>,
@@ -79,7 +70,7 @@ pub fn request(
         Ok(b.name)
     };
     let command = |op, todo_id, name| TodoCommand {
-        command_id: core.next_id(),
+        command_id: writes.next_id(),
         op,
         todo_id,
         user: subject.to_string(),
@@ -89,13 +80,12 @@ pub fn request(
         password_hash: None,
         idempotency: None,
     };
-    let model = &core.services.model;
     match (req.method, id) {
         (Method::Post, None) => {
             let name = named(req)?;
             // A model that may lag could hold a name freed a moment ago:
             // then the apply rule alone decides.
-            let taken = core
+            let taken = writes
                 .backend
                 .current_model(model)
                 .is_some_and(|m| m.categories_of(subject).any(|c| c.name == name));
@@ -104,7 +94,7 @@ pub fn request(
             }
             Ok(Pending::Apply(command(
                 Op::CreateCategory,
-                core.next_id(),
+                writes.next_id(),
                 Some(name),
             )))
         }
@@ -116,7 +106,7 @@ pub fn request(
         (Method::Delete, Some(id)) => {
             // Refused here when this server already sees todos in it; the
             // apply rule refuses it anyway if some landed meanwhile.
-            if let Some(m) = core.backend.current_model(model) {
+            if let Some(m) = writes.backend.current_model(model) {
                 if m.category(id).is_some_and(|c| c.owner == subject) {
                     let n = m.category_todos(id);
                     if n > 0 {
@@ -139,18 +129,19 @@ fn not_empty(todos: usize) -> HttpError {
 }
 
 pub async fn complete(
-    core: &Core,
+    backend: &Backend,
+    model: &Shared,
     pending: Pending,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
     trace: &crate::trace::Trace,
 ) -> u16 {
     let (cmd, subject, id) = match pending {
         Pending::Get(subject, id) => {
-            return match core.backend.category(&core.services.model, id).await {
-                Ok(Some(c)) if c.owner == subject => answer(core, &c, 200, out, reply),
-                Ok(_) => reply.error(core, out, &CATEGORY_NOT_FOUND),
-                Err(unavailable) => reply.error(core, out, &unavailable.answer()),
+            return match backend.category(model, id).await {
+                Ok(Some(c)) if c.owner == subject => answer(&c, 200, out, reply),
+                Ok(_) => reply.error(out, &CATEGORY_NOT_FOUND),
+                Err(unavailable) => reply.error(out, &unavailable.answer()),
             };
         }
         Pending::Apply(cmd) => {
@@ -160,10 +151,10 @@ pub async fn complete(
     };
     let op = cmd.op;
     let (command_id, name, issued_at) = (cmd.command_id, cmd.name.clone(), cmd.issued_at);
-    let outcome = match core.backend.apply(cmd, Some(trace)).await {
+    let outcome = match backend.apply(cmd, Some(trace)).await {
         Ok(Some(outcome)) => outcome,
-        Ok(None) => return super::todos::accepted(core, Ok((command_id, id)), out, reply),
-        Err(e) => return reply.error(core, out, &e),
+        Ok(None) => return super::todos::accepted(Ok((command_id, id)), out, reply),
+        Err(e) => return reply.error(out, &e),
     };
     match (op, outcome) {
         (Op::CreateCategory, Outcome::Applied) => {
@@ -174,42 +165,40 @@ pub async fn complete(
                 created_at: issued_at,
                 updated_at: issued_at,
             };
-            answer(core, &c, 201, out, reply)
+            answer(&c, 201, out, reply)
         }
         (Op::UpdateCategory, Outcome::Applied) => {
-            match core.backend.category(&core.services.model, id).await {
+            match backend.category(model, id).await {
                 // What the apply rule made of it, whether or not this
                 // server's model has caught up.
                 Ok(Some(mut c)) => {
                     c.name = name.unwrap_or_default();
                     c.updated_at = c.updated_at.max(issued_at);
-                    answer(core, &c, 200, out, reply)
+                    answer(&c, 200, out, reply)
                 }
-                Ok(None) => reply.error(core, out, &CATEGORY_NOT_FOUND),
-                Err(unavailable) => reply.error(core, out, &unavailable.answer()),
+                Ok(None) => reply.error(out, &CATEGORY_NOT_FOUND),
+                Err(unavailable) => reply.error(out, &unavailable.answer()),
             }
         }
         (_, Outcome::Applied) => {
-            reply.with_headers(core, out, 204, b"", &[]);
+            reply.with_headers(out, 204, b"", &[]);
             204
         }
         (_, Outcome::Rejected(r)) => {
             let e = match r {
                 Rejection::NameTaken => NAME_TAKEN,
-                Rejection::CategoryNotEmpty => {
-                    not_empty(core.services.model.read().category_todos(id).max(1))
-                }
+                Rejection::CategoryNotEmpty => not_empty(model.read().category_todos(id).max(1)),
                 Rejection::AlreadyExists => {
                     HttpError::new(409, "conflict", "that category id is taken", false)
                 }
                 _ => CATEGORY_NOT_FOUND,
             };
-            reply.error(core, out, &e)
+            reply.error(out, &e)
         }
     }
 }
 
-fn answer(core: &Core, c: &Category, status: u16, out: &mut Vec<u8>, reply: Reply) -> u16 {
+fn answer(c: &Category, status: u16, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
     let mut body = Vec::with_capacity(128);
     render_category(c, &mut body);
     let mut location = Vec::with_capacity(40);
@@ -217,6 +206,6 @@ fn answer(core: &Core, c: &Category, status: u16, out: &mut Vec<u8>, reply: Repl
         location.extend_from_slice(b"\r\nLocation: /categories/");
         location.extend_from_slice(itoa::Buffer::new().format(c.id).as_bytes());
     }
-    reply.with_headers(core, out, status, &location, &[&body]);
+    reply.with_headers(out, status, &location, &[&body]);
     status
 }

@@ -19,7 +19,6 @@ use std::sync::OnceLock;
 use swagger_ui_redist::{SwaggerUi, SwaggerUiStaticFile};
 
 use super::Reply;
-use crate::per_core::Core;
 use todo_http::conditional::not_modified;
 use todo_http::http1::{Method, Request};
 use todo_http::response::{self, Persist};
@@ -130,12 +129,12 @@ pub fn owns(path: &str) -> bool {
 }
 
 /// Answer a request for one of [`owns`]'s paths; returns the status.
-pub fn serve(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> u16 {
+pub fn serve(req: &Request<'_>, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
     if !matches!(req.method, Method::Get | Method::Head) {
-        return reply.error(core, out, &HttpError::method_not_allowed(super::READ_ALLOW));
+        return reply.error(out, &HttpError::method_not_allowed(super::READ_ALLOW));
     }
     let Some(f) = files().0.iter().find(|f| f.path == req.path) else {
-        return reply.error(core, out, &HttpError::NOT_FOUND);
+        return reply.error(out, &HttpError::NOT_FOUND);
     };
     let mut extra = Vec::with_capacity(320);
     extra.extend_from_slice(b"\r\nETag: \"");
@@ -148,18 +147,18 @@ pub fn serve(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) ->
         extra.extend_from_slice(PAGE_POLICY.as_bytes());
     }
     if not_modified(req.if_none_match, f.tag) {
-        reply.with_headers(core, out, 304, &extra, &[]);
+        reply.with_headers(out, 304, &extra, &[]);
         return 304;
     }
     if f.content_type == "application/json" {
-        reply.with_headers(core, out, 200, &extra, &[f.body]);
+        reply.with_headers(out, 200, &extra, &[f.body]);
         return 200;
     }
     // Not JSON: `response::append` writes only JSON's and the metrics'
     // media types, so this head is written here.
     out.extend_from_slice(response::status_line(200));
     out.extend_from_slice(b"\r\nDate: ");
-    out.extend_from_slice(&core.date.get());
+    out.extend_from_slice(&reply.date.get());
     out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(f.content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");

@@ -7,35 +7,35 @@ use crate::per_core::Core;
 use todo_http::response;
 
 /// The process is up and this core answers.
-pub fn livez(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    reply.json(core, out, 200, &[b"{\"status\":\"live\"}"]);
+pub fn livez(out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
+    reply.json(out, 200, &[b"{\"status\":\"live\"}"]);
     200
 }
 
 /// Ready to take traffic: a snapshot is held and we are not draining.
-pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
+pub fn readyz(core: &Core, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
     // Not ready while draining, or before any snapshot arrived (version 0).
     // A stale snapshot is still served, and said so.
-    if core.draining.get() || core.snapshot().version() == 0 {
-        return reply.error(core, out, &errors::NOT_READY);
+    let version = core.reads.snapshot().version();
+    if core.conns.draining() || version == 0 {
+        return reply.error(out, &errors::NOT_READY);
     }
     let body = format!(
         r#"{{"status":"ready","backend":"{}","core":{},"snapshot_version":{},"stale":{}}}"#,
-        core.backend.name(),
+        core.writes.backend.name(),
         core.index,
-        core.snapshot().version(),
-        core.stale()
+        version,
+        core.reads.stale()
     );
-    reply.json(core, out, 200, &[body.as_bytes()]);
+    reply.json(out, 200, &[body.as_bytes()]);
     200
 }
 
 /// Prometheus text format, all cores summed.
-pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    let mut text = metrics::render(&core.all_metrics, todo_model::now_ms());
-    let services = &core.services;
+pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
+    let mut text = metrics::render(core.obs.all_metrics(), todo_model::now_ms());
     let (todos, users, categories) = {
-        let m = services.model.read();
+        let m = core.reads.model.read();
         (m.len(), m.users().count(), m.categories().count())
     };
     use std::fmt::Write;
@@ -52,15 +52,15 @@ pub fn metrics(core: &Core, out: &mut Vec<u8>, reply: Reply) -> u16 {
          todo_read_model_rows{{kind=\"todos\"}} {todos}\n\
          todo_read_model_rows{{kind=\"users\"}} {users}\n\
          todo_read_model_rows{{kind=\"categories\"}} {categories}\n",
-        services.accounts.hashes(),
-        services.model.version(),
+        core.auth.accounts.hashes(),
+        core.reads.model.version(),
     );
-    core.backend.render_metrics(&mut text);
+    core.writes.backend.render_metrics(&mut text);
     response::append(
         out,
         response::Head {
             status: 200,
-            date: &core.date,
+            date: reply.date,
             persist: reply.persist,
             head_only: reply.head_only,
             text: true,

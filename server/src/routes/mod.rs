@@ -10,6 +10,11 @@
 //! the snapshot, a password hash, a search) comes back as
 //! [`Action::Await`]; the connection loop writes what is before it, awaits
 //! [`complete`], and carries on, so responses stay in request order.
+//!
+//! The router sees the whole [`Core`]; each handler is handed the groups it
+//! reads (the read path's [`crate::per_core::Reads`], the backend, the
+//! read model, ...) and answers through its [`Reply`]. What a route learns
+//! of the request (the subject of its token) comes back in [`Routed`].
 
 pub mod accounts;
 pub mod categories;
@@ -25,12 +30,12 @@ use todo_model::TodoCommand;
 
 use crate::errors;
 use crate::metrics::Route;
-use crate::per_core::Core;
+use crate::per_core::{Auth, Core};
 use crate::query::parse_id;
 use crate::trace::Trace;
 use todo_http::http1::{Method, Request};
 use todo_http::response::{self, Persist};
-use todo_http::HttpError;
+use todo_http::{DateCache, HttpError};
 
 /// What routing made of a request: what was done, and who asked.
 pub struct Routed {
@@ -88,37 +93,32 @@ pub enum Pending {
     Category(categories::Pending),
 }
 
-/// Per-request response options.
+/// How to answer one request: whether the connection persists, whether it
+/// was `HEAD`, and the core's Date cache every head copies.
 #[derive(Clone, Copy)]
-pub struct Reply {
+pub struct Reply<'a> {
     pub persist: Persist,
     pub head_only: bool,
+    pub date: &'a DateCache,
 }
 
-impl Reply {
-    pub fn json(self, core: &Core, out: &mut Vec<u8>, status: u16, parts: &[&[u8]]) {
-        self.with_headers(core, out, status, b"", parts);
+impl Reply<'_> {
+    pub fn json(self, out: &mut Vec<u8>, status: u16, parts: &[&[u8]]) {
+        self.with_headers(out, status, b"", parts);
     }
 
     /// A JSON answer no cache may keep (`Cache-Control: no-store`): a
     /// token, a status that is polled.
-    pub fn no_store(self, core: &Core, out: &mut Vec<u8>, status: u16, body: &[u8]) {
-        self.with_headers(core, out, status, b"\r\nCache-Control: no-store", &[body]);
+    pub fn no_store(self, out: &mut Vec<u8>, status: u16, body: &[u8]) {
+        self.with_headers(out, status, b"\r\nCache-Control: no-store", &[body]);
     }
 
-    pub fn with_headers(
-        self,
-        core: &Core,
-        out: &mut Vec<u8>,
-        status: u16,
-        extra: &[u8],
-        parts: &[&[u8]],
-    ) {
+    pub fn with_headers(self, out: &mut Vec<u8>, status: u16, extra: &[u8], parts: &[&[u8]]) {
         response::append(
             out,
             response::Head {
                 status,
-                date: &core.date,
+                date: self.date,
                 persist: self.persist,
                 head_only: self.head_only,
                 text: false,
@@ -128,8 +128,8 @@ impl Reply {
         );
     }
 
-    pub fn error(self, core: &Core, out: &mut Vec<u8>, err: &HttpError) -> u16 {
-        response::append_error_to(out, err, &core.date, self.persist, self.head_only);
+    pub fn error(self, out: &mut Vec<u8>, err: &HttpError) -> u16 {
+        response::append_error_to(out, err, self.date, self.persist, self.head_only);
         err.status
     }
 }
@@ -148,8 +148,9 @@ pub fn dispatch(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pers
         let reply = Reply {
             persist,
             head_only: false,
+            date: &core.reads.date,
         };
-        return todos::list(core, req, out, reply);
+        return todos::list(&core.reads, &core.auth, req, out, reply);
     }
     dispatch_other(core, req, out, persist)
 }
@@ -159,15 +160,16 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
     let reply = Reply {
         persist,
         head_only: req.method == Method::Head,
+        date: &core.reads.date,
     };
     let read = matches!(req.method, Method::Get | Method::Head);
-    let done = |route, err: HttpError, out: &mut Vec<u8>| {
-        Action::Done(route, reply.error(core, out, &err))
-    };
+    let (model, writes) = (&core.reads.model, &core.writes);
+    let done =
+        |route, err: HttpError, out: &mut Vec<u8>| Action::Done(route, reply.error(out, &err));
 
     if req.path == "/todos" {
         return match req.method {
-            Method::Get | Method::Head => todos::list(core, req, out, reply),
+            Method::Get | Method::Head => todos::list(&core.reads, &core.auth, req, out, reply),
             Method::Post => todo_write(core, req, None, out, reply),
             _ => done(
                 Route::Other,
@@ -182,7 +184,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
             return done(Route::TodosGet, errors::TODO_NOT_FOUND, out).into();
         };
         return match req.method {
-            Method::Get | Method::Head => todos::get(core, id, out, reply).into(),
+            Method::Get | Method::Head => todos::get(&core.reads, id, out, reply).into(),
             Method::Put | Method::Delete => todo_write(core, req, Some(id), out, reply),
             _ => done(Route::Other, HttpError::method_not_allowed(TODO_ALLOW), out).into(),
         };
@@ -198,7 +200,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
     match req.path {
         "/users" => {
             return match req.method {
-                Method::Post => match accounts::register(core, req) {
+                Method::Post => match accounts::register(model, req) {
                     Ok(c) => Action::Await(Pending::Register(c)),
                     Err(e) => done(Route::Users, e, out),
                 },
@@ -225,22 +227,22 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
             if !read {
                 return done(Route::Users, HttpError::method_not_allowed(READ_ALLOW), out).into();
             }
-            return match subject(core, req) {
+            return match subject(&core.auth, req) {
                 Ok(s) => Action::Await(Pending::Me(s.clone())).by(Some(s)),
                 Err(e) => done(Route::Users, e, out).into(),
             };
         }
         "/categories" => {
-            let subject = match subject(core, req) {
+            let subject = match subject(&core.auth, req) {
                 Ok(s) => s,
                 Err(e) => return done(Route::Categories, e, out).into(),
             };
             return match req.method {
                 Method::Get | Method::Head => Action::Done(
                     Route::Categories,
-                    categories::list(core, &subject, out, reply),
+                    categories::list(model, &subject, out, reply),
                 ),
-                Method::Post => match categories::request(core, req, &subject, None) {
+                Method::Post => match categories::request(writes, model, req, &subject, None) {
                     Ok(p) => Action::Await(Pending::Category(p)),
                     Err(e) => done(Route::Categories, e, out),
                 },
@@ -266,21 +268,21 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
             )
             .into();
         }
-        let subject = match subject(core, req) {
+        let subject = match subject(&core.auth, req) {
             Ok(s) => s,
             Err(e) => return done(Route::Categories, e, out).into(),
         };
         let Some(id) = parse_id(id) else {
             return done(Route::Categories, categories::CATEGORY_NOT_FOUND, out).by(Some(subject));
         };
-        return match categories::request(core, req, &subject, Some(id)) {
+        return match categories::request(writes, model, req, &subject, Some(id)) {
             Ok(p) => Action::Await(Pending::Category(p)),
             Err(e) => done(Route::Categories, e, out),
         }
         .by(Some(subject));
     }
     if docs::owns(req.path) {
-        return Action::Done(Route::Docs, docs::serve(core, req, out, reply)).into();
+        return Action::Done(Route::Docs, docs::serve(req, out, reply)).into();
     }
     let route = match req.path {
         "/livez" | "/readyz" => Route::Health,
@@ -291,7 +293,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
         return done(Route::Other, HttpError::method_not_allowed(READ_ALLOW), out).into();
     }
     let status = match req.path {
-        "/livez" => health::livez(core, out, reply),
+        "/livez" => health::livez(out, reply),
         "/readyz" => health::readyz(core, out, reply),
         _ => health::metrics(core, out, reply),
     };
@@ -305,16 +307,15 @@ fn todo_write(
     req: &Request<'_>,
     id: Option<u64>,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
 ) -> Routed {
-    let refused = |err: HttpError, out: &mut Vec<u8>| {
-        Action::Done(Route::TodosWrite, reply.error(core, out, &err))
-    };
-    let user = match subject(core, req) {
+    let refused =
+        |err: HttpError, out: &mut Vec<u8>| Action::Done(Route::TodosWrite, reply.error(out, &err));
+    let user = match subject(&core.auth, req) {
         Ok(user) => user,
         Err(e) => return refused(e, out).into(),
     };
-    match todos::write(core, req, &user, id) {
+    match todos::write(&core.writes, &core.reads.model, req, &user, id) {
         Ok(action) => action,
         Err(e) => refused(e, out),
     }
@@ -326,45 +327,49 @@ pub async fn complete(
     core: &Core,
     pending: Pending,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
     trace: &Trace,
 ) -> (Route, u16) {
+    let (backend, model) = (&core.writes.backend, &core.reads.model);
     match pending {
         Pending::SubmitChecked { cmd, category } => (
             Route::TodosWrite,
-            todos::submit_checked(core, cmd, category, out, reply, trace).await,
+            todos::submit_checked(backend, model, cmd, category, out, reply, trace).await,
         ),
-        Pending::GetTodo(id) => (Route::TodosGet, todos::get_slow(core, id, out, reply).await),
+        Pending::GetTodo(id) => (
+            Route::TodosGet,
+            todos::get_slow(backend, id, out, reply).await,
+        ),
         Pending::Search(search) => (
             Route::TodosQuery,
-            todos::search(core, *search, out, reply).await,
+            todos::search(&core.reads, *search, out, reply).await,
         ),
         Pending::Register(c) => (
             Route::Users,
-            accounts::complete_register(core, c, out, reply, trace).await,
+            accounts::complete_register(&core.auth, &core.writes, c, out, reply, trace).await,
         ),
         Pending::Login(c, peer) => (
             Route::Sessions,
-            accounts::complete_login(core, c, peer, out, reply).await,
+            accounts::complete_login(&core.auth, backend, model, c, peer, out, reply).await,
         ),
-        Pending::Me(subject) => (Route::Users, accounts::me(core, subject, out, reply).await),
+        Pending::Me(subject) => (
+            Route::Users,
+            accounts::me(backend, model, subject, out, reply).await,
+        ),
         Pending::Category(p) => (
             Route::Categories,
-            categories::complete(core, p, out, reply, trace).await,
+            categories::complete(backend, model, p, out, reply, trace).await,
         ),
         Pending::Outcome(id) => (
             Route::Commands,
-            commands::outcome(core, id, out, reply).await,
+            commands::outcome(backend, id, out, reply).await,
         ),
     }
 }
 
 /// The subject of the request's bearer token (401 without a valid one).
-pub fn subject(core: &Core, req: &Request<'_>) -> Result<Rc<str>, HttpError> {
-    let now = todo_model::now_ms() / 1000;
-    core.tokens
-        .borrow_mut()
-        .subject(&core.verifier, req.authorization, now)
+pub fn subject(auth: &Auth, req: &Request<'_>) -> Result<Rc<str>, HttpError> {
+    auth.subject(req.authorization)
         .map_err(|e| errors::unauthorized(e.to_string()))
 }
 

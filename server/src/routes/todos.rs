@@ -8,11 +8,13 @@ use sha2::{Digest, Sha256};
 use todo_model::{Fields, Idempotency, Op, TodoCommand, SNAPSHOT_MAX};
 
 use super::{Action, Pending, Reply, Routed};
+use crate::backend::Backend;
 use crate::cache::{page_key, CachedPage};
 use crate::errors;
 use crate::metrics::Route;
-use crate::per_core::Core;
+use crate::per_core::{Auth, Reads, Writes};
 use crate::query::ListQuery;
+use crate::read_model::Shared;
 use crate::search::{render_page, Rendered};
 use crate::trace::Trace;
 use todo_http::conditional::{not_modified, version_headers};
@@ -23,10 +25,16 @@ use todo_http::HttpError;
 /// `GET /todos`: the hot path when the query is empty or only `limit=N`,
 /// the read model otherwise ([`query`]).
 #[inline]
-pub fn list(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Routed {
-    match hot_limit(req.query, core.config.default_limit) {
-        Some(limit) => hot(core, req, limit, out, reply).into(),
-        None => query(core, req, out, reply),
+pub fn list(
+    reads: &Reads,
+    auth: &Auth,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+    reply: Reply<'_>,
+) -> Routed {
+    match hot_limit(req.query, reads.default_limit) {
+        Some(limit) => hot(reads, req, limit, out, reply).into(),
+        None => query(reads, auth, req, out, reply),
     }
 }
 
@@ -56,14 +64,20 @@ fn hot_limit(query: &str, default: usize) -> Option<usize> {
 /// (`ETag`, `Cache-Control`, `Link` to the next page, whose cursor is the
 /// last row's id) are made once per snapshot and limit.
 #[inline]
-fn hot(core: &Core, req: &Request<'_>, limit: usize, out: &mut Vec<u8>, reply: Reply) -> Action {
+fn hot(
+    reads: &Reads,
+    req: &Request<'_>,
+    limit: usize,
+    out: &mut Vec<u8>,
+    reply: Reply<'_>,
+) -> Action {
     if !(1..=SNAPSHOT_MAX).contains(&limit) {
-        return Action::Done(Route::TodosList, reply.error(core, out, &errors::BAD_LIMIT));
+        return Action::Done(Route::TodosList, reply.error(out, &errors::BAD_LIMIT));
     }
-    let snapshot = core.snapshot();
+    let snapshot = reads.snapshot();
     if req.if_none_match.is_none() && reply.persist == Persist::KeepAlive && !reply.head_only {
         // The common case: one copy of the head made for this limit.
-        let head = core.hot_head(&snapshot, limit);
+        let head = reads.hot_head(&snapshot, limit);
         let body = snapshot.prefix(limit);
         // One allocation of the right size for a fresh buffer, not three.
         out.reserve(head.len() + body.len() + 1);
@@ -72,71 +86,68 @@ fn hot(core: &Core, req: &Request<'_>, limit: usize, out: &mut Vec<u8>, reply: R
         out.push(b']');
         return Action::Done(Route::TodosList, 200);
     }
-    let extra = core.hot_extra(&snapshot, limit);
+    let extra = reads.hot_extra(&snapshot, limit);
     if not_modified(req.if_none_match, snapshot.version()) {
-        reply.with_headers(core, out, 304, &extra, &[]);
+        reply.with_headers(out, 304, &extra, &[]);
         return Action::Done(Route::TodosList, 304);
     }
-    reply.with_headers(core, out, 200, &extra, &[snapshot.prefix(limit), b"]"]);
+    reply.with_headers(out, 200, &extra, &[snapshot.prefix(limit), b"]"]);
     Action::Done(Route::TodosList, 200)
 }
 
 /// `GET /todos` with filters, a sort or a cursor: from the core's page
 /// cache when the model has not changed since the page was rendered, else
 /// rendered from the read model (searches on the search thread).
-pub fn query(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, reply: Reply) -> Routed {
+pub fn query(
+    reads: &Reads,
+    auth: &Auth,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+    reply: Reply<'_>,
+) -> Routed {
     // A token that does not verify leaves a public query public; `mine`
     // below says 401.
-    let subject = req.authorization.and_then(|auth| {
-        let now = todo_model::now_ms() / 1000;
-        core.tokens
-            .borrow_mut()
-            .subject(&core.verifier, Some(auth), now)
-            .ok()
-    });
+    let subject = req
+        .authorization
+        .and_then(|value| auth.subject(Some(value)).ok());
     let done = |status, subject| Action::Done(Route::TodosQuery, status).by(subject);
-    let version = core.services.model.version();
+    let version = reads.model.version();
     {
         // Built in the core's scratch buffer: a hit allocates nothing.
-        let mut key = core.scratch.borrow_mut();
+        let mut key = reads.scratch.borrow_mut();
         page_key(&mut key, req.query, subject.as_deref());
-        if let Some(page) = core.pages.borrow().get(&key, version) {
-            return done(answer_page(core, req, page, out, reply), subject);
+        if let Some(page) = reads.pages.borrow().get(&key, version) {
+            return done(answer_page(req, page, out, reply), subject);
         }
     }
-    if !core.services.model.loaded() {
-        return done(reply.error(core, out, &errors::NOT_READY), subject);
+    if !reads.model.loaded() {
+        return done(reply.error(out, &errors::NOT_READY), subject);
     }
-    let mut q = match ListQuery::parse(req.query, None, core.config.default_limit) {
+    let mut q = match ListQuery::parse(req.query, None, reads.default_limit) {
         Ok(q) => q,
-        Err(e) => return done(reply.error(core, out, &e), subject),
+        Err(e) => return done(reply.error(out, &e), subject),
     };
     if q.mine {
         match &subject {
             Some(s) => q.owner = Some(s.to_string()),
             None => {
-                let e = core
-                    .verifier
-                    .verify(req.authorization)
-                    .err()
-                    .map_or_else(|| "invalid token".to_string(), |e| e.to_string());
-                return done(reply.error(core, out, &errors::unauthorized(e)), None);
+                let e = errors::unauthorized(auth.refusal(req.authorization));
+                return done(reply.error(out, &e), None);
             }
         }
     }
     // The key the lookup above built, kept for the page about to be made.
-    let key: Box<[u8]> = core.scratch.borrow().as_slice().into();
+    let key: Box<[u8]> = reads.scratch.borrow().as_slice().into();
     if q.is_search() {
         return Action::Await(super::Pending::Search(Box::new((q, key)))).by(subject);
     }
-    let rendered = render_page(&core.services.model.read(), &q);
-    let page = cache_page(core, key, rendered, !q.mine);
-    done(answer_page(core, req, &page, out, reply), subject)
+    let rendered = render_page(&reads.model.read(), &q);
+    let page = cache_page(reads, key, rendered, !q.mine);
+    done(answer_page(req, &page, out, reply), subject)
 }
 
 /// Keep a rendered page in the core's cache; returns what to answer with.
-pub fn cache_page(core: &Core, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<CachedPage> {
-    let page_cache = core.config.page_cache;
+pub fn cache_page(reads: &Reads, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<CachedPage> {
     let mut headers = version_headers(r.version, public);
     if let Some(link) = &r.link {
         headers.extend_from_slice(b"\r\nLink: ");
@@ -147,34 +158,33 @@ pub fn cache_page(core: &Core, key: Box<[u8]>, r: Rendered, public: bool) -> Rc<
         body: r.body.into(),
         headers: headers.into(),
     });
-    if page_cache {
-        core.pages.borrow_mut().put(key, page.clone());
+    if reads.page_cache {
+        reads.pages.borrow_mut().put(key, page.clone());
     }
     page
 }
 
 /// 200 with the page, or 304 when the client holds this version.
 pub fn answer_page(
-    core: &Core,
     req: &Request<'_>,
     page: &CachedPage,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
 ) -> u16 {
     if not_modified(req.if_none_match, page.version) {
-        reply.with_headers(core, out, 304, &page.headers, &[]);
+        reply.with_headers(out, 304, &page.headers, &[]);
         return 304;
     }
-    reply.with_headers(core, out, 200, &page.headers, &[&page.body]);
+    reply.with_headers(out, 200, &page.headers, &[&page.body]);
     200
 }
 
 /// `GET /todos/{id}` from the snapshot when it holds the todo.
-pub fn get(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> Action {
-    let snapshot = core.snapshot();
+pub fn get(reads: &Reads, id: u64, out: &mut Vec<u8>, reply: Reply<'_>) -> Action {
+    let snapshot = reads.snapshot();
     match snapshot.row_by_id(id) {
         Some(row) => {
-            reply.json(core, out, 200, &[row]);
+            reply.json(out, 200, &[row]);
             Action::Done(Route::TodosGet, 200)
         }
         None => Action::Await(super::Pending::GetTodo(id)),
@@ -182,24 +192,25 @@ pub fn get(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> Action {
 }
 
 /// `GET /todos/{id}` for a todo older than the snapshot.
-pub async fn get_slow(core: &Core, id: u64, out: &mut Vec<u8>, reply: Reply) -> u16 {
-    match core.backend.get(id).await {
+pub async fn get_slow(backend: &Backend, id: u64, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
+    match backend.get(id).await {
         Ok(Some(row)) => {
-            reply.json(core, out, 200, &[&row]);
+            reply.json(out, 200, &[&row]);
             200
         }
-        Ok(None) => reply.error(core, out, &errors::TODO_NOT_FOUND),
-        Err(unavailable) => reply.error(core, out, &unavailable.answer()),
+        Ok(None) => reply.error(out, &errors::TODO_NOT_FOUND),
+        Err(unavailable) => reply.error(out, &unavailable.answer()),
     }
 }
 
 /// Check a write: token, body framing, media type, JSON, field rules, the
 /// category. Returns the command for the connection loop to hand to the
 /// backend ([`Action::Write`]), or, when the backend must check it first,
-/// what to await. `id` is `None` for a create.
-/// `user` is the token's subject, checked by the caller.
+/// what to await. `user` is the token's subject, checked by the caller;
+/// `id` is `None` for a create.
 pub fn write(
-    core: &Core,
+    writes: &Writes,
+    model: &Shared,
     req: &Request<'_>,
     user: &str,
     id: Option<u64>,
@@ -221,12 +232,12 @@ pub fn write(
         .map_err(|e| errors::invalid_field(e.to_string()))?;
     let todo_id = match id {
         Some(id) => id,
-        None => core.next_id(),
+        None => writes.next_id(),
     };
     let category = fields.category_id.flatten();
     let idempotency = idempotency(req)?;
     let cmd = TodoCommand {
-        command_id: core.next_id(),
+        command_id: writes.next_id(),
         op,
         todo_id,
         user: user.to_string(),
@@ -249,7 +260,7 @@ pub fn write(
     // The category must be one of the writer's own: 422 now; the apply
     // rule holds it either way. A model that may lag (made or deleted on
     // another server a moment ago) defers to PostgreSQL.
-    let Some(model) = core.backend.current_model(&core.services.model) else {
+    let Some(model) = writes.backend.current_model(model) else {
         return Ok(checked(cmd, Some(category)));
     };
     match model.category(category) {
@@ -303,39 +314,40 @@ pub const UNKNOWN_CATEGORY: HttpError = HttpError::new(
 /// writer's (`None`: no category, or one confirmed from the read model)
 /// and, for a keyed write, claimed its `Idempotency-Key`.
 pub async fn submit_checked(
-    core: &Core,
+    backend: &Backend,
+    model: &Shared,
     cmd: TodoCommand,
     category: Option<u64>,
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
     trace: &Trace,
 ) -> u16 {
     if let Some(category) = category {
-        match core.backend.category(&core.services.model, category).await {
+        match backend.category(model, category).await {
             Ok(Some(c)) if c.owner == cmd.user => {}
-            Ok(_) => return reply.error(core, out, &UNKNOWN_CATEGORY),
-            Err(unavailable) => return reply.error(core, out, &unavailable.answer()),
+            Ok(_) => return reply.error(out, &UNKNOWN_CATEGORY),
+            Err(unavailable) => return reply.error(out, &unavailable.answer()),
         }
     }
-    let result = core.backend.submit(cmd, Some(trace)).await;
-    accepted(core, result, out, reply)
+    let result = backend.submit(cmd, Some(trace)).await;
+    accepted(result, out, reply)
 }
 
 /// A `q=` search, rendered on the search thread.
 pub async fn search(
-    core: &Core,
+    reads: &Reads,
     (query, key): (ListQuery, Box<[u8]>),
     out: &mut Vec<u8>,
-    reply: Reply,
+    reply: Reply<'_>,
 ) -> u16 {
     let public = !query.mine;
-    let Some(rendered) = core.services.search.page(query).await else {
-        return reply.error(core, out, &HttpError::unavailable("search stopped", 1));
+    let Some(rendered) = reads.search.page(query).await else {
+        return reply.error(out, &HttpError::unavailable("search stopped", 1));
     };
-    let page = cache_page(core, key, rendered, public);
+    let page = cache_page(reads, key, rendered, public);
     // The request's If-None-Match was checked against the cache; a search
     // answers the page in full.
-    reply.with_headers(core, out, 200, &page.headers, &[&page.body]);
+    reply.with_headers(out, 200, &page.headers, &[&page.body]);
     200
 }
 
@@ -346,12 +358,7 @@ pub fn parse_body(body: &[u8]) -> Result<Fields, HttpError> {
 
 /// Answer a finished write: 202 `{"command_id","todo_id"}` once it is
 /// durable, the backend's error otherwise.
-pub fn accepted(
-    core: &Core,
-    result: Result<(u64, u64), HttpError>,
-    out: &mut Vec<u8>,
-    reply: Reply,
-) -> u16 {
+pub fn accepted(result: Result<(u64, u64), HttpError>, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
     match result {
         Ok((command_id, todo_id)) => {
             let mut body = Vec::with_capacity(64);
@@ -363,10 +370,10 @@ pub fn accepted(
             let mut location = Vec::with_capacity(48);
             location.extend_from_slice(b"\r\nLocation: /commands/");
             location.extend_from_slice(itoa::Buffer::new().format(command_id).as_bytes());
-            reply.with_headers(core, out, 202, &location, &[&body]);
+            reply.with_headers(out, 202, &location, &[&body]);
             202
         }
-        Err(e) => reply.error(core, out, &e),
+        Err(e) => reply.error(out, &e),
     }
 }
 
