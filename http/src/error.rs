@@ -1,6 +1,6 @@
 //! Errors answered to clients: every one is a JSON body
 //! `{"error":{"code":"...","message":"..."}}` with the right status
-//! (design section 8), and says whether the connection must close.
+//! (docs/architecture.md §8), and says whether the connection must close.
 //!
 //! The constants here are the protocol's own (framing, limits, media type);
 //! each program adds its own next to its routes (the server's `not_found`

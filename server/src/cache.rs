@@ -1,4 +1,4 @@
-//! Per-core caches for the product API's reads (design section 11): the
+//! Per-core caches for the product API's reads (docs/architecture.md §9): the
 //! common app queries are answered from here at close to hot-path cost.
 //!
 //! - [`TokenCache`]: a verified bearer token's subject until it expires, so

@@ -1,4 +1,4 @@
-//! The query string of `GET /todos` beyond `limit=N` (design section 11):
+//! The query string of `GET /todos` beyond `limit=N` (docs/architecture.md §9):
 //! filters, sort, limit and the keyset cursor, parsed into a [`ListQuery`].
 //!
 //! Every parameter is checked: an unknown name, a name given twice or a bad

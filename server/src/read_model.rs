@@ -1,5 +1,5 @@
 //! The read model: every todo, user and category in memory, indexed for the
-//! product API's queries (design section 11), in both modes.
+//! product API's queries (docs/architecture.md §9), in both modes.
 //!
 //! ```text
 //! embedded:     apply thread --Change--> ReadModel (it is the store)

@@ -1,4 +1,4 @@
-//! The product API (design section 11) on the embedded default, over real
+//! The product API (docs/architecture.md §9) on the embedded default, over real
 //! sockets: accounts, sessions, categories, filters, search, sorts, keyset
 //! pages, conditional requests and every refusal. The distributed path runs
 //! the same flows in `product_distributed.rs`.

@@ -1,4 +1,4 @@
-//! The distributed path (design sections 4 and 5), chosen when
+//! The distributed path (docs/architecture.md §5 and §6), chosen when
 //! `KAFKA_BROKERS`, `REDIS_URL` and `DATABASE_URL` are all set.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Keeping one core's snapshot current from Redis (design section 4).
+//! Keeping one core's snapshot current from Redis (docs/architecture.md §5).
 //!
 //! Each core holds its own two connections: a subscriber on `todos:changed`
 //! and a command connection for `GET todos:snapshot`. Pub/sub is

@@ -1,4 +1,4 @@
-//! The embedded default (design section 6): the whole write path in one
+//! The embedded default (docs/architecture.md §7): the whole write path in one
 //! process, with no external service.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! `POST /users`, `POST /sessions`, `GET /users/me` (design section 11).
+//! `POST /users`, `POST /sessions`, `GET /users/me` (docs/architecture.md §9).
 //!
 //! Registration is a command like any write (`Op::CreateUser`, through the
 //! command log or Kafka, applied once by the one rule), but its answer waits

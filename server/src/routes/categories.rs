@@ -1,4 +1,4 @@
-//! `/categories` and `/categories/{id}`: each user's own (design section 11).
+//! `/categories` and `/categories/{id}`: each user's own (docs/architecture.md §9).
 //!
 //! Changes are commands (`Op::CreateCategory`, `UpdateCategory`,
 //! `DeleteCategory`) applied once by the one rule, and their answers wait
