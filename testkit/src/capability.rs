@@ -17,8 +17,14 @@ use std::io::Write;
 
 /// The capabilities `TODO_TEST_SKIP` may name, and what each one is.
 pub const KNOWN: [(&str, &str); 4] = [
-    ("io_uring", "the io_uring driver (kernel.io_uring_disabled, seccomp)"),
-    ("netns", "network namespaces for test hosts (ip netns, root)"),
+    (
+        "io_uring",
+        "the io_uring driver (kernel.io_uring_disabled, seccomp)",
+    ),
+    (
+        "netns",
+        "network namespaces for test hosts (ip netns, root)",
+    ),
     ("tmpfs", "a small tmpfs the full-disk test mounts (root)"),
     ("fuzz", "cargo fuzz on the nightly toolchain"),
 ];
@@ -29,9 +35,7 @@ pub fn opted_out(name: &str) -> bool {
 }
 
 fn named_in(list: &str, name: &str) -> bool {
-    list.split([',', ' '])
-        .map(str::trim)
-        .any(|n| n == name)
+    list.split([',', ' ']).map(str::trim).any(|n| n == name)
 }
 
 /// The verdict on `name` for the calling test, given the machine's answer
