@@ -223,7 +223,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                         Action::Write(cmd) => {
                             let trace = core.obs.ids.trace(req.request_id, req.traceparent);
                             let info = logged.then(|| LogInfo::of(&req, user));
-                            let sub = core.writes.backend.start(cmd, Some(&trace));
+                            let sub = core.writes.backend.start(*cmd, Some(&trace));
                             queued.push_back(Queued::Write {
                                 sub,
                                 reply,
@@ -232,7 +232,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                             });
                         }
                         Action::Await(mut pending) => {
-                            if let Pending::Login(_, peer) = &mut pending {
+                            if let Pending::Login(_, peer) = &mut *pending {
                                 // Asked of the kernel only here: login
                                 // limits count per address, and nothing
                                 // else needs it.
@@ -246,7 +246,7 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                             let (route, status) =
                                 // Boxed: a rare wait whose state need not
                                 // be in every connection's future.
-                                Box::pin(routes::complete(core, pending, &mut out, reply, &trace)).await;
+                                Box::pin(routes::complete(core, *pending, &mut out, reply, &trace)).await;
                             core.obs.metrics().request(route, status);
                             answered(
                                 &core.obs,

@@ -139,7 +139,7 @@ pub fn query(
     // The key the lookup above built, kept for the page about to be made.
     let key: Box<[u8]> = reads.scratch.borrow().as_slice().into();
     if q.is_search() {
-        return Action::Await(super::Pending::Search(Box::new((q, key)))).by(subject);
+        return Action::wait(super::Pending::Search(Box::new((q, key)))).by(subject);
     }
     let rendered = render_page(&reads.model.read(), &q);
     let page = cache_page(reads, key, rendered, !q.mine);
@@ -187,7 +187,7 @@ pub fn get(reads: &Reads, id: u64, out: &mut Vec<u8>, reply: Reply<'_>) -> Actio
             reply.json(out, 200, &[row]);
             Action::Done(Route::TodosGet, 200)
         }
-        None => Action::Await(super::Pending::GetTodo(id)),
+        None => Action::wait(super::Pending::GetTodo(id)),
     }
 }
 
@@ -249,12 +249,12 @@ pub fn write(
     };
     // A keyed write's key is claimed before it is submitted.
     let keyed = cmd.idempotency.is_some();
-    let checked = |cmd, category| Action::Await(Pending::SubmitChecked { cmd, category });
+    let checked = |cmd, category| Action::wait(Pending::SubmitChecked { cmd, category });
     let Some(category) = category else {
         return Ok(if keyed {
             checked(cmd, None)
         } else {
-            Action::Write(cmd)
+            Action::write(cmd)
         });
     };
     // The category must be one of the writer's own: 422 now; the apply
@@ -265,7 +265,7 @@ pub fn write(
     };
     match model.category(category) {
         Some(c) if c.owner == cmd.user && keyed => Ok(checked(cmd, None)),
-        Some(c) if c.owner == cmd.user => Ok(Action::Write(cmd)),
+        Some(c) if c.owner == cmd.user => Ok(Action::write(cmd)),
         _ => Err(UNKNOWN_CATEGORY),
     }
 }
