@@ -28,8 +28,8 @@ TEST_SKIP_KNOWN="io_uring netns tmpfs fuzz"
 # check_skips: exit 2 when TODO_TEST_SKIP names a capability no test knows
 # (a typo would otherwise skip nothing and say nothing).
 check_skips() {
-  local name
-  for name in ${TODO_TEST_SKIP//,/ }; do
+  local name list=${TODO_TEST_SKIP:-}
+  for name in ${list//,/ }; do
     if [[ " $TEST_SKIP_KNOWN " != *" $name "* ]]; then
       echo "TODO_TEST_SKIP names $name: not one of $TEST_SKIP_KNOWN" >&2
       exit 2
@@ -39,7 +39,8 @@ check_skips() {
 
 # skip_named NAME: whether TODO_TEST_SKIP names NAME.
 skip_named() {
-  [[ " ${TODO_TEST_SKIP//,/ } " == *" $1 "* ]]
+  local list=${TODO_TEST_SKIP:-}
+  [[ " ${list//,/ } " == *" $1 "* ]]
 }
 
 # capability_summary LOG: what the tests that need a capability did (the
