@@ -41,20 +41,22 @@ pub fn drivers() -> Vec<&'static str> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn todo-server");
+    // The listening line, or the error it exits with (a backtrace may
+    // follow it when RUST_BACKTRACE is set).
     let mut said = String::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let Ok(line) = line else { break };
-        said = line;
-        if said.contains("listening on ") {
+        if line.contains("listening on ") || line.starts_with("Error") {
+            said = line;
             break;
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    let probe = if said.contains("io_uring driver") {
+    let probe = if said.contains("listening on ") && said.contains("io_uring driver") {
         Ok(())
     } else {
-        Err(format!("todo-server --driver uring said: {said}"))
+        Err(format!("todo-server --driver uring said: {said:?}"))
     };
     if todo_testkit::capability::available("io_uring", probe) {
         vec!["uring", "legacy"]
