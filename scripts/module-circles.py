@@ -97,6 +97,8 @@ def strip_test_blocks(src):
 
 def expand_use(tree):
     """`a::{b, c::{d, e}}` -> [a::b, a::c::d, a::c::e]."""
+    # Aliases first (`a::B as C`), while the spaces still mark them.
+    tree = re.sub(r"\s+as\s+" + IDENT, "", tree)
     tree = re.sub(r"\s+", "", tree)
     depth = 0
     for i, ch in enumerate(tree):
@@ -119,7 +121,7 @@ def expand_use(tree):
                         paths.extend(prefix + q for q in expand_use(p))
                 return paths
             depth += 1
-    return [re.sub(r"as" + IDENT + "$", "", tree.split(" as ")[0])]
+    return [tree]
 
 
 def module_of(src_dir, path):

@@ -233,12 +233,13 @@ fn id_array(ids: impl Iterator<Item = u64>) -> String {
 #[test]
 fn a_cluster_rides_out_a_cut_link_a_killed_worker_and_a_stopped_balancer() {
     let check = cluster(&["check"]);
-    let probe = match check.status.success() {
-        true => Ok(()),
-        false => Err(format!(
+    let probe = if check.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
             "cluster.sh check: {}",
             String::from_utf8_lossy(&check.stderr).trim()
-        )),
+        ))
     };
     if !todo_testkit::capability::available("netns", probe) {
         return; // TODO_TEST_SKIP names netns: recorded as skipped

@@ -309,8 +309,11 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
 }
 
 /// A response slot behind a write in flight.
-// Most slots are writes (a pipelined batch of them); boxing each would
-// allocate per write to make the rarer ready responses smaller.
+// Most slots are writes (a pipelined batch of them) and live in this deque
+// only; boxing each here would allocate per write to make the rarer ready
+// responses smaller. (The command itself arrives boxed in `Action::Write`,
+// because every request's `Routed` moves through the hot path: see
+// `routes::Action`.)
 #[allow(clippy::large_enum_variant)]
 enum Queued<'a> {
     /// A write handed to the backend; its response is known once it finishes.

@@ -14,7 +14,9 @@
 //!   log (`conn.rs`, `/metrics`).
 //!
 //! Nothing here is touched by another core except the metrics array (read by
-//! `/metrics`, see [`crate::metrics`]) and the handles in [`Services`].
+//! `/metrics`, see [`crate::metrics`]) and the handles every core is given
+//! from [`Services`]: the read model, the search and password threads, the
+//! secret, the access log's writer.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! A Redis connection on tokio (the worker, the server's lookup thread): one
+//! A Redis connection on tokio (the worker, the server's todo-db thread): one
 //! command at a time, encoded and decoded by [`crate::resp`].
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -29,13 +29,37 @@ pub const KNOWN: [(&str, &str); 4] = [
     ("fuzz", "cargo fuzz on the nightly toolchain"),
 ];
 
-/// Whether `TODO_TEST_SKIP` (comma- or space-separated) names `name`.
-pub fn opted_out(name: &str) -> bool {
-    named_in(&std::env::var("TODO_TEST_SKIP").unwrap_or_default(), name)
-}
-
+/// Whether a skip list (comma- or space-separated) names `name`.
 fn named_in(list: &str, name: &str) -> bool {
     list.split([',', ' ']).map(str::trim).any(|n| n == name)
+}
+
+/// What a test does about a capability.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The machine has it: use it.
+    Run,
+    /// Missing, and the skip list names it: skip what needs it.
+    Skip(String),
+    /// Missing and not named: the test fails with this message.
+    Fail(String),
+}
+
+/// The rule itself, with the skip list given: no environment, no log.
+fn verdict(name: &str, test: &str, probe: Result<(), String>, skip_list: &str) -> Verdict {
+    assert!(
+        KNOWN.iter().any(|(n, _)| *n == name),
+        "capability {name:?} is not one of {:?}",
+        KNOWN.map(|(n, _)| n)
+    );
+    match probe {
+        Ok(()) => Verdict::Run,
+        Err(why) if named_in(skip_list, name) => Verdict::Skip(why.replace('\n', " ")),
+        Err(why) => Verdict::Fail(format!(
+            "{test} needs {name} and this machine lacks it: {why}\n\
+             (TODO_TEST_SKIP={name} skips what needs it; the run then lists the skip)"
+        )),
+    }
 }
 
 /// The verdict on `name` for the calling test, given the machine's answer
@@ -44,30 +68,22 @@ fn named_in(list: &str, name: &str) -> bool {
 /// that needs it is skipped, and the skip recorded). Panics when it is
 /// missing and not opted out, so the test fails saying why.
 pub fn available(name: &str, probe: Result<(), String>) -> bool {
-    assert!(
-        KNOWN.iter().any(|(n, _)| *n == name),
-        "capability {name:?} is not one of {:?}",
-        KNOWN.map(|(n, _)| n)
-    );
     let test = std::thread::current()
         .name()
         .unwrap_or("(unnamed)")
         .to_string();
-    match probe {
-        Ok(()) => {
+    let skip_list = std::env::var("TODO_TEST_SKIP").unwrap_or_default();
+    match verdict(name, &test, probe, &skip_list) {
+        Verdict::Run => {
             record(&format!("ran {name} {test}"));
             true
         }
-        Err(why) if opted_out(name) => {
-            let why = why.replace('\n', " ");
+        Verdict::Skip(why) => {
             record(&format!("skipped {name} {test}: {why}"));
             eprintln!("SKIPPED ({name}, named by TODO_TEST_SKIP): {test}: {why}");
             false
         }
-        Err(why) => panic!(
-            "{test} needs {name} and this machine lacks it: {why}\n\
-             (TODO_TEST_SKIP={name} skips what needs it; the run then lists the skip)"
-        ),
+        Verdict::Fail(message) => panic!("{message}"),
     }
 }
 
@@ -101,24 +117,41 @@ mod tests {
     }
 
     #[test]
-    fn a_present_capability_is_available() {
-        assert!(available("tmpfs", Ok(())));
+    fn a_present_capability_runs_whatever_the_list_says() {
+        assert_eq!(verdict("tmpfs", "t", Ok(()), ""), Verdict::Run);
+        assert_eq!(verdict("tmpfs", "t", Ok(()), "tmpfs"), Verdict::Run);
     }
 
     #[test]
-    #[should_panic(expected = "needs netns and this machine lacks it: no ip")]
-    fn a_missing_capability_fails_the_test_unless_opted_out() {
-        // This process's TODO_TEST_SKIP is whatever the run set; the test
-        // holds only where it does not name netns.
-        if opted_out("netns") {
-            panic!("needs netns and this machine lacks it: no ip (opted out in this run)");
-        }
-        available("netns", Err("no ip".into()));
+    fn a_missing_capability_is_skipped_only_where_the_list_names_it() {
+        assert_eq!(
+            verdict("netns", "t", Err("no ip\nat all".into()), "io_uring,netns"),
+            Verdict::Skip("no ip at all".into())
+        );
+        let Verdict::Fail(message) = verdict("netns", "cluster", Err("no ip".into()), "io_uring")
+        else {
+            panic!("a capability the list does not name must fail the test");
+        };
+        assert!(message.contains("cluster needs netns and this machine lacks it: no ip"));
+        assert!(message.contains("TODO_TEST_SKIP=netns"));
     }
 
     #[test]
     #[should_panic(expected = "is not one of")]
     fn an_unknown_capability_is_a_mistake_in_the_test() {
-        available("gpu", Ok(()));
+        verdict("gpu", "t", Ok(()), "");
+    }
+
+    /// scripts/lib.sh checks TODO_TEST_SKIP against its own copy of the
+    /// names (the shell cannot ask this crate): the two lists agree.
+    #[test]
+    fn the_scripts_know_the_same_capabilities() {
+        let lib = include_str!("../../scripts/lib.sh");
+        let line = lib
+            .lines()
+            .find_map(|l| l.strip_prefix("TEST_SKIP_KNOWN="))
+            .expect("TEST_SKIP_KNOWN= in scripts/lib.sh");
+        let scripts: Vec<&str> = line.trim_matches('"').split_whitespace().collect();
+        assert_eq!(scripts, KNOWN.map(|(n, _)| n));
     }
 }

@@ -22,7 +22,7 @@ use super::{DistributedError, Settings};
 use crate::errors::Unavailable;
 use crate::read_model::Shared;
 
-/// Connections in the lookup pool.
+/// Connections in the todo-db thread's PostgreSQL pool.
 const POOL_SIZE: usize = 4;
 const QUEUE_DEPTH: usize = 4096;
 

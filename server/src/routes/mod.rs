@@ -100,8 +100,8 @@ pub enum Pending {
     },
     GetTodo(u64),
     Outcome(u64),
-    /// A `q=` search, and its page cache key (boxed: rare and large).
-    Search(Box<(crate::query::ListQuery, Box<[u8]>)>),
+    /// A `q=` search, and its page cache key.
+    Search(crate::query::ListQuery, Box<[u8]>),
     Register(accounts::Credentials),
     Login(accounts::Credentials, Option<IpAddr>),
     Me(Rc<str>),
@@ -355,9 +355,9 @@ pub async fn complete(
             Route::TodosGet,
             todos::get_slow(backend, id, out, reply).await,
         ),
-        Pending::Search(search) => (
+        Pending::Search(query, key) => (
             Route::TodosQuery,
-            todos::search(&core.reads, *search, out, reply).await,
+            todos::search(&core.reads, query, key, out, reply).await,
         ),
         Pending::Register(c) => (
             Route::Users,

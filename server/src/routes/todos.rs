@@ -139,7 +139,7 @@ pub fn query(
     // The key the lookup above built, kept for the page about to be made.
     let key: Box<[u8]> = reads.scratch.borrow().as_slice().into();
     if q.is_search() {
-        return Action::wait(super::Pending::Search(Box::new((q, key)))).by(subject);
+        return Action::wait(super::Pending::Search(q, key)).by(subject);
     }
     let rendered = render_page(&reads.model.read(), &q);
     let page = cache_page(reads, key, rendered, !q.mine);
@@ -203,7 +203,7 @@ pub async fn get_slow(backend: &Backend, id: u64, out: &mut Vec<u8>, reply: Repl
     }
 }
 
-/// Check a write: token, body framing, media type, JSON, field rules, the
+/// Check a write: body framing, media type, JSON, field rules, the
 /// category. Returns the command for the connection loop to hand to the
 /// backend ([`Action::Write`]), or, when the backend must check it first,
 /// what to await. `user` is the token's subject, checked by the caller;
@@ -336,7 +336,8 @@ pub async fn submit_checked(
 /// A `q=` search, rendered on the search thread.
 pub async fn search(
     reads: &Reads,
-    (query, key): (ListQuery, Box<[u8]>),
+    query: ListQuery,
+    key: Box<[u8]>,
     out: &mut Vec<u8>,
     reply: Reply<'_>,
 ) -> u16 {
