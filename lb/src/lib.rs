@@ -282,11 +282,11 @@ async fn core_main(
         monoio::spawn(async move {
             lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
                 let (core, tls) = (core.clone(), tls.clone());
-                core.conns.opened();
+                core.conns.open.opened();
                 core.metrics().accepted();
                 monoio::spawn(async move {
                     proxy::serve_tls(core.clone(), &tls, stream, peer).await;
-                    core.conns.closed();
+                    core.conns.open.closed();
                     core.metrics().closed();
                 });
             })
@@ -295,11 +295,11 @@ async fn core_main(
     });
     lifecycle::accept_until(listener, &shutdown, &label, |stream, peer| {
         let core = core.clone();
-        core.conns.opened();
+        core.conns.open.opened();
         core.metrics().accepted();
         monoio::spawn(async move {
             proxy::serve(core.clone(), stream, peer).await;
-            core.conns.closed();
+            core.conns.open.closed();
             core.metrics().closed();
         });
     })
@@ -309,5 +309,5 @@ async fn core_main(
     }
     // Drain: connections finish their batch in flight and close.
     core.conns.drain();
-    core.conns.drained(drain_timeout).await;
+    core.conns.open.drained(drain_timeout).await;
 }

@@ -106,13 +106,35 @@ fn accept_queued(listener: &TcpListener) -> io::Result<Option<(TcpStream, Socket
     Ok(Some((stream, peer)))
 }
 
-/// Wait until `open` is zero or `timeout` has passed; false on time-out.
-pub async fn drained(open: &Cell<usize>, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while open.get() > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
+/// A core's count of open connections, which the drain waits on (per core,
+/// so a `Cell`; todo-server and todo-lb each keep one).
+#[derive(Debug, Default)]
+pub struct OpenCount(Cell<usize>);
+
+impl OpenCount {
+    /// A connection was accepted.
+    pub fn opened(&self) {
+        self.0.set(self.0.get() + 1);
     }
-    open.get() == 0
+
+    /// A connection ended.
+    pub fn closed(&self) {
+        self.0.set(self.0.get() - 1);
+    }
+
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.0.get()
+    }
+
+    /// Wait until none is open or `timeout` has passed; false on time-out.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.count() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.count() == 0
+    }
 }
 
 /// The error of [`flush_within`] when the client did not take its answers.

@@ -59,7 +59,7 @@ pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdo
     lifecycle::accept_until(listener, &shutdown, &label, |stream, _peer| {
         let core = core.clone();
         core.obs.metrics().accepted();
-        core.conns.opened();
+        core.conns.open.opened();
         monoio::spawn(async move {
             let served = AssertUnwindSafe(crate::conn::serve(core.clone(), stream))
                 .catch_unwind()
@@ -69,18 +69,18 @@ pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdo
                 core.obs.metrics().panicked();
             }
             core.obs.metrics().closed();
-            core.conns.closed();
+            core.conns.open.closed();
         });
     })
     .await;
     // Draining: /readyz says 503, every connection closes after its next
     // response or at once when quiet (conn.rs).
     core.conns.drain();
-    if !core.conns.drained(core.config.drain_timeout).await {
+    if !core.conns.open.drained(core.config.drain_timeout).await {
         eprintln!(
             "todo-server: core {}: drain timeout, closing {} connections",
             core.index,
-            core.conns.count()
+            core.conns.open.count()
         );
     }
 }

@@ -160,7 +160,7 @@ const POOLED_BUFFERS: usize = 256;
 #[derive(Default)]
 pub struct Connections {
     /// Connections open on this core (the drain waits for zero).
-    open: Cell<usize>,
+    pub open: lifecycle::OpenCount,
     /// Set when shutting down: `/readyz` answers 503 so balancers drain us.
     draining: Cell<bool>,
     /// Quiet connections: socket and when it is idle too long. They hold no
@@ -172,19 +172,6 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn opened(&self) {
-        self.open.set(self.open.get() + 1);
-    }
-
-    pub fn closed(&self) {
-        self.open.set(self.open.get() - 1);
-    }
-
-    /// Connections open now.
-    pub fn count(&self) -> usize {
-        self.open.get()
-    }
-
     pub fn draining(&self) -> bool {
         self.draining.get()
     }
@@ -194,12 +181,6 @@ impl Connections {
     pub fn drain(&self) {
         self.draining.set(true);
         self.sweep_quiet();
-    }
-
-    /// Wait until every connection has closed, at most `timeout`; whether
-    /// they all did.
-    pub async fn drained(&self, timeout: Duration) -> bool {
-        lifecycle::drained(&self.open, timeout).await
     }
 
     /// An empty buffer with at least `capacity` bytes, from the pool when it

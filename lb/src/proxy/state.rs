@@ -93,7 +93,7 @@ impl LbCore {
 #[derive(Default)]
 pub struct Connections {
     /// Open now (the drain waits for 0).
-    open: Cell<usize>,
+    pub open: todo_runtime::lifecycle::OpenCount,
     draining: Cell<bool>,
     /// Client sockets serving requests on this core, so a drain can wake
     /// the ones waiting for a request (see [`Connections::drain`]).
@@ -101,26 +101,6 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// A client connection was accepted.
-    pub fn opened(&self) {
-        self.open.set(self.open.get() + 1);
-    }
-
-    /// A client connection ended.
-    pub fn closed(&self) {
-        self.open.set(self.open.get() - 1);
-    }
-
-    /// Client connections open now.
-    pub fn count(&self) -> usize {
-        self.open.get()
-    }
-
-    /// Until every connection has closed, or `timeout`; false on timeout.
-    pub async fn drained(&self, timeout: Duration) -> bool {
-        todo_runtime::lifecycle::drained(&self.open, timeout).await
-    }
-
     /// A drain has begun: finish the batch in flight, take no other.
     #[inline]
     pub fn draining(&self) -> bool {
