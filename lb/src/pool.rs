@@ -207,8 +207,17 @@ impl Member {
 /// A pooled connection the upstream closed reads as end of stream at once;
 /// one that is fine has nothing to read (EAGAIN).
 fn still_open(conn: &TcpStream) -> bool {
+    matches!(peek_byte(conn), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The next byte in `conn`'s receive queue, left there (MSG_PEEK), without
+/// waiting: `Ok(None)` at end of stream, `WouldBlock` when nothing is there
+/// yet. Used here to test a pooled connection and by the proxy to tell a TLS
+/// client from a plain one.
+pub fn peek_byte(conn: &TcpStream) -> io::Result<Option<u8>> {
     let mut byte = 0u8;
-    // SAFETY: a one-byte peek into a local, on a socket we own.
+    // SAFETY: `conn` owns the descriptor for this call, and `byte` is a
+    // valid one-byte buffer that outlives it.
     let n = unsafe {
         libc::recv(
             conn.as_raw_fd(),
@@ -217,7 +226,11 @@ fn still_open(conn: &TcpStream) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    match n {
+        1 => Ok(Some(byte)),
+        0 => Ok(None),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// This core's members, rebuilt when the shared set changes.

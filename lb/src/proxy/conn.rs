@@ -101,23 +101,11 @@ pub async fn serve_tls(core: Rc<LbCore>, tls: &CoreTls, stream: TcpStream, peer:
 async fn first_byte(stream: &TcpStream) -> Option<u8> {
     loop {
         stream.readable(false).await.ok()?;
-        let mut byte = 0u8;
-        // SAFETY: `stream` owns the descriptor for this call, and `byte` is a
-        // valid one-byte buffer that outlives it. MSG_PEEK leaves the byte
-        // for the TLS library to read.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            1 => return Some(byte),
-            0 => return None,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => continue,
-            _ => return None,
+        // Peeked: the byte stays for the TLS library to read.
+        match crate::pool::peek_byte(stream) {
+            Ok(first) => return first,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
         }
     }
 }
