@@ -31,7 +31,7 @@ TOKEN=$("$BIN/todo-server" token --sub bench)
 kill -STOP "$(cat "$DIR/worker.pid")"
 
 # The size of the command todo-bench's POST becomes on the wire.
-SIZE=$(python3 -c 'import json; print(len(json.dumps({"command_id":250614141134319617,"op":"create","todo_id":250614141134319616,"user":"bench","fields":{"title":"bench","description":"written by todo-bench"},"issued_at":1795431067432}, separators=(",",":"))))')
+SIZE=$(python3 -c 'import json; print(len(json.dumps({"command_id":250614141134319617,"op":"create","todo_id":250614141134319616,"user":"bench","fields":{"public":True,"title":"bench","description":"written by todo-bench"},"issued_at":1795431067432}, separators=(",",":"))))')
 IN_FLIGHT=$((CONNECTIONS * PIPELINING))
 
 log "todo-server: POST /todos, -c $CONNECTIONS -p $PIPELINING ($IN_FLIGHT in flight)"

@@ -9,6 +9,8 @@ CREATE INDEX IF NOT EXISTS todos_version ON todos (version);
 CREATE INDEX IF NOT EXISTS users_version ON users (version);
 CREATE INDEX IF NOT EXISTS categories_version ON categories (version);
 CREATE INDEX IF NOT EXISTS deleted_version ON deleted (version);
+-- The snapshot (the newest public todos) and the public lists in id order.
+CREATE INDEX IF NOT EXISTS todos_public_id ON todos (id) WHERE public;
 -- The list queries (pg/list.rs). "created_at order" is id order (ids are
 -- time-ordered), served by the primary key.
 --   owner [+ completed], newest first, keyset on id

@@ -15,7 +15,10 @@ CREATE TABLE IF NOT EXISTS todos (
     description TEXT    NOT NULL DEFAULT '',
     completed   BOOLEAN NOT NULL DEFAULT false,
     created_at  BIGINT  NOT NULL,
-    updated_at  BIGINT  NOT NULL
+    updated_at  BIGINT  NOT NULL,
+    -- Seen by readers other than the owner (docs/architecture.md §13).
+    -- Every insert says which; one that does not makes a private todo.
+    public      BOOLEAN NOT NULL DEFAULT false
 );
 CREATE TABLE IF NOT EXISTS users (
     id            BIGINT PRIMARY KEY,
@@ -53,6 +56,15 @@ BEGIN
         -- Rows written before versions existed read as version 0: a follower
         -- gets them from its initial load (pg::load_all), never from the feed.
         ALTER TABLE todos ADD COLUMN IF NOT EXISTS version BIGINT NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'todos'::regclass AND attname = 'public' AND NOT attisdropped) THEN
+        -- Rows written before visibility existed were published under the
+        -- rules of their time (every reader saw every todo): they stay
+        -- public. Rows written from now on say which they are, and one
+        -- that does not is private.
+        ALTER TABLE todos ADD COLUMN IF NOT EXISTS public BOOLEAN NOT NULL DEFAULT true;
+        ALTER TABLE todos ALTER COLUMN public SET DEFAULT false;
     END IF;
 END
 $$;

@@ -133,7 +133,7 @@ fn get(host: &str, path: &str, token: Option<&str>) -> Vec<u8> {
 }
 
 fn post(host: &str, path: &str, token: &str) -> Vec<u8> {
-    let body = r#"{"title":"bench","description":"written by todo-bench"}"#;
+    let body = r#"{"public":true,"title":"bench","description":"written by todo-bench"}"#;
     format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()

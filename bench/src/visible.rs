@@ -248,7 +248,7 @@ fn write_all(cli: &Cli, clock: Clock) -> anyhow::Result<(Vec<Written>, HashMap<u
     let start = Instant::now() + Duration::from_millis(100);
     let end = start + cli.duration;
     let every = Duration::from_secs_f64(1.0 / cli.rate);
-    let body = r#"{"title":"visible","description":"written by todo-visible"}"#;
+    let body = r#"{"public":true,"title":"visible","description":"written by todo-visible"}"#;
     let request = Arc::new(format!(
         "POST /todos HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         cli.token,

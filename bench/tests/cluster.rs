@@ -172,7 +172,7 @@ fn write_until(lbs: Vec<SocketAddr>, token: String, tag: String, stop: Arc<Atomi
             },
         };
         n += 1;
-        let body = format!(r#"{{"title":"{tag}-{n}"}}"#);
+        let body = format!(r#"{{"public":true,"title":"{tag}-{n}"}}"#);
         let req = format!(
             "POST /todos HTTP/1.1\r\nHost: cluster\r\nAuthorization: Bearer {token}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -82,7 +82,7 @@ fn token(sub: &str) -> String {
 fn send(at: SocketAddr, method: &str, bearer: Option<&str>, n: usize) -> Vec<Response> {
     let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let (path, body) = match method {
-        "POST" => ("/todos", "{\"title\":\"limited\"}"),
+        "POST" => ("/todos", "{\"public\":true,\"title\":\"limited\"}"),
         _ => ("/todos?limit=1", ""),
     };
     let one = format!(

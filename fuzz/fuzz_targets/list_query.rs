@@ -31,6 +31,7 @@ fn model() -> &'static ReadModel {
                 created_at: 1_800_000_000_000 + id,
                 updated_at: 1_800_000_000_000 + id % 40,
                 category_id: (id % 5 == 0).then_some(7),
+                public: id % 4 != 0,
             }));
         }
         m
@@ -46,6 +47,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let page = model().page(&q);
     assert!(page.rows.len() <= q.limit);
+    // Only alice's own list (mine=true) shows a private todo.
+    assert!(page
+        .rows
+        .iter()
+        .all(|t| t.public || (q.mine && t.owner == "alice")));
     if let Some(next) = &page.next {
         let link = q.next_link(next);
         let target = &link[link.find('?').unwrap() + 1..link.find('>').unwrap()];

@@ -38,7 +38,7 @@ fn token(sub: &str, secret: &str) -> String {
 fn send(at: SocketAddr, method: &str, path: &str, bearer: Option<&str>, n: usize) -> Vec<Response> {
     let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let body = if method == "POST" {
-        "{\"title\":\"x\"}"
+        "{\"public\":true,\"title\":\"x\"}"
     } else {
         ""
     };

@@ -61,6 +61,13 @@ pub struct Fields {
         skip_serializing_if = "Option::is_none"
     )]
     pub category_id: Option<Option<u64>>,
+    /// Whether others see the todo. A create without it is private: the
+    /// server writes `Some(false)` into the command it accepts, so a create
+    /// command without the field was logged before visibility existed (and
+    /// made a todo every reader saw): [`decide`] keeps such todos public.
+    /// An update without it leaves the todo as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
 }
 
 /// A field that is present deserializes to `Some`, even when it is `null`
@@ -80,7 +87,8 @@ impl Fields {
                 if self.title.is_none()
                     && self.description.is_none()
                     && self.completed.is_none()
-                    && self.category_id.is_none() =>
+                    && self.category_id.is_none()
+                    && self.public.is_none() =>
             {
                 return Err(FieldError::NothingToChange)
             }
@@ -207,9 +215,10 @@ pub enum Change {
 #[serde(rename_all = "snake_case")]
 pub enum Rejection {
     /// Update or delete of a todo or category that does not exist (or no
-    /// longer does).
+    /// longer does), or of another user's todo.
     NotFound,
-    /// Update or delete by someone other than the owner.
+    /// Update or delete of a category by someone other than its owner. (A
+    /// todo of someone else's is [`Rejection::NotFound`].)
     NotOwner,
     /// A create whose id is already taken (only a replayed or forged command).
     AlreadyExists,
@@ -284,10 +293,13 @@ pub fn decide(facts: &Facts<'_>, cmd: &TodoCommand) -> Result<Change, Rejection>
                 created_at: cmd.issued_at,
                 updated_at: cmd.issued_at,
                 category_id: cmd.fields.category_id.flatten(),
+                public: cmd.fields.public.unwrap_or(true),
             }))
         }
+        // Another's todo answers as one that does not exist, so an outcome
+        // never tells a writer which ids are taken (docs/architecture.md §13).
         (Op::Update | Op::Delete, None) => Err(Rejection::NotFound),
-        (Op::Update | Op::Delete, Some(todo)) if todo.owner != cmd.user => Err(Rejection::NotOwner),
+        (Op::Update | Op::Delete, Some(todo)) if todo.owner != cmd.user => Err(Rejection::NotFound),
         (Op::Delete, Some(todo)) => Ok(Change::Delete(todo.id)),
         (Op::Update, Some(todo)) => {
             category_ok()?;
@@ -303,6 +315,9 @@ pub fn decide(facts: &Facts<'_>, cmd: &TodoCommand) -> Result<Change, Rejection>
             }
             if let Some(category) = cmd.fields.category_id {
                 next.category_id = category;
+            }
+            if let Some(public) = cmd.fields.public {
+                next.public = public;
             }
             // Never move time backwards, even if a command was issued by a
             // server whose clock is behind the one that created the row.
@@ -393,6 +408,65 @@ mod tests {
     }
 
     #[test]
+    fn visibility_defaults_and_flips() {
+        let created = |public| {
+            let fields = Fields {
+                public,
+                ..title("a")
+            };
+            match decide(&Facts::default(), &cmd(Op::Create, "alice", fields)) {
+                Ok(Change::Insert(todo)) => todo,
+                other => panic!("create must insert: {other:?}"),
+            }
+        };
+        assert!(!created(Some(false)).public);
+        assert!(created(Some(true)).public);
+        // A create logged before the field existed was published then.
+        assert!(created(None).public);
+
+        let private = created(Some(false));
+        let flip = |todo: &Todo, public| {
+            let fields = Fields {
+                public,
+                ..Fields::default()
+            };
+            match decide(&with_todo(todo), &cmd(Op::Update, "alice", fields)) {
+                Ok(Change::Update(next)) => next,
+                other => panic!("owner update must apply: {other:?}"),
+            }
+        };
+        let public = flip(&private, Some(true));
+        assert!(public.public);
+        assert!(!flip(&public, Some(false)).public);
+        // An update without the field leaves it.
+        let renamed = match decide(&with_todo(&private), &cmd(Op::Update, "alice", title("b"))) {
+            Ok(Change::Update(next)) => next,
+            other => panic!("{other:?}"),
+        };
+        assert!(!renamed.public);
+        assert_eq!(
+            Fields {
+                public: Some(true),
+                ..Fields::default()
+            }
+            .validate(Op::Update),
+            Ok(())
+        );
+
+        assert!(private.visible_to(Some("alice")));
+        assert!(!private.visible_to(Some("bob")));
+        assert!(!private.visible_to(None));
+        assert!(public.visible_to(None) && public.visible_to(Some("bob")));
+    }
+
+    #[test]
+    fn a_todo_without_the_field_reads_back_public() {
+        let old = r#"{"id":1,"owner":"a","title":"t","description":"","completed":false,"created_at":1,"updated_at":1}"#;
+        let todo: Todo = sonic_rs::from_str(old).unwrap();
+        assert!(todo.public, "rows stored before visibility were published");
+    }
+
+    #[test]
     fn create_then_owner_rules() {
         let Ok(Change::Insert(todo)) =
             decide(&Facts::default(), &cmd(Op::Create, "alice", title("a")))
@@ -400,16 +474,21 @@ mod tests {
             panic!("create must insert")
         };
         assert_eq!(todo.owner, "alice");
+        // Another's todo is rejected exactly as a missing one.
         assert_eq!(
             decide(&with_todo(&todo), &cmd(Op::Update, "bob", title("b"))),
-            Err(Rejection::NotOwner)
+            decide(&Facts::default(), &cmd(Op::Update, "bob", title("b")))
+        );
+        assert_eq!(
+            decide(&with_todo(&todo), &cmd(Op::Update, "bob", title("b"))),
+            Err(Rejection::NotFound)
         );
         assert_eq!(
             decide(
                 &with_todo(&todo),
                 &cmd(Op::Delete, "bob", Fields::default())
             ),
-            Err(Rejection::NotOwner)
+            Err(Rejection::NotFound)
         );
         assert_eq!(
             decide(

@@ -8,7 +8,7 @@ pub const SEED_COUNT: usize = 10_000;
 /// Owner of the seeded todos.
 pub const SEED_OWNER: &str = "seed";
 
-/// `count` todos, oldest first, created one second apart ending at `now_ms`.
+/// `count` public todos, oldest first, created one second apart ending at `now_ms`.
 /// Ids come from the reserved node [`MAX_NODE`], so they never collide with a
 /// server's.
 pub fn seed(count: usize, now_ms: u64) -> Vec<Todo> {
@@ -26,6 +26,8 @@ pub fn seed(count: usize, now_ms: u64) -> Vec<Todo> {
                 created_at: at,
                 updated_at: at,
                 category_id: None,
+                // The demo list: what the public hot path serves.
+                public: true,
             }
         })
         .collect()

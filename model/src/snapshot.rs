@@ -1,6 +1,8 @@
 //! The ONE renderer of the served JSON bytes.
 //!
-//! A [`Snapshot`] is the newest [`SNAPSHOT_MAX`] todos, rendered once into
+//! A [`Snapshot`] is the newest [`SNAPSHOT_MAX`] public todos (whoever
+//! renders one passes only those: the hot path serves it to anyone and
+//! checks no viewer, docs/architecture.md §13), rendered once into
 //! `[row,row,...,row]` plus the end offset of every row. The body for
 //! `limit=N` is then `body[..ends[N-1]]` followed by `]`: no rendering, no
 //! allocation per request. Every process that serves or stores the snapshot
@@ -29,6 +31,7 @@ struct TodoJson<'a> {
     #[serde(serialize_with = "rfc3339")]
     updated_at: u64,
     category_id: Option<u64>,
+    public: bool,
 }
 
 pub(crate) fn rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -48,6 +51,7 @@ pub fn render_todo(todo: &Todo, out: &mut Vec<u8>) {
         created_at: todo.created_at,
         updated_at: todo.updated_at,
         category_id: todo.category_id,
+        public: todo.public,
     };
     // Writing a derived Serialize of strings, numbers and bools into a Vec
     // cannot fail.

@@ -24,6 +24,25 @@ pub struct Todo {
     /// categories existed, which read back as none.
     #[serde(default)]
     pub category_id: Option<u64>,
+    /// Whether readers other than the owner see it (docs/architecture.md
+    /// §13). Absent in rows written before visibility existed: those were
+    /// published under the old rules, and read back as public.
+    #[serde(default = "published_before_visibility")]
+    pub public: bool,
+}
+
+fn published_before_visibility() -> bool {
+    true
+}
+
+impl Todo {
+    /// Whether `viewer` (a verified token's subject; `None` for anonymous
+    /// readers and tokens that do not verify) may see this todo: a public
+    /// one, or her own. The one visibility rule every read surface asks.
+    #[inline]
+    pub fn visible_to(&self, viewer: Option<&str>) -> bool {
+        self.public || viewer == Some(self.owner.as_str())
+    }
 }
 
 /// A field that breaks its rule; the server answers it with 422.
@@ -37,7 +56,7 @@ pub enum FieldError {
     TitleTooLong,
     #[error("description is longer than {DESCRIPTION_MAX_CHARS} characters")]
     DescriptionTooLong,
-    #[error("no field to change: give title, description, completed or category_id")]
+    #[error("no field to change: give title, description, completed, category_id or public")]
     NothingToChange,
     #[error("text must not contain control characters")]
     ControlCharacter,

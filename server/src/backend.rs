@@ -9,7 +9,7 @@
 use std::sync::RwLockReadGuard;
 use std::time::{Duration, Instant};
 
-use todo_model::{Category, Outcome, TodoCommand, User};
+use todo_model::{Category, Outcome, Todo, TodoCommand, User};
 
 use crate::distributed::db_thread::{DbThread, KeyArgs};
 use crate::distributed::producer::Producer;
@@ -213,7 +213,9 @@ impl Backend {
     }
 
     /// The rendered JSON of one todo, if it exists.
-    pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
+    /// The todo `id`, whoever may see it (the route asks
+    /// [`todo_model::Todo::visible_to`]).
+    pub async fn get(&self, id: u64) -> Result<Option<Todo>, Unavailable> {
         match self {
             Backend::Embedded(h) => h.get(id).await,
             Backend::Distributed { db, .. } => db.get(id).await,

@@ -292,10 +292,14 @@ impl ListQuery {
     }
 
     /// Whether `todo` (with its lowercased search `text`) passes every
-    /// filter. The cursor is the walk's business, not a filter.
+    /// filter and may be shown. The cursor is the walk's business, not a filter.
     #[inline]
     pub fn matches(&self, todo: &Todo, text: &[u8]) -> bool {
-        self.completed.is_none_or(|c| todo.completed == c)
+        // `mine=true` is the owner's own list (`owner` is her name by now):
+        // her private todos too. Every other list is public todos only,
+        // whoever asks (docs/architecture.md §13).
+        (todo.public || self.mine)
+            && self.completed.is_none_or(|c| todo.completed == c)
             && self.owner.as_deref().is_none_or(|o| todo.owner == o)
             && self.category.is_none_or(|c| todo.category_id == Some(c))
             && self.created_after.is_none_or(|t| todo.created_at > t)

@@ -76,6 +76,9 @@ pub struct ReadModel {
     by_title: BTreeSet<(Box<str>, u64)>,
     by_owner: HashMap<String, BTreeSet<u64>>,
     by_category: HashMap<u64, BTreeSet<u64>>,
+    /// The public todos' ids: the snapshot's rows and every list a reader
+    /// sees without `mine=true` come from these (docs/architecture.md §13).
+    public: BTreeSet<u64>,
     users: HashMap<String, User>,
     categories: BTreeMap<u64, Category>,
     /// (owner, name) -> id: names are unique per owner.
@@ -163,9 +166,9 @@ impl ReadModel {
         self.todos.get(&id).map(|r| &r.todo)
     }
 
-    /// Newest first: what the snapshot renders.
-    pub fn newest(&self) -> impl Iterator<Item = &Todo> {
-        self.todos.values().rev().map(|r| &r.todo)
+    /// The public todos, newest first: what the snapshot renders.
+    pub fn newest_public(&self) -> impl Iterator<Item = &Todo> {
+        self.public.iter().rev().map(|id| &self.todos[id].todo)
     }
 
     pub fn todos(&self) -> impl Iterator<Item = &Todo> {
@@ -246,6 +249,9 @@ impl ReadModel {
         if let Some(c) = todo.category_id {
             self.by_category.entry(c).or_default().insert(id);
         }
+        if todo.public {
+            self.public.insert(id);
+        }
         let text = format!("{}\n{}", todo.title, todo.description).to_lowercase();
         let sig = signature(text.as_bytes());
         let span = (self.texts.len(), text.len() as u32);
@@ -280,6 +286,7 @@ impl ReadModel {
             self.compact_texts();
         }
         self.by_updated.remove(&(todo.updated_at, id));
+        self.public.remove(&id);
         self.by_title.remove(&(Box::from(todo.title.as_str()), id));
         if let Some(set) = self.by_owner.get_mut(&todo.owner) {
             set.remove(&id);
@@ -314,13 +321,16 @@ impl ReadModel {
                 .get(id)
                 .filter(|r| query.matches(&r.todo, self.text(r)))
         };
-        // The smallest set that must hold every match.
+        // The smallest set that must hold every match. A list without
+        // `mine=true` holds public todos only (`matches` checks each row), so
+        // with no owner or category its set is the public todos.
         let owner = query.owner.as_deref().map(|o| self.by_owner.get(o));
         let category = query.category.map(|c| self.by_category.get(&c));
         let set = match (owner, category) {
             (Some(None), _) | (_, Some(None)) => return Page::empty(),
             (Some(Some(a)), Some(Some(b))) => Some(if a.len() <= b.len() { a } else { b }),
             (Some(Some(a)), None) | (None, Some(Some(a))) => Some(a),
+            (None, None) if !query.mine => Some(&self.public),
             (None, None) => None,
         };
         let limit = query.limit;
@@ -627,6 +637,7 @@ mod tests {
             created_at: id,
             updated_at,
             category_id: None,
+            public: true,
         }
     }
 

@@ -84,7 +84,7 @@ fn writes_from_many_clients_reach_every_server() {
                             "POST",
                             "/todos",
                             token,
-                            &format!(r#"{{"title":"c{c} w{i}"}}"#),
+                            &format!(r#"{{"public":true,"title":"c{c} w{i}"}}"#),
                         );
                         assert_eq!(r.status, 202, "{}", r.text());
                         mine.push((r.json()["todo_id"].as_u64().unwrap(), started));
@@ -172,7 +172,7 @@ fn a_stopped_broker_gives_503_never_202_and_writes_flow_after() {
             "POST",
             "/todos",
             &token,
-            &format!(r#"{{"title":"{title}"}}"#),
+            &format!(r#"{{"public":true,"title":"{title}"}}"#),
         )
     };
     let before = write("before");
@@ -286,7 +286,7 @@ fn writes_under_load_come_back_after_a_broker_restart_and_every_202_is_applied()
                             "POST",
                             "/todos",
                             token,
-                            &format!(r#"{{"title":"c{c} w{i}"}}"#),
+                            &format!(r#"{{"public":true,"title":"c{c} w{i}"}}"#),
                         );
                         assert!(matches!(r.status, 202 | 503), "{} {}", r.status, r.text());
                         if r.status == 202 {
@@ -390,7 +390,7 @@ fn redis_restarted_reads_never_fail_and_every_core_converges() {
             "POST",
             "/todos",
             &token,
-            r#"{"title":"while redis was away"}"#,
+            r#"{"public":true,"title":"while redis was away"}"#,
         );
         assert_eq!(r.status, 202);
         let id = r.json()["todo_id"].as_u64().unwrap();

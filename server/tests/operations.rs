@@ -59,7 +59,7 @@ fn owned(server: &Server, owner: &str) -> Vec<u64> {
 fn a_keyed_create_is_applied_once_across_retries_and_a_restart() {
     let server = Server::start("legacy", &[]);
     let token = server.token("ida");
-    let body = r#"{"title":"once only"}"#;
+    let body = r#"{"public":true,"title":"once only"}"#;
     let first = ids(&keyed(&server, &token, "POST", "/todos", "k-1", body));
     let again = keyed(&server, &token, "POST", "/todos", "k-1", body);
     assert_eq!(ids(&again), first, "the first answer again");
@@ -75,7 +75,7 @@ fn a_keyed_create_is_applied_once_across_retries_and_a_restart() {
         "POST",
         "/todos",
         "k-1",
-        r#"{"title":"twice"}"#,
+        r#"{"public":true,"title":"twice"}"#,
     );
     assert_eq!(other.status, 422, "{}", other.text());
     assert_eq!(error_code(&other), "idempotency_key_reused");
@@ -127,7 +127,14 @@ fn a_keyed_create_is_applied_once_across_retries_and_a_restart() {
         ids(&keyed(&server, &token, "POST", "/todos", "k-1", body)),
         first
     );
-    let r = keyed(&server, &token, "POST", "/todos", "k-1", r#"{"title":"x"}"#);
+    let r = keyed(
+        &server,
+        &token,
+        "POST",
+        "/todos",
+        "k-1",
+        r#"{"public":true,"title":"x"}"#,
+    );
     assert_eq!(r.status, 422);
     assert_eq!(owned(&server, "ida"), vec![first.1], "one todo, once");
     let todo = server.get(&path).json();
@@ -154,7 +161,7 @@ fn the_access_log_writes_json_lines_naming_the_instance() {
         "POST",
         "/todos",
         Some(&token),
-        Some(r#"{"title":"logged"}"#),
+        Some(r#"{"public":true,"title":"logged"}"#),
         &[("traceparent", TRACEPARENT)],
     ));
     assert_eq!(write.status, 202, "{}", write.text());
@@ -280,14 +287,21 @@ fn a_keyed_create_retried_on_another_server_and_after_a_restart_is_one_todo() {
     let a = distributed(&env, 1);
     let b = distributed(&env, 2);
     let token = Server::token_with_secret(SECRET, "ivy");
-    let body = r#"{"title":"idempotent across servers"}"#;
+    let body = r#"{"public":true,"title":"idempotent across servers"}"#;
 
     let first = ids(&keyed(&a, &token, "POST", "/todos", "retry-1", body));
     assert_eq!(
         ids(&keyed(&b, &token, "POST", "/todos", "retry-1", body)),
         first
     );
-    let other = keyed(&b, &token, "POST", "/todos", "retry-1", r#"{"title":"no"}"#);
+    let other = keyed(
+        &b,
+        &token,
+        "POST",
+        "/todos",
+        "retry-1",
+        r#"{"public":true,"title":"no"}"#,
+    );
     assert_eq!(other.status, 422, "{}", other.text());
     assert_eq!(error_code(&other), "idempotency_key_reused");
 
@@ -340,7 +354,7 @@ fn a_command_is_pending_on_every_server_until_applied_and_traced_to_the_worker()
         "POST",
         "/todos",
         Some(&token),
-        Some(r#"{"title":"followed"}"#),
+        Some(r#"{"public":true,"title":"followed"}"#),
         &[("traceparent", TRACEPARENT), ("X-Request-Id", "write-1")],
     ));
     let (command_id, _) = ids(&r);

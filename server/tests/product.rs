@@ -168,7 +168,9 @@ fn categories_are_own_and_delete_safely() {
         "POST",
         "/todos",
         Some(&alice),
-        Some(&format!(r#"{{"title":"report","category_id":{work}}}"#)),
+        Some(&format!(
+            r#"{{"public":true,"title":"report","category_id":{work}}}"#
+        )),
     );
     assert_eq!(in_work.status, 202, "{}", in_work.text());
     let todo = in_work.json()["todo_id"].as_u64().unwrap();
@@ -177,7 +179,9 @@ fn categories_are_own_and_delete_safely() {
             "POST",
             "/todos",
             Some(&alice),
-            Some(&format!(r#"{{"title":"x","category_id":{category}}}"#)),
+            Some(&format!(
+                r#"{{"public":true,"title":"x","category_id":{category}}}"#
+            )),
         );
         assert_eq!(r.status, 422, "{}", r.text());
     }
@@ -228,9 +232,11 @@ fn filters_search_sorts_and_conditional_requests() {
     .enumerate()
     {
         let body = if i % 2 == 0 {
-            format!(r#"{{"title":"{title}","description":"item {i}","category_id":{work}}}"#)
+            format!(
+                r#"{{"public":true,"title":"{title}","description":"item {i}","category_id":{work}}}"#
+            )
         } else {
-            format!(r#"{{"title":"{title}","description":"item {i}"}}"#)
+            format!(r#"{{"public":true,"title":"{title}","description":"item {i}"}}"#)
         };
         let r = s.call("POST", "/todos", Some(&alice), Some(&body));
         assert_eq!(r.status, 202, "{}", r.text());
@@ -423,7 +429,9 @@ fn paging_through_5000_todos_while_writes_land() {
     let made: Vec<u64> = s
         .pipelined(
             &(0..5000)
-                .map(|i| create_request(&writer, &format!(r#"{{"title":"t{i:04}"}}"#)))
+                .map(|i| {
+                    create_request(&writer, &format!(r#"{{"public":true,"title":"t{i:04}"}}"#))
+                })
                 .collect::<Vec<_>>(),
         )
         .iter()

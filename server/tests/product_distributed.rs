@@ -73,7 +73,9 @@ fn accounts_and_categories_work_on_any_server_at_once() {
         "POST",
         "/todos",
         Some(&token),
-        Some(&format!(r#"{{"title":"plan","category_id":{work}}}"#)),
+        Some(&format!(
+            r#"{{"public":true,"title":"plan","category_id":{work}}}"#
+        )),
     );
     assert_eq!(r.status, 202, "{}", r.text());
     let todo = r.json()["todo_id"].as_u64().unwrap();
@@ -82,7 +84,9 @@ fn accounts_and_categories_work_on_any_server_at_once() {
         "POST",
         "/todos",
         Some(&other),
-        Some(&format!(r#"{{"title":"x","category_id":{work}}}"#)),
+        Some(&format!(
+            r#"{{"public":true,"title":"x","category_id":{work}}}"#
+        )),
     );
     assert_eq!(
         theirs.status,
@@ -333,7 +337,7 @@ fn embedded_and_distributed_give_the_same_answers() {
                             "POST",
                             "/todos",
                             Some(&token),
-                            Some(&format!(r#"{{"title":"t{made} {w1}","description":"{w2} notes","completed":{completed}{cat_field}}}"#)),
+                            Some(&format!(r#"{{"public":true,"title":"t{made} {w1}","description":"{w2} notes","completed":{completed}{cat_field}}}"#)),
                         ),
                         6..=8 => side.server.call(
                             "PUT",

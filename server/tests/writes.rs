@@ -24,7 +24,7 @@ fn a_write_is_accepted_visible_and_owned() {
             "POST",
             "/todos",
             &alice,
-            r#"{"title":"buy milk","description":"2 litres"}"#,
+            r#"{"public":true,"title":"buy milk","description":"2 litres"}"#,
         );
         assert_eq!(r.status, 202, "{}", r.text());
         let accepted = r.json();
@@ -47,24 +47,25 @@ fn a_write_is_accepted_visible_and_owned() {
         assert_eq!(outcome["status"].as_str(), Some("applied"));
 
         // Bob may not change or delete Alice's todo: accepted, recorded as
-        // rejected, nothing changes.
+        // rejected exactly as for a todo that does not exist, nothing
+        // changes.
         let r = server.send_json(
             "PUT",
             &format!("/todos/{todo_id}"),
             &bob,
-            r#"{"title":"mine now"}"#,
+            r#"{"public":true,"title":"mine now"}"#,
         );
         assert_eq!(r.status, 202);
         let cmd = r.json()["command_id"].as_u64().unwrap();
         let outcome = server.get(&format!("/commands/{cmd}")).json();
         assert_eq!(outcome["status"].as_str(), Some("rejected"));
-        assert_eq!(outcome["reason"].as_str(), Some("not_owner"));
+        assert_eq!(outcome["reason"].as_str(), Some("not_found"));
         let r = server.send_json("DELETE", &format!("/todos/{todo_id}"), &bob, "");
         assert_eq!(r.status, 202);
         let cmd = r.json()["command_id"].as_u64().unwrap();
         assert_eq!(
             server.get(&format!("/commands/{cmd}")).json()["reason"].as_str(),
-            Some("not_owner")
+            Some("not_found")
         );
         assert_eq!(
             server.get(&format!("/todos/{todo_id}")).json()["title"].as_str(),
@@ -90,7 +91,12 @@ fn a_write_is_accepted_visible_and_owned() {
         assert_ne!(first_id(&server), todo_id);
 
         // Updating something that does not exist is recorded as not_found.
-        let r = server.send_json("PUT", "/todos/12345", &alice, r#"{"title":"x"}"#);
+        let r = server.send_json(
+            "PUT",
+            "/todos/12345",
+            &alice,
+            r#"{"public":true,"title":"x"}"#,
+        );
         let cmd = r.json()["command_id"].as_u64().unwrap();
         assert_eq!(
             server.get(&format!("/commands/{cmd}")).json()["reason"].as_str(),
@@ -153,7 +159,7 @@ fn chunked_and_expect_continue_writes_work() {
     let mut s = server.connect();
     s.write_all(
         format!(
-            "POST /todos HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{{\"titl\r\na\r\ne\":\"chunk\"\r\n1\r\n}}\r\n0\r\n\r\n"
+            "POST /todos HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nf\r\n{{\"public\":true,\r\n5\r\n\"titl\r\na\r\ne\":\"chunk\"\r\n1\r\n}}\r\n0\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -161,7 +167,7 @@ fn chunked_and_expect_continue_writes_work() {
     let r = read_response(&mut s, &mut Vec::new()).unwrap();
     assert_eq!(r.status, 202, "{}", r.text());
 
-    let body = r#"{"title":"continued"}"#;
+    let body = r#"{"public":true,"title":"continued"}"#;
     let mut s = server.connect();
     s.write_all(
         format!(
@@ -200,7 +206,7 @@ fn accepted_writes_survive_sigkill_and_restart() {
         let mut s = server.connect();
         let mut batch = Vec::new();
         for i in 0..50 {
-            let body = format!(r#"{{"title":"durable {i}"}}"#);
+            let body = format!(r#"{{"public":true,"title":"durable {i}"}}"#);
             batch.extend_from_slice(
                 format!(
                     "POST /todos HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -228,7 +234,12 @@ fn accepted_writes_survive_sigkill_and_restart() {
         // The token minted before the restart still works: the secret is kept.
         assert_eq!(
             server
-                .send_json("POST", "/todos", &token, r#"{"title":"after"}"#)
+                .send_json(
+                    "POST",
+                    "/todos",
+                    &token,
+                    r#"{"public":true,"title":"after"}"#
+                )
                 .status,
             202
         );
@@ -384,7 +395,7 @@ fn a_full_disk_is_503_loses_no_acknowledged_write_and_writes_resume() {
             "POST",
             "/todos",
             &token,
-            &format!(r#"{{"title":"t {n}","description":"{description}"}}"#),
+            &format!(r#"{{"public":true,"title":"t {n}","description":"{description}"}}"#),
         )
     };
     let mut accepted = Vec::new();
@@ -415,7 +426,12 @@ fn a_full_disk_is_503_loses_no_acknowledged_write_and_writes_resume() {
 
     // Space comes back: writes resume without a restart.
     disk.grow(4096);
-    let after = server.send_json("POST", "/todos", &token, r#"{"title":"after"}"#);
+    let after = server.send_json(
+        "POST",
+        "/todos",
+        &token,
+        r#"{"public":true,"title":"after"}"#,
+    );
     assert_eq!(after.status, 202, "{}", after.text());
     accepted.push(after.json()["todo_id"].as_u64().unwrap());
 

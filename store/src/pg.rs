@@ -96,8 +96,8 @@ pub async fn migrate_and_seed(
         let version = next_version(&tx).await?;
         let insert = tx
             .prepare(
-                "INSERT INTO todos (id, owner, title, description, completed, created_at, updated_at, version)
-                 SELECT *, $8 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[])",
+                "INSERT INTO todos (id, owner, title, description, completed, created_at, updated_at, public, version)
+                 SELECT *, true, $8 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[])",
             )
             .await?;
         let todos = todo_model::seed::seed(seed, todo_model::now_ms());
@@ -129,7 +129,7 @@ pub async fn migrate_and_seed(
 
 /// The todo columns, in the order [`todo_from`] reads them.
 const COLUMNS: &str =
-    "id, owner, title, description, completed, created_at, updated_at, category_id";
+    "id, owner, title, description, completed, created_at, updated_at, category_id, public";
 const USER_COLUMNS: &str = "id, username, password_hash, created_at";
 const CATEGORY_COLUMNS: &str = "id, owner, name, created_at, updated_at";
 
@@ -144,6 +144,7 @@ fn todo_from(row: &Row) -> Todo {
         created_at: row.get::<_, i64>(5) as u64,
         updated_at: row.get::<_, i64>(6) as u64,
         category_id: row.get::<_, Option<i64>>(7).map(|id| id as u64),
+        public: row.get(8),
     }
 }
 
@@ -184,7 +185,10 @@ async fn next_version(tx: &impl GenericClient) -> Result<i64, StoreError> {
 async fn render(client: &impl GenericClient, version: u64) -> Result<Snapshot, StoreError> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM todos ORDER BY id DESC LIMIT {SNAPSHOT_MAX}"),
+            // The hot path's rows: public todos only (todos_public_id).
+            &format!(
+                "SELECT {COLUMNS} FROM todos WHERE public ORDER BY id DESC LIMIT {SNAPSHOT_MAX}"
+            ),
             &[],
         )
         .await?;

@@ -75,13 +75,14 @@ async fn commands_are_applied_rendered_and_published() {
             (row.get::<_, String>(0), row.get::<_, Option<String>>(1))
         }
     };
+    // Another's todo: rejected as one that does not exist.
     assert_eq!(
         outcome(later[0].command_id).await,
-        ("rejected".into(), Some("not_owner".into()))
+        ("rejected".into(), Some("not_found".into()))
     );
     assert_eq!(
         outcome(later[1].command_id).await,
-        ("rejected".into(), Some("not_owner".into()))
+        ("rejected".into(), Some("not_found".into()))
     );
     assert_eq!(outcome(later[2].command_id).await, ("applied".into(), None));
     assert_eq!(

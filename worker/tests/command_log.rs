@@ -140,7 +140,7 @@ async fn every_command_is_logged_with_its_result_and_trace_context() {
 
     let line = &lines[1];
     assert_eq!(line["result"].as_str(), Some("rejected"));
-    assert_eq!(line["reason"].as_str(), Some("not_owner"));
+    assert_eq!(line["reason"].as_str(), Some("not_found"), "another's todo");
     assert_eq!(line["user"].as_str(), Some("kim"));
     assert!(line.get("request_id").is_none() && line.get("traceparent").is_none());
     assert_eq!(

@@ -186,11 +186,11 @@ async fn load(env: &Env) {
                       1700000000000 + g, 1 + g / 10
                FROM generate_series(0::BIGINT, 4999) g;
              INSERT INTO todos (id, owner, title, description, completed, created_at,
-                                updated_at, category_id, version)
+                                updated_at, category_id, public, version)
                SELECT (1700000000000 + g * 60000) << 22, 'user' || (g % 500), md5(g::text),
                       'todo number ' || g, g % 3 = 0, 1700000000000 + g * 60000,
                       1700000000000 + g * 60000 + (g * 7919 % 86400) * 1000,
-                      CASE WHEN g % 4 = 0 THEN g % 5000 END, 1 + g / 100
+                      CASE WHEN g % 4 = 0 THEN g % 5000 END, g % 3 <> 1, 1 + g / 100
                FROM generate_series(1::BIGINT, 50000) g;
              INSERT INTO deleted (kind, id, version)
                SELECT 'todo', g, 1 + g / 10 FROM generate_series(1, 5000) g;
@@ -218,9 +218,11 @@ async fn middle(pool: &deadpool_postgres::Pool) -> todo_model::Todo {
 /// Every list shape of the API, first pages and deeper ones.
 fn list_queries(mid: &todo_model::Todo) -> Vec<ListTodos<'_>> {
     let base = ListTodos::default();
+    // A user's own list (`mine=true`): her private todos too.
     let owner = ListTodos {
         owner: Some("user7"),
         completed: Some(false),
+        public_only: false,
         ..base
     };
     let day = 86_400_000;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::thread;
 
-use todo_model::{Category, Outcome, User};
+use todo_model::{Category, Outcome, Todo, User};
 use todo_store::{pg, Publisher};
 
 use super::{DistributedError, Settings};
@@ -27,7 +27,7 @@ const POOL_SIZE: usize = 4;
 const QUEUE_DEPTH: usize = 4096;
 
 pub enum Request {
-    Get(u64, flume::Sender<Result<Option<Vec<u8>>, Unavailable>>),
+    Get(u64, flume::Sender<Result<Option<Todo>, Unavailable>>),
     Outcome(u64, flume::Sender<Result<Option<Outcome>, Unavailable>>),
     User(String, flume::Sender<Result<Option<User>, Unavailable>>),
     Category(u64, flume::Sender<Result<Option<Category>, Unavailable>>),
@@ -115,7 +115,7 @@ impl DbThread {
         self.ask(|tx| Request::Category(id, tx)).await
     }
 
-    pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
+    pub async fn get(&self, id: u64) -> Result<Option<Todo>, Unavailable> {
         self.ask(|tx| Request::Get(id, tx)).await
     }
 
@@ -234,14 +234,9 @@ fn unavailable(e: impl std::fmt::Display) -> Unavailable {
     Unavailable
 }
 
-async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
+async fn get(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Todo>, Unavailable> {
     let client = pool.get().await.map_err(unavailable)?;
-    let Some(todo) = pg::todo(&client, id).await.map_err(unavailable)? else {
-        return Ok(None);
-    };
-    let mut out = Vec::with_capacity(256);
-    todo_model::snapshot::render_todo(&todo, &mut out);
-    Ok(Some(out))
+    pg::todo(&client, id).await.map_err(unavailable)
 }
 
 async fn outcome(pool: &deadpool_postgres::Pool, id: u64) -> Result<Option<Outcome>, Unavailable> {

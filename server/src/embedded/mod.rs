@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
-use todo_model::{Outcome, Snapshot, TodoCommand};
+use todo_model::{Outcome, Snapshot, Todo, TodoCommand};
 
 use crate::errors::Unavailable;
 
@@ -56,7 +56,7 @@ pub enum ApplyRequest {
     /// Make durable, apply, answer with the outcome.
     Submit(TodoCommand, flume::Sender<Result<Receipt, ApplyError>>),
     /// The rendered JSON of one todo.
-    Get(u64, flume::Sender<Option<Vec<u8>>>),
+    Get(u64, flume::Sender<Option<Todo>>),
     /// The recorded outcome of one command.
     Outcome(u64, flume::Sender<Option<Outcome>>),
     /// Make what came before durable, then stop (the server is exiting).
@@ -109,7 +109,7 @@ impl Handle {
             .map_err(|_| ApplyError::Stopped)?
     }
 
-    pub async fn get(&self, id: u64) -> Result<Option<Vec<u8>>, Unavailable> {
+    pub async fn get(&self, id: u64) -> Result<Option<Todo>, Unavailable> {
         let (tx, rx) = flume::bounded(1);
         let asked = self.tx.send_async(ApplyRequest::Get(id, tx)).await;
         asked.map_err(|_| Unavailable)?;
@@ -221,7 +221,7 @@ fn apply_loop(
                     }
                 },
                 ApplyRequest::Get(id, reply) => {
-                    let _ = reply.send(store.render(id));
+                    let _ = reply.send(store.todo(id));
                 }
                 ApplyRequest::Outcome(id, reply) => {
                     let _ = reply.send(store.outcome(id));

@@ -211,14 +211,9 @@ impl Store {
         self.outcomes.get(&command_id).copied()
     }
 
-    /// The rendered JSON of one todo.
-    pub fn render(&self, id: u64) -> Option<Vec<u8>> {
-        let m = self.model.read();
-        m.todo(id).map(|t| {
-            let mut out = Vec::with_capacity(256);
-            todo_model::snapshot::render_todo(t, &mut out);
-            out
-        })
+    /// One todo, whoever may see it.
+    pub fn todo(&self, id: u64) -> Option<Todo> {
+        self.model.read().todo(id).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -246,7 +241,7 @@ impl Store {
     /// Render the newest todos at the current version.
     pub fn snapshot(&self) -> Snapshot {
         let m = self.model.read();
-        Snapshot::render(m.version(), m.newest())
+        Snapshot::render(m.version(), m.newest_public())
     }
 }
 

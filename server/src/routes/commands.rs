@@ -8,7 +8,7 @@ use crate::errors;
 
 /// 200 `{"command_id":..,"status":"pending"}` (accepted by any server, not
 /// applied yet), `{"command_id":..,"status":"applied"}` or
-/// `{"command_id":..,"status":"rejected","reason":"not_owner"}`; 404 when
+/// `{"command_id":..,"status":"rejected","reason":"not_found"}`; 404 when
 /// unknown (never accepted, or older than what is kept); 503 when the
 /// store cannot be read now.
 pub async fn outcome(backend: &Backend, id: u64, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {

@@ -98,7 +98,8 @@ pub enum Pending {
         cmd: TodoCommand,
         category: Option<u64>,
     },
-    GetTodo(u64),
+    /// `GET /todos/{id}` of a todo the snapshot lacks, for this reader.
+    GetTodo(u64, Option<Rc<str>>),
     Outcome(u64),
     /// A `q=` search, and its page cache key.
     Search(crate::query::ListQuery, Box<[u8]>),
@@ -199,7 +200,7 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
             return done(Route::TodosGet, errors::TODO_NOT_FOUND, out).into();
         };
         return match req.method {
-            Method::Get | Method::Head => todos::get(&core.reads, id, out, reply).into(),
+            Method::Get | Method::Head => todos::get(&core.reads, &core.auth, req, id, out, reply),
             Method::Put | Method::Delete => todo_write(core, req, Some(id), out, reply),
             _ => done(Route::Other, HttpError::method_not_allowed(TODO_ALLOW), out).into(),
         };
@@ -351,9 +352,9 @@ pub async fn complete(
             Route::TodosWrite,
             todos::submit_checked(backend, model, cmd, category, out, reply, trace).await,
         ),
-        Pending::GetTodo(id) => (
+        Pending::GetTodo(id, viewer) => (
             Route::TodosGet,
-            todos::get_slow(backend, id, out, reply).await,
+            todos::get_slow(backend, id, viewer.as_deref(), out, reply).await,
         ),
         Pending::Search(query, key) => (
             Route::TodosQuery,

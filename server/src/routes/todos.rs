@@ -179,26 +179,57 @@ pub fn answer_page(
     200
 }
 
-/// `GET /todos/{id}` from the snapshot when it holds the todo.
-pub fn get(reads: &Reads, id: u64, out: &mut Vec<u8>, reply: Reply<'_>) -> Action {
+/// `GET /todos/{id}` from the snapshot when it holds the todo (a public
+/// one, which any reader sees); otherwise from the backend, for the reader
+/// the token names.
+pub fn get(
+    reads: &Reads,
+    auth: &Auth,
+    req: &Request<'_>,
+    id: u64,
+    out: &mut Vec<u8>,
+    reply: Reply<'_>,
+) -> Routed {
     let snapshot = reads.snapshot();
     match snapshot.row_by_id(id) {
         Some(row) => {
             reply.json(out, 200, &[row]);
-            Action::Done(Route::TodosGet, 200)
+            Action::Done(Route::TodosGet, 200).into()
         }
-        None => Action::wait(super::Pending::GetTodo(id)),
+        None => {
+            // A token that does not verify reads as no token: public todos.
+            let viewer = req
+                .authorization
+                .and_then(|value| auth.subject(Some(value)).ok());
+            Action::wait(super::Pending::GetTodo(id, viewer.clone())).by(viewer)
+        }
     }
 }
 
-/// `GET /todos/{id}` for a todo older than the snapshot.
-pub async fn get_slow(backend: &Backend, id: u64, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
+/// `GET /todos/{id}` for a todo the snapshot does not hold: an older one,
+/// or a private one. A todo `viewer` may not see answers exactly as one
+/// that does not exist (docs/architecture.md §13); her own private todo
+/// answers `Cache-Control: private`.
+pub async fn get_slow(
+    backend: &Backend,
+    id: u64,
+    viewer: Option<&str>,
+    out: &mut Vec<u8>,
+    reply: Reply<'_>,
+) -> u16 {
     match backend.get(id).await {
-        Ok(Some(row)) => {
-            reply.json(out, 200, &[&row]);
+        Ok(Some(todo)) if todo.visible_to(viewer) => {
+            let mut row = Vec::with_capacity(256);
+            todo_model::snapshot::render_todo(&todo, &mut row);
+            let headers: &[u8] = if todo.public {
+                b""
+            } else {
+                b"\r\nCache-Control: private\r\nVary: Authorization"
+            };
+            reply.with_headers(out, 200, headers, &[&row]);
             200
         }
-        Ok(None) => reply.error(out, &errors::TODO_NOT_FOUND),
+        Ok(_) => reply.error(out, &errors::TODO_NOT_FOUND),
         Err(unavailable) => reply.error(out, &unavailable.answer()),
     }
 }
@@ -227,9 +258,16 @@ pub fn write(
     } else {
         super::json_body(req, "a todo")?
     };
+    let mut fields = fields;
     fields
         .validate(op)
         .map_err(|e| errors::invalid_field(e.to_string()))?;
+    if op == Op::Create {
+        // Private unless the writer publishes it, said in the command so
+        // that appliers tell it from a create logged before visibility
+        // existed (see `Fields::public`).
+        fields.public.get_or_insert(false);
+    }
     let todo_id = match id {
         Some(id) => id,
         None => writes.next_id(),

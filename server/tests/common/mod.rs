@@ -185,7 +185,7 @@ impl Server {
             "POST",
             "/todos",
             token,
-            &format!(r#"{{"title":"{title}"}}"#),
+            &format!(r#"{{"public":true,"title":"{title}"}}"#),
         );
         assert_eq!(r.status, 202, "{}", r.text());
         let v = r.json();

@@ -299,12 +299,14 @@ async fn upsert_todos(
     let stmt = tx
         .prepare_cached(&format!(
             "INSERT INTO todos ({COLUMNS}, version)
-             SELECT *, $9 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
-                                      $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[])
+             SELECT *, $10 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
+                                      $5::BOOLEAN[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[],
+                                      $9::BOOLEAN[])
              ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, title = EXCLUDED.title,
                 description = EXCLUDED.description, completed = EXCLUDED.completed,
                 created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-                category_id = EXCLUDED.category_id, version = EXCLUDED.version"
+                category_id = EXCLUDED.category_id, public = EXCLUDED.public,
+                version = EXCLUDED.version"
         ))
         .await?;
     let ids: Vec<i64> = rows.iter().map(|t| t.id as i64).collect();
@@ -318,6 +320,7 @@ async fn upsert_todos(
         .iter()
         .map(|t| t.category_id.map(|c| c as i64))
         .collect();
+    let public: Vec<bool> = rows.iter().map(|t| t.public).collect();
     tx.execute(
         &stmt,
         &[
@@ -329,6 +332,7 @@ async fn upsert_todos(
             &created,
             &updated,
             &category,
+            &public,
             &version,
         ],
     )

@@ -8,6 +8,8 @@
 //! `limit` rows:
 //!
 //! ```text
+//! public todos (every list but `mine=true`)        todos_public_id, or the
+//!                                                  shape's index, filtered
 //! owner = $ [AND completed = $], id order          todos_owner_completed_id
 //! category_id = $, id order                        todos_category_id
 //! sort=-created_at / created_at (id order)         todos_pkey
@@ -32,6 +34,9 @@ use crate::StoreError;
 /// One `GET /todos` page: filters, order and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListTodos<'a> {
+    /// Public todos only: every list but the owner's own (`mine=true`,
+    /// docs/architecture.md §13).
+    pub public_only: bool,
     pub owner: Option<&'a str>,
     pub completed: Option<bool>,
     pub category_id: Option<u64>,
@@ -44,9 +49,10 @@ pub struct ListTodos<'a> {
 }
 
 impl Default for ListTodos<'_> {
-    /// Everyone's todos, newest first, 20 (the API's defaults).
+    /// Everyone's public todos, newest first, 20 (the API's defaults).
     fn default() -> Self {
         ListTodos {
+            public_only: true,
             owner: None,
             completed: None,
             category_id: None,
@@ -152,6 +158,9 @@ pub fn list_todos_sql<'a>(q: &ListTodos<'a>) -> ListSql<'a> {
     if let Some(owner) = q.owner {
         conds.push(format!("owner = ${}", param(Param::Text(owner))));
     }
+    if q.public_only {
+        conds.push("public".to_string());
+    }
     if let Some(completed) = q.completed {
         conds.push(format!("completed = ${}", param(Param::Bool(completed))));
     }
@@ -234,14 +243,26 @@ mod tests {
 
     #[test]
     fn shapes() {
+        // The owner's own list (`mine=true`): her private todos too.
         let first = list_todos_sql(&ListTodos {
             owner: Some("alice"),
             completed: Some(false),
+            public_only: false,
             ..ListTodos::default()
         });
         assert_eq!(
             first.text,
             format!("SELECT {COLUMNS} FROM todos WHERE owner = $1 AND completed = $2 ORDER BY id DESC LIMIT $3")
+        );
+        let public = list_todos_sql(&ListTodos {
+            owner: Some("alice"),
+            ..ListTodos::default()
+        });
+        assert_eq!(
+            public.text,
+            format!(
+                "SELECT {COLUMNS} FROM todos WHERE owner = $1 AND public ORDER BY id DESC LIMIT $2"
+            )
         );
         assert_eq!(first.params().len(), 3);
         let title = list_todos_sql(&ListTodos {
@@ -254,7 +275,7 @@ mod tests {
         assert_eq!(
             title.inline(),
             format!(
-                r#"SELECT {COLUMNS} FROM todos WHERE (title COLLATE "C", id) > ('it''s', 7) ORDER BY title COLLATE "C", id LIMIT 20"#
+                r#"SELECT {COLUMNS} FROM todos WHERE public AND (title COLLATE "C", id) > ('it''s', 7) ORDER BY title COLLATE "C", id LIMIT 20"#
             )
         );
         let updated = list_todos_sql(&ListTodos {
@@ -265,7 +286,7 @@ mod tests {
             ..ListTodos::default()
         });
         assert!(updated.text.ends_with(
-            "WHERE (updated_at, id) < ($1, $2) ORDER BY updated_at DESC, id DESC LIMIT $3"
+            "WHERE public AND (updated_at, id) < ($1, $2) ORDER BY updated_at DESC, id DESC LIMIT $3"
         ));
     }
 
