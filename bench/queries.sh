@@ -4,6 +4,14 @@
 # table (also saved to bench/results/queries-latest.md).
 #
 #   ./bench/queries.sh [--duration 10s] [--connections 64] [--seed 100000] [--search-seed 1000000]
+#                      [--baseline-bin PATH]
+#
+# --baseline-bin PATH: also run row 1 (warm at depth 80, and page cache off)
+# with the todo-server binary at PATH (another build, e.g. of an earlier
+# commit), alternating with this build in two rounds of the same settings,
+# after PRIVATE (1000) todos written by the token's user without "public"
+# (private ones, where the build knows them), so the first page of mine=true
+# is the user's private todos; prints new/baseline rate ratios.
 #
 # Rows (todo-server embedded, one core on SERVER_CPU; clients on CLIENT_CPU;
 # PostgreSQL 15 pinned to SERVER_CPU too, pgbench on CLIENT_CPU):
@@ -32,8 +40,14 @@ SEED=${SEED:-100000}
 SEARCH_SEED=${SEARCH_SEED:-1000000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+BASELINE_BIN=${BASELINE_BIN:-}
+PRIVATE=${PRIVATE:-1000}
 parse_flags "$@"
 SECS=${DURATION%s}
+if [ -n "$BASELINE_BIN" ] && [ ! -x "$BASELINE_BIN" ]; then
+  echo "--baseline-bin $BASELINE_BIN: not an executable file" >&2
+  exit 2
+fi
 
 ensure_apt postgresql-15 postgresql-client-15 curl
 build_release todo-server todo-bench
@@ -81,9 +95,9 @@ runuser -u postgres -- createdb -h 127.0.0.1 -p "$PG_PORT" -U postgres todo
 # The seed's rows (todo_model::seed): ids from node 1023, one second apart.
 seed_sql() { # TABLE COUNT
   cat <<SQL
-INSERT INTO $1 (id, owner, title, description, completed, created_at, updated_at)
+INSERT INTO $1 (id, owner, title, description, completed, created_at, updated_at, public)
 SELECT ((at - 1735689600000) << 22) | (1023 << 12), 'seed', 'Todo #' || i,
-       'Seeded todo number ' || i || ' of $2', (i - 1) % 3 = 0, at, at
+       'Seeded todo number ' || i || ' of $2', (i - 1) % 3 = 0, at, at, true
 FROM (SELECT i, (extract(epoch FROM now()) * 1000)::bigint - ($2 - i + 1) * 1000 AS at
       FROM generate_series(1, $2) AS i) s;
 SQL
@@ -93,14 +107,15 @@ seed_sql todos "$SEARCH_SEED" | "${PSQL[@]}" -d todo >/dev/null
   -c "CREATE INDEX IF NOT EXISTS todos_text_trgm ON todos USING gin (lower(title || E'\n' || description) gin_trgm_ops)" \
   -c "VACUUM ANALYZE todos" >/dev/null
 cat > "$WORK/mine.sql" <<'SQL'
-SELECT id, owner, title, description, completed, created_at, updated_at, category_id
+SELECT id, owner, title, description, completed, created_at, updated_at, category_id, public
 FROM todos WHERE owner = 'seed' AND completed = false ORDER BY id DESC LIMIT 20;
 SQL
 # q=number+777777: every word in title or description, case-insensitive.
 cat > "$WORK/search.sql" <<'SQL'
-SELECT id, owner, title, description, completed, created_at, updated_at, category_id
+SELECT id, owner, title, description, completed, created_at, updated_at, category_id, public
 FROM todos
-WHERE lower(title || E'\n' || description) LIKE '%number%'
+WHERE public
+  AND lower(title || E'\n' || description) LIKE '%number%'
   AND lower(title || E'\n' || description) LIKE '%777777%'
 ORDER BY id DESC LIMIT 20;
 SQL
@@ -162,6 +177,50 @@ P1=$(bench "$URL$PAGE1" 1 8)
 P100=$(bench "$URL$PAGE" 1 8)
 stop_pids "$SERVER_PID"
 
+# --- the mine query against the baseline build ---------------------------------
+# private URL TOKEN N: N todos of the token's user, written without "public"
+# on one kept-alive connection (private todos, where the build knows them).
+private() {
+  python3 - "$@" <<'PY'
+import http.client, sys, urllib.parse
+url, token, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+u = urllib.parse.urlsplit(url)
+c = http.client.HTTPConnection(u.hostname, u.port)
+for i in range(n):
+    c.request("POST", "/todos", body=f'{{"title":"private {i}","description":"mine alone"}}',
+              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 202, r.status
+PY
+}
+AB=()
+if [ -n "$BASELINE_BIN" ]; then
+  for round in 1 2; do
+    for side in new baseline; do
+      bin="$BIN/todo-server"
+      [ "$side" = baseline ] && bin=$BASELINE_BIN
+      for cache in true false; do
+        name="ab-$side-$round-$cache"
+        port=$(free_port)
+        mkdir -p "$WORK/$name"
+        start_server --bin "$bin" "$port" "$WORK/$name" --cores 1 --pin false --seed "$SEED" --page-cache "$cache"
+        pin "$SERVER_CPU" "$SERVER_PID"
+        PIDS+=("$SERVER_PID")
+        URL=http://127.0.0.1:$port
+        TOKEN=$("$bin" token --sub seed --data-dir "$WORK/$name")
+        private "$URL" "$TOKEN" "$PRIVATE"
+        depth=80
+        [ "$cache" = false ] && depth=1
+        log "A/B round $round: $side, $MINE, page cache $cache, depth $depth"
+        curl -fs -H "Authorization: Bearer $TOKEN" "$URL$MINE" >/dev/null
+        AB+=("$side/$cache=$(bench "$URL$MINE" "$depth" "$CONNECTIONS" --token "$TOKEN")")
+        stop_pids "$SERVER_PID"
+      done
+    done
+  done
+fi
+
 # --- SEARCH_SEED todos: start-up, memory, search ------------------------------
 serve empty 0
 EMPTY_RSS=$(rss_bytes "$SERVER_PID")
@@ -219,3 +278,21 @@ print(f"| page 100 of the walk | {rate(p100):,.0f} | {p99(p100):.2f} | {cpu(p100
 per_todo = (big_rss - empty_rss) / int(search_seed)
 print(f"\nWith {search_seed} todos: first start (seeding, writing the state file) {t1-t0:.1f} s, restart (reading it) {t3-t2:.1f} s, resident memory {big_rss/2**20:,.0f} MiB, {per_todo:.0f} bytes per todo (against {empty_rss/2**20:.0f} MiB empty).")
 PY
+if [ "${#AB[@]}" -gt 0 ]; then
+  python3 - "$BASELINE_BIN" "$PRIVATE" "${AB[@]}" <<'PY' | tee -a "$ROOT/bench/results/queries-latest.md"
+import json, sys
+from collections import defaultdict
+runs = defaultdict(list)
+for arg in sys.argv[3:]:
+    key, _, value = arg.partition("=")
+    runs[key].append(json.loads(value)["requests_per_sec"])
+print(f"\nmine=true&completed=false&limit=20 after {sys.argv[2]} todos written without \"public\", this build against {sys.argv[1]}, alternating, two rounds each:\n")
+print("| page cache | this build rate/s | baseline rate/s | ratio |")
+print("|---|---:|---:|---:|")
+for cache, label in (("true", "on, depth 80"), ("false", "off, depth 1")):
+    new, base = runs[f"new/{cache}"], runs[f"baseline/{cache}"]
+    n, b = sum(new) / len(new), sum(base) / len(base)
+    print(f"| {label} | {n:,.0f} ({', '.join(f'{x:,.0f}' for x in new)}) | {b:,.0f} ({', '.join(f'{x:,.0f}' for x in base)}) | {n / b:.2f} |")
+PY
+fi
+
