@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Rng, Server};
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 use todo_testkit::services::Env;
 
@@ -209,20 +209,6 @@ impl Side {
                 v["reason"].as_str().unwrap_or("")
             )
         })
-    }
-}
-
-/// A deterministic random sequence.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::api::{ids, next_link, request_with};
-use common::{read_response, Response, Server};
+use common::{read_response, Response, Rng, Server};
 use sonic_rs::JsonValueTrait;
 use todo_testkit::process::{bin, free_port, temp_dir, wait_until, Proc};
 use todo_testkit::services::Env;
@@ -543,20 +543,6 @@ struct Known {
     public: bool,
     completed: bool,
     exists: bool,
-}
-
-/// A deterministic random sequence.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 const USERS: [&str; 3] = ["ann", "ben", "cat"];
