@@ -391,6 +391,13 @@ impl Auth {
             .subject(&self.verifier, authorization, now)
     }
 
+    /// Who reads: the subject of a token that verifies, else `None`. A
+    /// missing, expired or forged token reads as no token (public todos
+    /// only, docs/architecture.md §13), never as an error.
+    pub fn viewer(&self, authorization: Option<&[u8]>) -> Option<Rc<str>> {
+        authorization.and_then(|value| self.subject(Some(value)).ok())
+    }
+
     /// Why `authorization` names no subject (the 401's message).
     pub fn refusal(&self, authorization: Option<&[u8]>) -> String {
         self.verifier

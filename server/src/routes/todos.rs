@@ -107,9 +107,7 @@ pub fn query(
 ) -> Routed {
     // A token that does not verify leaves a public query public; `mine`
     // below says 401.
-    let subject = req
-        .authorization
-        .and_then(|value| auth.subject(Some(value)).ok());
+    let subject = auth.viewer(req.authorization);
     let done = |status, subject| Action::Done(Route::TodosQuery, status).by(subject);
     let version = reads.model.version();
     {
@@ -197,10 +195,7 @@ pub fn get(
             Action::Done(Route::TodosGet, 200).into()
         }
         None => {
-            // A token that does not verify reads as no token: public todos.
-            let viewer = req
-                .authorization
-                .and_then(|value| auth.subject(Some(value)).ok());
+            let viewer = auth.viewer(req.authorization);
             Action::wait(super::Pending::GetTodo(id, viewer.clone())).by(viewer)
         }
     }
@@ -252,13 +247,12 @@ pub fn write(
         (Method::Delete, Some(_)) => Op::Delete,
         _ => return Err(HttpError::internal("unroutable write")),
     };
-    let fields = if op == Op::Delete {
+    let mut fields = if op == Op::Delete {
         // A DELETE body has no defined meaning (RFC 9110 §9.3.5); ignore it.
         Fields::default()
     } else {
         super::json_body(req, "a todo")?
     };
-    let mut fields = fields;
     fields
         .validate(op)
         .map_err(|e| errors::invalid_field(e.to_string()))?;
