@@ -22,12 +22,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::api::{ids, next_link, request_with};
 use common::{read_response, Response, Rng, Server};
 use sonic_rs::JsonValueTrait;
-use todo_testkit::process::{bin, free_port, temp_dir, wait_until, Proc};
+use todo_testkit::process::{bin, free_port, poll_until, temp_dir, wait_until, Proc};
 use todo_testkit::services::Env;
 
 const SECRET: &str = "visibility-test-secret-0123456789abcdef0123";
@@ -199,18 +199,8 @@ impl Deployment {
 }
 
 /// `check` until it gives a value, within [`VISIBLE_WITHIN`].
-fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + VISIBLE_WITHIN;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {VISIBLE_WITHIN:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn poll<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, VISIBLE_WITHIN, check)
 }
 
 /// The answer without what differs per request (its date, its request id,
@@ -665,60 +655,62 @@ fn check_views(
     for at in d.server_addrs() {
         for (viewer, tok) in viewers {
             let tok = tok.as_deref();
-            let mut checks: Vec<(String, Vec<u64>)> = vec![
+            // (path, the ids the model says it lists, whether in another
+            // order than newest first: then compared as a set).
+            let mut checks: Vec<(String, Vec<u64>, bool)> = vec![
                 (
                     "/todos?limit=1000".into(),
                     expect(*viewer, false, &|_| true),
+                    false,
                 ),
                 (
                     "/todos?completed=true&limit=1000".into(),
                     expect(*viewer, false, &|k| k.completed),
+                    false,
                 ),
                 (
                     "/todos?q=milk&limit=1000".into(),
                     expect(*viewer, false, &|k| k.title.contains("milk")),
+                    false,
                 ),
-                ("/todos?sort=-updated_at&limit=1000".into(), Vec::new()),
+                (
+                    "/todos?sort=-updated_at&limit=1000".into(),
+                    expect(*viewer, false, &|_| true),
+                    true,
+                ),
             ];
             for owner in USERS {
                 checks.push((
                     format!("/todos?owner={owner}&limit=1000"),
                     expect(*viewer, false, &|k| k.owner == owner),
+                    false,
                 ));
             }
             if let Some(v) = viewer {
                 checks.push((
                     "/todos?mine=true&limit=1000".into(),
                     expect(*viewer, true, &|k| k.owner == *v),
+                    false,
                 ));
             }
-            for (path, want) in checks {
+            for (path, want, as_set) in checks {
                 let mut last = Vec::new();
-                let deadline = Instant::now() + VISIBLE_WITHIN;
-                loop {
-                    let got: Vec<u64> = ids(&get(at, &path, tok))
+                let same = poll_until(VISIBLE_WITHIN, || {
+                    let mut got: Vec<u64> = ids(&get(at, &path, tok))
                         .into_iter()
                         .filter(|id| made.contains(id))
                         .collect();
-                    let ok = if path.contains("updated_at") {
-                        // Another order: the same set as the hot list.
-                        let mut sorted = got.clone();
-                        sorted.sort_unstable_by(|a, b| b.cmp(a));
-                        sorted == expect(*viewer, false, &|_| true)
-                    } else {
-                        got == want
-                    };
-                    if ok {
-                        break;
+                    if as_set {
+                        got.sort_unstable_by(|a, b| b.cmp(a));
                     }
+                    let same = got == want;
                     last = got;
-                    assert!(
-                        Instant::now() < deadline,
-                        "step {step}: {path} for {viewer:?} at {at}: got {last:?}, want {want:?}, model {model:?}"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let _ = last;
+                    same.then_some(())
+                });
+                assert!(
+                    same.is_some(),
+                    "step {step}: {path} for {viewer:?} at {at}: got {last:?}, want {want:?}, model {model:?}"
+                );
             }
             // The todo this step touched, by id.
             let k = &model[&touched];
