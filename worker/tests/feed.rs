@@ -342,8 +342,9 @@ async fn racing_batches_decide_on_the_truth() {
 }
 
 /// A database made before users and categories (the first schema's todos
-/// table) migrates at the next start, and later starts do not wait for
-/// readers of todos (no ACCESS EXCLUSIVE lock once the columns exist).
+/// table) migrates at the next start (its rows public, docs/api.md "Private
+/// todos"), and later starts do not wait for readers of todos (no ACCESS
+/// EXCLUSIVE lock once the columns exist).
 #[tokio::test]
 async fn an_old_database_migrates_and_later_starts_do_not_lock_readers_out() {
     let env = Env::new(1).await;
@@ -371,6 +372,32 @@ async fn an_old_database_migrates_and_later_starts_do_not_lock_readers_out() {
     let state = load(&pool).await;
     assert_eq!(state.todos.len(), 1);
     assert_eq!(state.todos[0].category_id, None);
+    // Published under the old rules, when every reader saw every todo: it
+    // stays public, and is in the snapshot.
+    assert!(
+        state.todos[0].public,
+        "a row from before visibility is public"
+    );
+    let snapshot = pg::current_snapshot(&pool.get().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(snapshot.ids(), &[1]);
+    // A row written from now on that does not say is private.
+    db.batch_execute(
+        "INSERT INTO todos (id, owner, title, created_at, updated_at)
+             VALUES (2, 'new', 'unsaid', 2000, 2000)",
+    )
+    .await
+    .unwrap();
+    let public: bool = db
+        .query_one("SELECT public FROM todos WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!public, "the column's default is private");
+    db.batch_execute("DELETE FROM todos WHERE id = 2")
+        .await
+        .unwrap();
 
     // The old row can be put in a category now.
     let mut cmds = Commands::new(23);
