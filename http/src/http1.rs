@@ -119,6 +119,9 @@ pub struct Request<'b> {
     pub traceparent: Option<&'b [u8]>,
     /// `Idempotency-Key` on a write, when sent.
     pub idempotency_key: Option<&'b [u8]>,
+    /// `Last-Event-ID`: where an event stream resumes (an EventSource
+    /// reconnecting sends it).
+    pub last_event_id: Option<&'b [u8]>,
     /// Bytes of the head, request line to the blank line included.
     pub head_len: usize,
     pub body: Body<'b>,
@@ -181,6 +184,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
     let mut if_none_match = None;
     let mut traceparent = None;
     let mut idempotency_key = None;
+    let mut last_event_id = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -221,6 +225,8 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
             traceparent = Some(value);
         } else if name.eq_ignore_ascii_case(b"idempotency-key") {
             idempotency_key = Some(value);
+        } else if name.eq_ignore_ascii_case(b"last-event-id") {
+            last_event_id = Some(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
             if trim(value).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = !http10;
@@ -276,6 +282,7 @@ pub fn parse<'b>(buf: &'b [u8], limits: &RequestLimits) -> Result<Parsed<'b>, Ht
             if_none_match,
             traceparent,
             idempotency_key,
+            last_event_id,
             head_len,
             body,
         },

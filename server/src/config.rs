@@ -194,6 +194,29 @@ pub struct ServeConfig {
     /// autotuning. Bounds the kernel memory of a client that does not read.
     #[arg(long, env = "TODO_SOCKET_BUFFER", default_value_t = 128 * 1024)]
     pub socket_buffer: usize,
+    /// Change-feed subscribers (`GET /todos/changes`) per core; one more is
+    /// answered 503 with `Retry-After`.
+    #[arg(long, env = "TODO_FEED_MAX", default_value_t = 10_000)]
+    pub feed_max: usize,
+    /// A comment line is sent on every change-feed stream this often, so
+    /// idle streams stay open through proxies and a dead link shows.
+    #[arg(long, env = "TODO_FEED_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
+    pub feed_heartbeat: Duration,
+    /// Changes each core keeps for subscribers that resume (`Last-Event-ID`,
+    /// `since=`); one that resumes from before them gets `event: reset`.
+    #[arg(long, env = "TODO_FEED_HISTORY", default_value_t = 4096)]
+    pub feed_history: usize,
+    /// Changes older than this leave the history too.
+    #[arg(long, env = "TODO_FEED_HISTORY_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub feed_history_age: Duration,
+    /// A subscriber whose unsent changes pass this many bytes (it does not
+    /// read) is closed; it resumes with its last event id.
+    #[arg(long, env = "TODO_FEED_PENDING", default_value_t = 1024 * 1024)]
+    pub feed_pending: usize,
+    /// The `retry:` a stream starts with: how long a client waits before it
+    /// reconnects.
+    #[arg(long, env = "TODO_FEED_RETRY", default_value = "1s", value_parser = parse_duration)]
+    pub feed_retry: Duration,
 }
 
 impl ServeConfig {

@@ -23,7 +23,9 @@
 //!
 //! A connection quiet for `idle_release` (1 s) gives its buffers up and
 //! waits for readiness holding none, so an idle keep-alive connection costs
-//! its task and socket, not 32 KiB of buffers. While the server drains, each
+//! its task and socket, not 32 KiB of buffers. A `GET /todos/changes`
+//! turns the connection into a change-feed stream (`crate::feed`), with
+//! neither the header nor the idle timeout. While the server drains, each
 //! connection's next response says `Connection: close` and quiet ones close.
 
 use std::collections::VecDeque;
@@ -38,6 +40,7 @@ use std::os::fd::AsRawFd;
 
 use crate::access_log;
 use crate::backend::Submission;
+use crate::feed::{self, Subscription};
 use crate::metrics::Route;
 use crate::per_core::{Core, Observability};
 use crate::routes::{self, todos, Action, Pending, Reply, Routed};
@@ -75,6 +78,11 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         match Box::pin(pipeline(&core, &mut stream)).await {
             Ok(Ending::Quiet(last)) => active = last,
             Ok(Ending::Linger) => return Box::pin(lifecycle::linger(&mut stream)).await,
+            Ok(Ending::Stream(sub)) => {
+                let metrics = core.obs.metrics();
+                let stream = feed::stream(&core.feed, &core.reads.date, metrics, stream, *sub);
+                return Box::pin(stream).await;
+            }
             Err(e) if lifecycle::is_send_timeout(&e) => {
                 core.obs.metrics().send_timed_out();
                 return;
@@ -91,6 +99,9 @@ enum Ending {
     Close,
     /// We closed on a request with input possibly still unread.
     Linger,
+    /// The connection is a change-feed subscriber's stream from here on;
+    /// what was pipelined after its request is not answered.
+    Stream(Box<Subscription>),
 }
 
 async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
@@ -230,6 +241,11 @@ async fn pipeline(core: &Core, stream: &mut TcpStream) -> io::Result<Ending> {
                                 trace,
                                 info,
                             });
+                        }
+                        Action::Stream(sub) => {
+                            core.obs.metrics().request(Route::Changes, 200);
+                            ending = Some(Ending::Stream(sub));
+                            break;
                         }
                         Action::Await(mut pending) => {
                             if let Pending::Login(_, peer) = &mut *pending {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use todo_model::Snapshot;
 
+use crate::feed::Changes;
+
 use crate::per_core::Core;
 use todo_runtime::{lifecycle, Shutdown};
 
@@ -27,7 +29,13 @@ pub enum Refresh {
 
 /// One core's life: accept until shutdown, serving each connection in its own
 /// task; keep the Date header and the snapshot current; then drain.
-pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdown: Shutdown) {
+pub async fn run(
+    core: Rc<Core>,
+    listener: StdListener,
+    refresh: Refresh,
+    changes: flume::Receiver<Arc<Changes>>,
+    shutdown: Shutdown,
+) {
     let date_core = core.clone();
     monoio::spawn(async move {
         loop {
@@ -36,6 +44,20 @@ pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdo
             date_core.conns.sweep_quiet();
             // Lines of a quiet core reach the log within a second.
             date_core.obs.log.flush(date_core.obs.metrics());
+        }
+    });
+    // The change feed: each batch of changes in order, and its heartbeat.
+    let feed_core = core.clone();
+    monoio::spawn(async move {
+        while let Ok(changes) = changes.recv_async().await {
+            feed_core.feed.publish(&changes, feed_core.obs.metrics());
+        }
+    });
+    let beat_core = core.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(beat_core.feed.settings().heartbeat).await;
+            beat_core.feed.heartbeat(beat_core.obs.metrics());
         }
     });
     match refresh {
@@ -74,8 +96,10 @@ pub async fn run(core: Rc<Core>, listener: StdListener, refresh: Refresh, shutdo
     })
     .await;
     // Draining: /readyz says 503, every connection closes after its next
-    // response or at once when quiet (conn.rs).
+    // response or at once when quiet (conn.rs), every change-feed stream
+    // ends so that its client resumes on another server.
     core.conns.drain();
+    core.feed.close();
     if !core.conns.open.drained(core.config.drain_timeout).await {
         eprintln!(
             "todo-server: core {}: drain timeout, closing {} connections",

@@ -11,6 +11,8 @@
 //!              GET /todos?... queries, /todos/{id}, writes, /commands/{id},
 //!              /users /sessions /users/me, /categories, /livez /readyz /metrics,
 //!              /openapi.json (the contract, ../openapi.json) and /docs
+//! feed.rs      GET /todos/changes: per-core history of change events, the
+//!              subscribers' streams (fed by embedded/ or distributed/follow.rs)
 //! query.rs     GET /todos parameters -> ListQuery (filters, sort, cursor)
 //! read_model.rs every todo, user and category in memory, indexed; pages
 //! cache.rs     per-core page cache and verified-token cache
@@ -48,6 +50,7 @@ pub mod core_main;
 pub mod distributed;
 pub mod embedded;
 pub mod errors;
+pub mod feed;
 pub mod metrics;
 pub mod per_core;
 pub mod query;
@@ -130,11 +133,13 @@ pub fn run(
     let rules = token_rules(&config);
     Verifier::new(&secret, &rules)?;
 
+    // Every core's change feed, fed by the apply thread or the follower.
+    let (fanout, feeds) = feed::Fanout::new(cores);
     // Per mode: the backend every core uses, where each core's snapshot
     // updates come from, and what to say at start-up.
     let (backend, refreshes, first, apply_thread, summary, model) = match &settings {
         None => {
-            let store = embedded::start(&config.data_dir, cores, config.seed)?;
+            let store = embedded::start(&config.data_dir, cores, config.seed, fanout)?;
             let model = store.model.clone();
             let summary = format!(
                 "embedded backend, {} todos, {} commands replayed, data in {}",
@@ -160,7 +165,7 @@ pub fn run(
             let producer = distributed::producer::Producer::new(settings)?;
             // Empty until the follower's first load; queries answer 503 meanwhile.
             let model = read_model::Shared::new(read_model::ReadModel::new(0), false);
-            let db = distributed::db_thread::DbThread::start(settings, model.clone())?;
+            let db = distributed::db_thread::DbThread::start(settings, model.clone(), fanout)?;
             let refreshes = (0..cores)
                 .map(|_| core_main::Refresh::Redis {
                     url: settings.redis_url.clone(),
@@ -196,7 +201,8 @@ pub fn run(
     let config = Arc::new(config);
     let addr = listeners[0].local_addr().ok();
     let mut threads = Vec::with_capacity(cores);
-    for ((index, listener), refresh) in listeners.into_iter().enumerate().zip(refreshes) {
+    let per_core = refreshes.into_iter().zip(feeds);
+    for ((index, listener), (refresh, changes)) in listeners.into_iter().enumerate().zip(per_core) {
         let config = config.clone();
         let metrics = metrics.clone();
         let snapshot = first.clone();
@@ -215,7 +221,7 @@ pub fn run(
                 node,
                 services,
             ));
-            core_main::run(core, listener, refresh, shutdown)
+            core_main::run(core, listener, refresh, changes, shutdown)
         })
         .map_err(StartError::Thread)?;
         threads.push(thread);

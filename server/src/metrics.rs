@@ -23,6 +23,8 @@ pub enum Route {
     Users,
     Sessions,
     Categories,
+    /// `GET /todos/changes`, counted when its stream starts (or is refused).
+    Changes,
     Health,
     Metrics,
     /// `/openapi.json`, `/docs` and the page's files.
@@ -30,7 +32,7 @@ pub enum Route {
     Other,
 }
 
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 13] = [
     "todos_list",
     "todos_query",
     "todos_get",
@@ -39,6 +41,7 @@ const ROUTES: [&str; 12] = [
     "users",
     "sessions",
     "categories",
+    "changes",
     "health",
     "metrics",
     "docs",
@@ -82,6 +85,12 @@ pub struct CoreMetrics {
     snapshot_stale: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     log_dropped: AtomicU64,
+    /// Change-feed subscribers open now, and what was done for them.
+    feed_subscribers: AtomicU64,
+    feed_events: AtomicU64,
+    feed_resumes: AtomicU64,
+    feed_resets: AtomicU64,
+    feed_slow_closed: AtomicU64,
 }
 
 impl CoreMetrics {
@@ -125,6 +134,31 @@ impl CoreMetrics {
 
     pub fn send_timed_out(&self) {
         bump(&self.send_timeouts, 1);
+    }
+
+    /// The core's number of change-feed subscribers changed to `n`.
+    pub fn feed_subscribers(&self, n: usize) {
+        self.feed_subscribers.store(n as u64, Relaxed);
+    }
+
+    /// `events` change events written to subscribers.
+    pub fn feed_sent(&self, events: u64) {
+        bump(&self.feed_events, events);
+    }
+
+    /// A subscriber resumed from a position the history covers.
+    pub fn feed_resumed(&self) {
+        bump(&self.feed_resumes, 1);
+    }
+
+    /// A subscriber resumed from before the history and was told to reset.
+    pub fn feed_reset(&self) {
+        bump(&self.feed_resets, 1);
+    }
+
+    /// A subscriber closed for not reading.
+    pub fn feed_slow_closed(&self) {
+        bump(&self.feed_slow_closed, 1);
     }
 
     pub fn set_stale(&self, stale: bool) {
@@ -211,6 +245,18 @@ pub fn render(cores: &[CoreMetrics], now_ms: u64) -> String {
         "todo_access_log_dropped_total {}",
         sum(&|c| &c.log_dropped)
     );
+    type Field = fn(&CoreMetrics) -> &AtomicU64;
+    let feed: [(&str, &str, &str, Field); 5] = [
+        ("todo_feed_subscribers", "gauge", "Change-feed streams open now.", |c| &c.feed_subscribers),
+        ("todo_feed_events_total", "counter", "Change events written to subscribers.", |c| &c.feed_events),
+        ("todo_feed_resumes_total", "counter", "Subscribers that resumed from a position the history covers.", |c| &c.feed_resumes),
+        ("todo_feed_resets_total", "counter", "Subscribers that resumed from before the history and were sent a reset.", |c| &c.feed_resets),
+        ("todo_feed_slow_closed_total", "counter", "Subscribers closed because their unsent events passed --feed-pending or a write did not finish within a heartbeat.", |c| &c.feed_slow_closed),
+    ];
+    for (name, kind, help, field) in feed {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {}", sum(&|c| field(c)));
+    }
     out.push_str("# HELP todo_snapshot_version Version of the snapshot each core serves.\n# TYPE todo_snapshot_version gauge\n");
     for (i, c) in cores.iter().enumerate() {
         let _ = writeln!(

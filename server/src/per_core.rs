@@ -10,6 +10,8 @@
 //! - [`Auth`]: bearer tokens verified (and cached) and issued, the password
 //!   threads (`/users`, `/sessions`, every route that needs a subject);
 //! - [`Writes`]: the backend and the id generator (the write routes);
+//! - [`Feed`]: the change feed's history and subscribers (`feed.rs`,
+//!   `GET /todos/changes`);
 //! - [`Observability`]: metrics, request ids and trace contexts, the access
 //!   log (`conn.rs`, `/metrics`).
 //!
@@ -33,6 +35,7 @@ use crate::auth::{AuthError, TokenError, TokenRules, Verifier};
 use crate::backend::Backend;
 use crate::cache::{PageCache, TokenCache};
 use crate::config::ServeConfig;
+use crate::feed::Feed;
 use crate::metrics::CoreMetrics;
 use crate::read_model::Shared;
 use crate::search::Search;
@@ -62,6 +65,8 @@ pub struct Core {
     pub reads: Reads,
     pub auth: Auth,
     pub writes: Writes,
+    /// The change feed's history and subscribers (`GET /todos/changes`).
+    pub feed: Feed,
     pub obs: Observability,
 }
 
@@ -78,8 +83,12 @@ impl Core {
         // Its own verifier per core (cheap to build; holds no shared state).
         let verifier = Verifier::new(&services.secret, &services.rules)
             .expect("the secret was checked at start-up");
+        // The embedded store's changes follow the snapshot's version; a
+        // follower's first load starts a distributed server's feed.
+        let feed_from = matches!(backend, Backend::Embedded(_)).then(|| snapshot.version());
         let core = Core {
             index,
+            feed: Feed::new(crate::feed::Settings::of(&config), feed_from),
             conns: Connections::default(),
             reads: Reads {
                 snapshot: RefCell::new(Rc::new(snapshot.clone())),

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use crate::feed::{Position, Subscription};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use todo_http::HttpError;
@@ -380,6 +381,71 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
 
 /// Ids are plain decimal u64s, in paths (`/todos/{id}`) as in `category=`;
 /// anything else names no resource.
+/// The parameters of `GET /todos/changes`.
+const FEED_PARAMS: [&str; 4] = ["mine", "owner", "category", "since"];
+
+/// Parse `GET /todos/changes`'s query string: `mine`, `owner` and
+/// `category` narrow the feed as they narrow a list, `since` is where it
+/// resumes; anything else is refused, as for lists. `mine` is resolved to
+/// the token's subject by the route.
+pub fn parse_subscription(query: &str) -> Result<Subscription, HttpError> {
+    let mut sub = Subscription {
+        mine: false,
+        owner: None,
+        category: None,
+        since: None,
+    };
+    let mut seen = [false; FEED_PARAMS.len()];
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(raw_name)
+            .map_err(|_| bad_param("a parameter name", "is not valid percent-encoded UTF-8"))?;
+        let Some(slot) = FEED_PARAMS.iter().position(|p| *p == name) else {
+            return Err(HttpError::with_message(
+                400,
+                "unknown_parameter",
+                format!(
+                    "unknown parameter {:?}; GET /todos/changes takes {}",
+                    truncate(&name),
+                    FEED_PARAMS.join(", ")
+                ),
+            ));
+        };
+        let name = FEED_PARAMS[slot];
+        if std::mem::replace(&mut seen[slot], true) {
+            return Err(bad_param(name, "is given more than once"));
+        }
+        let value =
+            decode(raw_value).map_err(|_| bad_param(name, "is not valid percent-encoded UTF-8"))?;
+        match name {
+            "mine" => sub.mine = parse_bool(name, &value)?,
+            "owner" => {
+                if value.is_empty() || value.len() > OWNER_MAX_BYTES {
+                    return Err(bad_param(name, "must be 1 to 128 bytes"));
+                }
+                sub.owner = Some(value.into_owned());
+            }
+            "category" => sub.category = Some(category_id(name, &value)?),
+            _ => sub.since = Some(parse_position(name, &value)?),
+        }
+    }
+    if sub.mine && sub.owner.is_some() {
+        return Err(bad_param("owner", "cannot be combined with mine=true"));
+    }
+    Ok(sub)
+}
+
+/// A change feed position (`since=`, `Last-Event-ID`): `VERSION-ID` as the
+/// feed's `id:` lines give it, or `VERSION`, such as a list's `ETag`.
+pub fn parse_position(name: &str, value: &str) -> Result<Position, HttpError> {
+    Position::parse(value.trim()).ok_or_else(|| {
+        bad_param(
+            name,
+            "must be a position of the change feed: an event's id (VERSION-ID) or a state version",
+        )
+    })
+}
+
 pub fn parse_id(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -5,7 +5,8 @@
 //!   `GET /commands/{id}`, accounts and categories the read model has not
 //!   seen yet), `Idempotency-Key` claims, and the single-flight fill of an
 //!   empty Redis;
-//! - the read model's follower ([`super::follow`]);
+//! - the read model's follower ([`super::follow`]), which also feeds every
+//!   core's change feed;
 //! - the accepted-mark writer: marks in Redis that a command was accepted;
 //! - the key pruner: deletes expired `Idempotency-Key` records.
 //!
@@ -14,6 +15,8 @@
 
 use std::sync::Arc;
 use std::thread;
+
+use crate::feed::Fanout;
 
 use todo_model::{Category, Outcome, Todo, User};
 use todo_store::{pg, Publisher};
@@ -77,7 +80,11 @@ impl DbThread {
     /// handle's requests), the follower that keeps `model` current from
     /// PostgreSQL, the writer of accepted marks to Redis, and the pruner of
     /// expired `Idempotency-Key` records (every 10 minutes).
-    pub fn start(settings: &Settings, model: Shared) -> Result<DbThread, DistributedError> {
+    pub fn start(
+        settings: &Settings,
+        model: Shared,
+        feeds: Fanout,
+    ) -> Result<DbThread, DistributedError> {
         let pool = pg::pool(&settings.database_url, POOL_SIZE)?;
         let cache = Publisher::new(&settings.redis_url)?;
         let (tx, rx) = flume::bounded::<Request>(QUEUE_DEPTH);
@@ -92,7 +99,7 @@ impl DbThread {
                     .enable_all()
                     .build()
                     .expect("tokio runtime for the todo-db thread");
-                rt.spawn(super::follow::run(pool.clone(), model, wake));
+                rt.spawn(super::follow::run(pool.clone(), model, wake, feeds));
                 rt.spawn(run_marks(marks_rx, redis_url));
                 rt.spawn(prune_keys(pool.clone()));
                 rt.block_on(serve(rx, pool, cache));

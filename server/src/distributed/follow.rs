@@ -21,13 +21,19 @@ use std::time::Duration;
 use todo_model::Change;
 use todo_store::pg;
 
+use crate::feed::{Changes, Fanout, Position, TodoChange};
 use crate::read_model::{ReadModel, Shared};
 
 /// Changes are fetched at least this often without a wake-up.
 const FALLBACK_POLL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-pub async fn run(pool: deadpool_postgres::Pool, model: Shared, wake: Arc<tokio::sync::Notify>) {
+pub async fn run(
+    pool: deadpool_postgres::Pool,
+    model: Shared,
+    wake: Arc<tokio::sync::Notify>,
+    feeds: Fanout,
+) {
     let mut backoff = Duration::from_millis(50);
     // The first load.
     loop {
@@ -38,7 +44,9 @@ pub async fn run(pool: deadpool_postgres::Pool, model: Shared, wake: Arc<tokio::
                     loaded.len(),
                     loaded.version()
                 );
+                let version = loaded.version();
                 model.replace(loaded);
+                feeds.send(Changes::start(version));
                 break;
             }
             Err(e) => {
@@ -51,7 +59,7 @@ pub async fn run(pool: deadpool_postgres::Pool, model: Shared, wake: Arc<tokio::
     backoff = Duration::from_millis(50);
     loop {
         let _ = tokio::time::timeout(FALLBACK_POLL, wake.notified()).await;
-        match catch_up(&pool, &model).await {
+        match catch_up(&pool, &model, &feeds).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => {
                 eprintln!("todo-server: following PostgreSQL: {e}; retrying in {backoff:?}");
@@ -73,6 +81,7 @@ async fn load(pool: &deadpool_postgres::Pool) -> Result<ReadModel, todo_store::S
 async fn catch_up(
     pool: &deadpool_postgres::Pool,
     model: &Shared,
+    feeds: &Fanout,
 ) -> Result<(), todo_store::StoreError> {
     let since = model.version();
     let mut client = pool.get().await?;
@@ -85,13 +94,30 @@ async fn catch_up(
             "todo-server: PostgreSQL is at version {} below the read model's {since}; reloading",
             changes.version
         );
-        model.replace(load(pool).await?);
+        let loaded = load(pool).await?;
+        let version = loaded.version();
+        model.replace(loaded);
+        // A feed cannot follow across this: its subscribers reset.
+        feeds.send(Changes::start(version));
         return Ok(());
     }
     if changes.version == since {
         return Ok(());
     }
     let mut m = model.write();
+    // Each todo's change, at its stamp: before it from the model.
+    let put = changes.todos.iter().map(|t| t.id);
+    let stamped = changes.todo_stamps.iter().copied().zip(put);
+    let deleted = changes.deleted_todo_stamps.iter().copied();
+    let deleted = deleted.zip(changes.deleted_todos.iter().copied());
+    let mut todos: Vec<TodoChange> = stamped
+        .chain(deleted)
+        .map(|(version, id)| TodoChange {
+            at: Position { version, id },
+            before: m.todo(id).cloned(),
+            after: None,
+        })
+        .collect();
     m.put_rows(changes.categories, changes.users, changes.todos);
     // Deletes of todos before deletes of their categories.
     for id in changes.deleted_todos {
@@ -101,5 +127,16 @@ async fn catch_up(
         m.apply(Change::DeleteCategory(id));
     }
     m.set_version(changes.version);
+    for change in &mut todos {
+        change.after = m.todo(change.at.id).cloned();
+    }
+    drop(m);
+    todos.retain(|c| c.before != c.after);
+    todos.sort_unstable_by_key(|c| c.at);
+    feeds.send(Changes {
+        from: since,
+        to: changes.version,
+        todos,
+    });
     Ok(())
 }

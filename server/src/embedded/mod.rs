@@ -5,7 +5,9 @@
 //! core k --ApplyRequest--> apply thread: append batch to the log, fdatasync
 //!                                        -> Store::apply each (todo_model::decide)
 //!                                        -> render the snapshot ONCE
-//!                                        -> send it to every core, then reply
+//!                                        -> send it to every core, and the
+//!                                           batch's changes to every feed,
+//!                                           then reply
 //! ```
 //!
 //! One thread owns the [`store::Store`] and the [`command_log::CommandLog`]; cores talk
@@ -23,6 +25,7 @@ use std::thread;
 use todo_model::{Outcome, Snapshot, Todo, TodoCommand};
 
 use crate::errors::Unavailable;
+use crate::feed::Fanout;
 
 use self::store::{Claim, Store, StoreImage};
 
@@ -147,6 +150,7 @@ pub fn start(
     data_dir: &Path,
     cores: usize,
     seed_count: usize,
+    feeds: Fanout,
 ) -> Result<Started, command_log::LogError> {
     let lock = command_log::lock(data_dir)?;
     let (mut store, mut log, replayed) = command_log::open(data_dir, || {
@@ -160,7 +164,7 @@ pub fn start(
     let thread = thread::Builder::new()
         .name("todo-apply".into())
         .spawn(move || {
-            apply_loop(&rx, &mut store, &mut log, &senders);
+            apply_loop(&rx, &mut store, &mut log, &senders, &feeds);
             // Released once the last command is durable.
             drop(lock);
         })
@@ -181,6 +185,7 @@ fn apply_loop(
     store: &mut Store,
     log: &mut command_log::CommandLog,
     cores: &[flume::Sender<Arc<Snapshot>>],
+    feeds: &Fanout,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stop = false;
@@ -244,12 +249,15 @@ fn apply_loop(
             }
             continue;
         }
-        let outcomes = store.apply_batch(&cmds, true);
+        let (outcomes, changes) = store.apply_batch_with_changes(&cmds);
         if outcomes.contains(&Outcome::Applied) {
             let snapshot = Arc::new(store.snapshot());
             for core in cores {
                 let _ = core.send(snapshot.clone());
             }
+        }
+        if changes.to != changes.from {
+            feeds.send(changes);
         }
         for ((cmd, reply), outcome) in batch.drain(..).zip(outcomes) {
             let _ = reply.send(Ok(Receipt {

@@ -4,13 +4,14 @@
 //! rule the Kafka worker applies in PostgreSQL, over facts read from the
 //! model.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use todo_model::{
-    decide, Category, Outcome, Snapshot, Todo, TodoCommand, User, IDEMPOTENCY_WINDOW_MS,
+    decide, Category, Change, Outcome, Snapshot, Todo, TodoCommand, User, IDEMPOTENCY_WINDOW_MS,
 };
 
+use crate::feed::{Changes, Position, TodoChange};
 use crate::read_model::{ReadModel, Shared};
 
 /// How many command outcomes are remembered for `GET /commands/{id}`.
@@ -166,6 +167,38 @@ impl Store {
     /// that changed anything moves the version on before the lock is given
     /// back, so readers never see the new state under the old version.
     pub fn apply_batch(&mut self, cmds: &[&TodoCommand], advance: bool) -> Vec<Outcome> {
+        self.apply_batch_noting(cmds, advance, None)
+    }
+
+    /// [`Store::apply_batch`], advancing the version, and what it changed
+    /// for the change feed: each todo it touched, before and after, at the
+    /// new version (a todo changed twice in the batch is one change).
+    pub fn apply_batch_with_changes(&mut self, cmds: &[&TodoCommand]) -> (Vec<Outcome>, Changes) {
+        let from = self.version();
+        let mut before = BTreeMap::new();
+        let outcomes = self.apply_batch_noting(cmds, true, Some(&mut before));
+        let model = self.model.read();
+        let to = model.version();
+        let todos = before
+            .into_iter()
+            .filter_map(|(id, before)| {
+                let after = model.todo(id).cloned();
+                (before != after).then_some(TodoChange {
+                    at: Position { version: to, id },
+                    before,
+                    after,
+                })
+            })
+            .collect();
+        (outcomes, Changes { from, to, todos })
+    }
+
+    fn apply_batch_noting(
+        &mut self,
+        cmds: &[&TodoCommand],
+        advance: bool,
+        mut before: Option<&mut BTreeMap<u64, Option<Todo>>>,
+    ) -> Vec<Outcome> {
         let mut model = self.model.write();
         let mut outcomes = Vec::with_capacity(cmds.len());
         for cmd in cmds {
@@ -187,6 +220,9 @@ impl Store {
             let decided = decide(&model.facts(cmd), cmd);
             let outcome = match decided {
                 Ok(change) => {
+                    if let (Some(before), Some(id)) = (before.as_deref_mut(), todo_of(&change)) {
+                        before.entry(id).or_insert_with(|| model.todo(id).cloned());
+                    }
                     model.apply(change);
                     Outcome::Applied
                 }
@@ -242,6 +278,15 @@ impl Store {
     pub fn snapshot(&self) -> Snapshot {
         let m = self.model.read();
         Snapshot::render(m.version(), m.newest_public())
+    }
+}
+
+/// The todo a change is to, if it is to one.
+fn todo_of(change: &Change) -> Option<u64> {
+    match change {
+        Change::Insert(t) | Change::Update(t) => Some(t.id),
+        Change::Delete(id) => Some(*id),
+        Change::InsertUser(_) | Change::PutCategory(_) | Change::DeleteCategory(_) => None,
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod accounts;
 pub mod categories;
+pub mod changes;
 pub mod commands;
 pub mod docs;
 pub mod health;
@@ -85,6 +86,9 @@ pub enum Action {
     Write(Box<TodoCommand>),
     /// The response needs an await first.
     Await(Box<Pending>),
+    /// A change-feed subscriber: the connection becomes its stream
+    /// (`crate::feed::stream`) once what is before it is answered.
+    Stream(Box<crate::feed::Subscription>),
 }
 
 /// Work that needs the backend (or another thread) before it can be
@@ -194,6 +198,9 @@ fn dispatch_other(core: &Core, req: &Request<'_>, out: &mut Vec<u8>, persist: Pe
             )
             .into(),
         };
+    }
+    if req.path == "/todos/changes" {
+        return changes::subscribe(core, req, out, reply);
     }
     if let Some(id) = req.path.strip_prefix("/todos/") {
         let Some(id) = parse_id(id) else {

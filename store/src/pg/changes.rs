@@ -33,7 +33,12 @@ pub struct ChangeSet {
     pub version: u64,
     /// Todos created or changed (their whole rows), by id.
     pub todos: Vec<Todo>,
+    /// `todo_stamps[i]`: the version whose transaction last changed
+    /// `todos[i]` (the change feed's position, with the id).
+    pub todo_stamps: Vec<u64>,
     pub deleted_todos: Vec<u64>,
+    /// `deleted_todo_stamps[i]`: the version that deleted `deleted_todos[i]`.
+    pub deleted_todo_stamps: Vec<u64>,
     pub users: Vec<User>,
     /// Categories created or renamed.
     pub categories: Vec<Category>,
@@ -126,7 +131,7 @@ pub async fn changes_since(
     let todos = tx
         .query(
             &format!(
-                "SELECT {COLUMNS} FROM todos WHERE version > $1 AND version <= $2 ORDER BY id"
+                "SELECT {COLUMNS}, version FROM todos WHERE version > $1 AND version <= $2 ORDER BY id"
             ),
             &range,
         )
@@ -147,7 +152,7 @@ pub async fn changes_since(
         .await?;
     let deleted = tx
         .query(
-            "SELECT kind, id FROM deleted WHERE version > $1 AND version <= $2 ORDER BY kind, id",
+            "SELECT kind, id, version FROM deleted WHERE version > $1 AND version <= $2 ORDER BY kind, id",
             &range,
         )
         .await?;
@@ -155,6 +160,7 @@ pub async fn changes_since(
     let mut set = ChangeSet {
         version: now,
         todos: todos.iter().map(todo_from).collect(),
+        todo_stamps: todos.iter().map(|r| stamp(r, STAMP)).collect(),
         users: users.iter().map(user_from).collect(),
         categories: categories.iter().map(category_from).collect(),
         ..ChangeSet::default()
@@ -162,11 +168,21 @@ pub async fn changes_since(
     for row in &deleted {
         let id = row.get::<_, i64>(1) as u64;
         match row.get::<_, &str>(0) {
-            "todo" => set.deleted_todos.push(id),
+            "todo" => {
+                set.deleted_todos.push(id);
+                set.deleted_todo_stamps.push(stamp(row, 2));
+            }
             _ => set.deleted_categories.push(id),
         }
     }
     Ok(set)
+}
+
+/// Where the stamp is in a row of `SELECT {COLUMNS}, version`.
+const STAMP: usize = 9;
+
+fn stamp(row: &tokio_postgres::Row, at: usize) -> u64 {
+    row.get::<_, i64>(at) as u64
 }
 
 async fn current_version(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, StoreError> {
