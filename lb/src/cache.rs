@@ -14,6 +14,9 @@
 //!   not `Connection: close`. Fresh for N seconds less the upstream's `Age`
 //!   (RFC 9111 §4.2). A request that says `Cache-Control: no-cache` or
 //!   `no-store`, or `Pragma: no-cache`, goes to the upstream.
+//! - Never held: an event stream (`proxy/stream.rs`), whatever its
+//!   `Cache-Control`; its target passes ([`EdgeCache::pass`]) as soon as
+//!   its head arrives, so the requests that waited for it fetch their own.
 //! - `Vary` is honoured: the answer is held under the request's values of
 //!   the headers it names, and found only by a request with the same ones.
 //! - Coalescing: while one request of a core fetches a key, the others for
@@ -290,12 +293,7 @@ impl EdgeCache {
         }
         let size = response.len() + 256;
         let Some(parsed) = Cacheable::parse(response).filter(|_| size <= self.budget / 4) else {
-            let mut pass = self.pass.borrow_mut();
-            if pass.len() > 10_000 {
-                let now = Instant::now();
-                pass.retain(|_, until| *until > now);
-            }
-            pass.insert(target, Instant::now() + PASS_FOR);
+            self.pass(lead);
             return;
         };
         self.pass.borrow_mut().remove(&target);
@@ -335,6 +333,19 @@ impl EdgeCache {
         slots[slot] = Some(entry);
         self.index.borrow_mut().insert(key, slot);
         self.bytes.set(self.bytes.get() + size);
+    }
+
+    /// The answer `lead` fetched may not be held (what [`EdgeCache::store`]
+    /// refuses, or an event stream, which has no end): its target is
+    /// forwarded without coalescing for [`PASS_FOR`], so requests for it do
+    /// not wait for each other.
+    pub fn pass(&self, lead: &Lead<'_>) {
+        let mut pass = self.pass.borrow_mut();
+        if pass.len() > 10_000 {
+            let now = Instant::now();
+            pass.retain(|_, until| *until > now);
+        }
+        pass.insert(lead.target, Instant::now() + PASS_FOR);
     }
 
     fn remove(&self, key: u64) {

@@ -19,6 +19,11 @@ pub trait ClientIo {
     async fn read_to(&mut self, input: &mut Vec<u8>) -> io::Result<usize>;
     /// Write all of `out` (one write of the batch), then clear it.
     async fn write_from(&mut self, out: &mut Vec<u8>) -> io::Result<()>;
+    /// Wait until the client's socket has something to read: bytes, its
+    /// end, or a reset. Nothing is consumed, so it may be cancelled. A
+    /// relayed event stream (`proxy/stream.rs`) waits on it beside the
+    /// upstream, to notice a client that left before its next write.
+    async fn wait_readable(&self) -> io::Result<()>;
     /// End the connection: say so (TLS: close_notify), then drain what the
     /// client still sends for a moment ([`lifecycle::linger`]).
     async fn close(&mut self);
@@ -34,6 +39,12 @@ impl ClientIo for TcpStream {
 
     async fn write_from(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         lifecycle::flush(self, out).await
+    }
+
+    async fn wait_readable(&self) -> io::Result<()> {
+        // Not relaxed: the epoll driver asks the socket, so a readiness left
+        // over from an earlier read does not wake it.
+        self.readable(false).await
     }
 
     async fn close(&mut self) {

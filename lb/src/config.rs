@@ -104,6 +104,15 @@ pub struct LbConfig {
     /// after). Above the servers' write confirmation timeout (5 s).
     #[arg(long, env = "TODO_LB_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+    /// An event stream (an upstream answer of `Content-Type:
+    /// text/event-stream` with no length, whose end is the upstream's close)
+    /// is relayed as it comes, on an upstream connection of its own, and
+    /// ended when the upstream sends nothing for this long: each event or
+    /// heartbeat comment restarts the clock (`--upstream-timeout` bounds
+    /// only the wait for its head). Also the longest a write of it to the
+    /// client may take. Default 60s: four of todo-server's 15 s heartbeats.
+    #[arg(long, env = "TODO_LB_STREAM_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stream_idle: Duration,
     /// Idle upstream connections kept per upstream and core.
     #[arg(long, env = "TODO_LB_POOL_IDLE", default_value_t = 1024)]
     pub pool_idle: usize,

@@ -9,6 +9,8 @@
 //!   -> proxy/forward.rs: the edge cache (cache.rs); pick an upstream (pool.rs),
 //!      ONE write of the batch, read the answers (failover: proxy/retry.rs)
 //!   -> proxy/conn.rs: ONE write back in request order
+//!   -> proxy/stream.rs: an event stream (text/event-stream) answered instead
+//!      is relayed as it comes, on its own upstream connection, until it ends
 //! upstream.rs: the upstream set, active health checks, the upstreams file
 //! admin.rs:    --admin ADDR, its own thread: /metrics (metrics.rs) and /livez
 //! ```
@@ -17,8 +19,8 @@
 //!   batch to one upstream, answer in order; retry and failover. In parts:
 //!   `conn.rs` the connection and its loop, `batch.rs` parsing a batch,
 //!   `forward.rs` runs to the upstreams and their answers back, `retry.rs`
-//!   the retry policy, `state.rs` the core's state ([`proxy::LbCore`]) in
-//!   parts.
+//!   the retry policy, `stream.rs` server-sent event streams relayed as
+//!   they come, `state.rs` the core's state ([`proxy::LbCore`]) in parts.
 //! - [`pool`]: per core, keep-alive upstream pools, the balancing policy
 //!   (`--balance`), passive ejection (circuit breaker).
 //! - [`client_io`]: the client side of a connection, plain or TLS.

@@ -9,6 +9,9 @@
 //! todo_lb_cache_requests_total{result}            --cache on: hit, miss, not_modified (304 here)
 //! todo_lb_cache_bytes                             bytes held by the edge cache (all cores)
 //! todo_lb_cache_entries                           entries held by the edge cache (all cores)
+//! todo_lb_streams_total                           event streams relayed (text/event-stream, proxy/stream.rs)
+//! todo_lb_streams_open                            event streams relayed now
+//! todo_lb_streams_ended_total{by}                 ended by: upstream, idle (--stream-idle), client, drain
 //! todo_lb_limited_total{route}                    requests answered 429 by a [[limit]] (--config)
 //! todo_lb_config_reloads_total{result}            re-reads of --config: ok, failed
 //! todo_lb_upstream_requests_total{upstream}       requests written to the upstream
@@ -17,6 +20,8 @@
 //! todo_lb_upstream_up{upstream}                   1 in rotation, 0 ejected or failing its checks
 //! todo_lb_upstream_circuit{upstream,state}        cores whose circuit is closed, open, half_open
 //! todo_lb_upstream_duration_seconds{upstream}     histogram: batch written -> each response read
+//! todo_lb_upstream_streams_total{upstream}        event streams the upstream answered
+//! todo_lb_upstream_streams_open{upstream}         its connections held by an event stream now
 //! ```
 //!
 //! The same scheme as todo-server's `server/src/metrics.rs`: every counter
@@ -52,6 +57,10 @@ pub struct CoreMetrics {
     /// This core's cache size now (a gauge written by its core).
     cache_bytes: AtomicU64,
     cache_entries: AtomicU64,
+    /// Event streams relayed; those ended per [`StreamEnd`], in its
+    /// declaration order (open: the difference).
+    streams: AtomicU64,
+    streams_ended: [AtomicU64; StreamEnd::ALL.len()],
 }
 
 /// How a TLS connection's start ended.
@@ -71,6 +80,39 @@ pub enum CacheResult {
     Miss,
     /// Answered 304 here: the client's `If-None-Match` matched.
     NotModified,
+}
+
+/// Who ended a relayed event stream (`proxy/stream.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream closed it (its end or a reset): the client reconnects.
+    Upstream,
+    /// The upstream sent nothing for `--stream-idle`.
+    Idle,
+    /// The client left, or did not take a write within `--stream-idle`.
+    Client,
+    /// The balancer drains: the client reconnects to another.
+    Drain,
+}
+
+impl StreamEnd {
+    /// Every one, in declaration order (the counters' slots).
+    pub const ALL: [StreamEnd; 4] = [
+        StreamEnd::Upstream,
+        StreamEnd::Idle,
+        StreamEnd::Client,
+        StreamEnd::Drain,
+    ];
+
+    /// Its `by` label in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamEnd::Upstream => "upstream",
+            StreamEnd::Idle => "idle",
+            StreamEnd::Client => "client",
+            StreamEnd::Drain => "drain",
+        }
+    }
 }
 
 impl CoreMetrics {
@@ -101,6 +143,15 @@ impl CoreMetrics {
     pub fn cache_size(&self, entries: usize, bytes: usize) {
         self.cache_entries.store(entries as u64, Relaxed);
         self.cache_bytes.store(bytes as u64, Relaxed);
+    }
+
+    /// An event stream began to be relayed.
+    pub fn stream_opened(&self) {
+        bump(&self.streams, 1);
+    }
+
+    pub fn stream_ended(&self, by: StreamEnd) {
+        bump(&self.streams_ended[by as usize], 1);
     }
 }
 
@@ -148,6 +199,26 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
         total(&|c| &c.cache_entries)
     );
 
+    // The ends first: a stream counted as ended was counted as opened before.
+    let ended: Vec<u64> = StreamEnd::ALL
+        .iter()
+        .map(|&by| total(&|c| &c.streams_ended[by as usize]))
+        .collect();
+    let streams = total(&|c| &c.streams);
+    out.push_str("# HELP todo_lb_streams_total Event streams relayed: text/event-stream answers delimited by the upstream's close, each on an upstream connection of its own.\n# TYPE todo_lb_streams_total counter\n");
+    let _ = writeln!(out, "todo_lb_streams_total {streams}");
+    out.push_str("# HELP todo_lb_streams_open Event streams being relayed now.\n# TYPE todo_lb_streams_open gauge\n");
+    let _ = writeln!(
+        out,
+        "todo_lb_streams_open {}",
+        streams.saturating_sub(ended.iter().sum())
+    );
+    out.push_str("# HELP todo_lb_streams_ended_total Event streams ended, by: upstream (its close or a reset), idle (nothing from the upstream for --stream-idle), client (it left or did not read for --stream-idle), drain (the balancer stops).\n# TYPE todo_lb_streams_ended_total counter\n");
+    for (by, n) in StreamEnd::ALL.iter().zip(&ended) {
+        let by = by.label();
+        let _ = writeln!(out, "todo_lb_streams_ended_total{{by=\"{by}\"}} {n}");
+    }
+
     // Each upstream's per-core slots summed; `label` is `upstream="host:port"`.
     let sum =
         |u: &Upstream, f: &dyn Fn(&UpstreamStats) -> u64| -> u64 { u.stats.iter().map(f).sum() };
@@ -194,6 +265,18 @@ pub fn render(cores: &[CoreMetrics], upstreams: &[std::sync::Arc<Upstream>]) -> 
                 "todo_lb_upstream_circuit{{{label},state=\"{state}\"}} {n}"
             );
         }
+    }
+    out.push_str("# HELP todo_lb_upstream_streams_total Event streams the upstream answered (each held one of its connections for its life).\n# TYPE todo_lb_upstream_streams_total counter\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        let n = sum(u, &|s| s.streams());
+        let _ = writeln!(out, "todo_lb_upstream_streams_total{{{label}}} {n}");
+    }
+    out.push_str("# HELP todo_lb_upstream_streams_open The upstream's connections held by an event stream now.\n# TYPE todo_lb_upstream_streams_open gauge\n");
+    for (u, label) in upstreams.iter().zip(&labels) {
+        // The ends first, as for todo_lb_streams_open.
+        let ended = sum(u, &|s| s.streams_ended());
+        let n = sum(u, &|s| s.streams()).saturating_sub(ended);
+        let _ = writeln!(out, "todo_lb_upstream_streams_open{{{label}}} {n}");
     }
     out.push_str("# HELP todo_lb_upstream_duration_seconds Time from writing a batch to the upstream to reading each of its responses, per request.\n# TYPE todo_lb_upstream_duration_seconds histogram\n");
     for (u, label) in upstreams.iter().zip(&labels) {
@@ -260,11 +343,24 @@ mod tests {
         let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
         cores[0].requests(5);
         cores[1].accepted();
+        cores[0].stream_opened();
+        cores[1].stream_opened();
+        cores[1].stream_ended(StreamEnd::Idle);
+        up.stats[0].stream_opened();
+        up.stats[1].stream_opened();
+        up.stats[1].stream_opened();
+        up.stats[1].stream_ended();
         let text = render(&cores, std::slice::from_ref(&up));
         let label = "upstream=\"127.0.0.1:8081\"";
         for line in [
             "todo_lb_requests_total 5".to_string(),
             "todo_lb_connections_open 1".to_string(),
+            "todo_lb_streams_total 2".to_string(),
+            "todo_lb_streams_open 1".to_string(),
+            "todo_lb_streams_ended_total{by=\"idle\"} 1".to_string(),
+            "todo_lb_streams_ended_total{by=\"client\"} 0".to_string(),
+            format!("todo_lb_upstream_streams_total{{{label}}} 3"),
+            format!("todo_lb_upstream_streams_open{{{label}}} 2"),
             format!("todo_lb_upstream_requests_total{{{label}}} 5"),
             format!("todo_lb_upstream_errors_total{{{label},kind=\"timeout\"}} 1"),
             format!("todo_lb_upstream_errors_total{{{label},kind=\"connect\"}} 0"),

@@ -454,6 +454,12 @@ impl ClientIo for TlsStream {
         Ok(())
     }
 
+    async fn wait_readable(&self) -> io::Result<()> {
+        // The socket's records: a close_notify, the end or a reset wake it
+        // as bytes would.
+        self.sock.readable(false).await
+    }
+
     async fn close(&mut self) {
         let TlsStream {
             conn,

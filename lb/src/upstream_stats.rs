@@ -1,10 +1,12 @@
 //! One core's counters for one upstream: requests written, failures by
-//! class, the circuit's state, and the latency histogram.
+//! class, the circuit's state, the latency histogram, and the event streams
+//! holding its connections.
 //!
 //! Each shared [`crate::upstream::Upstream`] carries one [`UpstreamStats`]
 //! per core, so the counters follow an upstream through a re-read upstreams
 //! file and go with it. Written by the proxy's exchange (`proxy/forward.rs`:
-//! sent, answered, failed) and by the core's circuit breaker (`pool.rs`:
+//! sent, answered, failed), by its event streams (`proxy/stream.rs`: opened,
+//! ended) and by the core's circuit breaker (`pool.rs`:
 //! ejected, probing, reopened, restored); read and summed by the renderer
 //! (`metrics.rs`) at scrape time.
 //!
@@ -63,6 +65,10 @@ pub struct UpstreamStats {
     /// them all.
     duration: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
     duration_sum_us: AtomicU64,
+    /// Event streams opened on the upstream, and ended (open: the
+    /// difference).
+    streams: AtomicU64,
+    streams_ended: AtomicU64,
 }
 
 impl UpstreamStats {
@@ -88,6 +94,16 @@ impl UpstreamStats {
 
     pub fn failed(&self, failure: Failure) {
         bump(&self.errors[failure as usize], 1);
+    }
+
+    /// One of its connections now carries an event stream.
+    pub fn stream_opened(&self) {
+        bump(&self.streams, 1);
+    }
+
+    /// An event stream's connection closed.
+    pub fn stream_ended(&self) {
+        bump(&self.streams_ended, 1);
     }
 
     /// This core opened the upstream's circuit.
@@ -146,6 +162,16 @@ impl UpstreamStats {
     /// The sum of every response's latency, microseconds.
     pub fn duration_sum_us(&self) -> u64 {
         self.duration_sum_us.load(Relaxed)
+    }
+
+    /// Event streams opened.
+    pub fn streams(&self) -> u64 {
+        self.streams.load(Relaxed)
+    }
+
+    /// Event streams ended.
+    pub fn streams_ended(&self) -> u64 {
+        self.streams_ended.load(Relaxed)
     }
 }
 

@@ -1,7 +1,8 @@
 //! `--listen-tls` over real sockets: curl and `openssl s_client` with TLS 1.3
 //! and 1.2 and ALPN http/1.1, session resumption, a pipelined batch of 80
 //! answered in order, a certificate swapped on disk (new connections get it,
-//! an open one keeps working), and plain HTTP on the TLS port.
+//! an open one keeps working), plain HTTP on the TLS port, and an event
+//! stream relayed over TLS until either end closes.
 //!
 //! The certificates are made by the `openssl` command for each test: a CA and
 //! a leaf for `localhost` and 127.0.0.1, the file holding the chain.
@@ -15,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{lb, peer, Behaviour};
+use common::{lb, peer, stream_peer, Behaviour, RETRY, STREAM_HEAD};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use todo_testkit::http::read_response;
@@ -138,15 +139,19 @@ struct Setup {
 /// todo-lb with `--listen-tls` in front of one echoing peer, serving
 /// `first.pem` from `dir`.
 fn setup(name: &str) -> Setup {
+    setup_for(name, peer(Behaviour::Echo("a")).addr)
+}
+
+/// As [`setup`], in front of `upstream`.
+fn setup_for(name: &str, upstream: SocketAddr) -> Setup {
     let dir = temp_dir(name);
     std::fs::create_dir_all(&dir).unwrap();
     let ca = make_ca(&dir);
     make_leaf(&dir, "first");
     std::fs::copy(dir.join("first.pem"), dir.join("served.pem")).unwrap();
     std::fs::copy(dir.join("first.key"), dir.join("served.key")).unwrap();
-    let up = peer(Behaviour::Echo("a"));
     let served = (dir.join("served.pem"), dir.join("served.key"));
-    let lb = lb(&[up.addr], |c| {
+    let lb = lb(&[upstream], |c| {
         c.listen_tls = Some("127.0.0.1:0".parse().unwrap());
         c.tls_cert = Some(served.0);
         c.tls_key = Some(served.1);
@@ -373,4 +378,55 @@ fn plain_http_on_the_tls_port_gets_a_clear_error_and_the_port_keeps_serving() {
     assert_eq!(count("plain_http"), Some(1));
     assert_eq!(count("failed"), Some(1));
     assert!(count("ok") >= Some(1));
+}
+
+/// Read from `tls` onto `buf` until it ends with `tail` (10 s at most).
+fn read_until_end_with(tls: &mut Tls, buf: &mut Vec<u8>, tail: &str) {
+    let mut chunk = [0u8; 4096];
+    while !buf.ends_with(tail.as_bytes()) {
+        match tls.read(&mut chunk) {
+            Ok(0) => panic!("closed before {tail:?}: {}", String::from_utf8_lossy(buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("{e} before {tail:?}: {}", String::from_utf8_lossy(buf)),
+        }
+    }
+}
+
+#[test]
+fn an_event_stream_over_tls_ends_with_either_side() {
+    let up = stream_peer(STREAM_HEAD);
+    let s = setup_for("lb-tls-stream", up.addr);
+    let config = client_config(&s.ca);
+    let request = "GET /todos/changes HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n";
+    let event = "id: 1-1\nevent: todo\ndata: {}\n\n";
+
+    // The upstream ends it: the client reads the last event, then the
+    // balancer's close_notify.
+    let mut tls = connect(&config, s.tls);
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut upstream = up.next();
+    let mut buf = Vec::new();
+    read_until_end_with(&mut tls, &mut buf, RETRY);
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+    upstream.send(event);
+    read_until_end_with(&mut tls, &mut buf, event);
+    drop(upstream);
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest)
+        .expect("a clean end: close_notify, then the end of stream");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // The client ends it with its close_notify, its socket still open: the
+    // upstream connection closes at once.
+    let mut tls = connect(&config, s.tls);
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut upstream = up.next();
+    read_until_end_with(&mut tls, &mut Vec::new(), RETRY);
+    tls.conn.send_close_notify();
+    while tls.conn.wants_write() {
+        tls.conn.write_tls(&mut tls.sock).unwrap();
+    }
+    assert!(upstream.closed(), "the upstream sees the end within 10 s");
 }

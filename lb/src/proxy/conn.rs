@@ -10,6 +10,9 @@
 //!            the admitted ones (forward.rs); the error that ended the parse
 //! send       ONE write of the answers, in request order; what follows waits
 //!            for the next read, or the connection closes
+//! relay      instead, when the batch's last answer is an event stream: the
+//!            same write, then the stream (stream.rs) until it ends, and
+//!            the connection with it
 //! ```
 //!
 //! This is where the core is taken apart: each step gets the parts it reads.
@@ -28,12 +31,13 @@ use todo_http::{DateCache, HttpError};
 
 use crate::client_io::ClientIo;
 use crate::client_limits::ClientConn;
-use crate::metrics::{CoreMetrics, Handshake};
+use crate::metrics::{CoreMetrics, Handshake, StreamEnd};
 use crate::tls::{self, CoreTls, TlsStream};
 
 use super::batch::{Batch, Cut, Reader};
 use super::forward::Forwarding;
 use super::state::{Connections, LbCore, Reading};
+use super::stream::Stream;
 use super::READ_CHUNK;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -155,7 +159,9 @@ async fn proxy<S: ClientIo>(
         }
         let routes = core.limits.routes_now();
         let cut = reader.parse(&conn.input, routes.as_deref().map(Arc::as_ref), &mut batch);
-        conn.answer(&forwarding, client, &mut batch, &cut).await;
+        if let Some(stream) = conn.answer(&forwarding, client, &mut batch, &cut).await {
+            return Ok(conn.relay(stream).await);
+        }
         if let Next::Close { linger } = conn.send(&batch, &cut).await? {
             return Ok(linger);
         }
@@ -246,14 +252,15 @@ impl<'c, S: ClientIo> Conn<'c, S> {
     /// Answer a parsed batch into the output: the `100 Continue` the next
     /// request waits for, the requests the client's rate admits (forwarded
     /// or answered here), 429 for the others, and the error that ended the
-    /// parse.
+    /// parse. When an answer is an event stream, the output ends with its
+    /// head and nothing after it is answered: the stream is returned.
     async fn answer(
         &mut self,
         forwarding: &Forwarding<'_>,
         client: &ClientConn,
         batch: &mut Batch,
         cut: &Cut,
-    ) {
+    ) -> Option<Stream> {
         if cut.send_continue {
             self.out.extend_from_slice(CONTINUE);
         }
@@ -261,9 +268,12 @@ impl<'c, S: ClientIo> Conn<'c, S> {
             .requests(batch.items.len() + usize::from(cut.ending.is_some()));
         let admitted = client.admit(batch.items.len());
         if admitted > 0 {
-            forwarding
+            let stream = forwarding
                 .forward(batch, admitted, &self.input, &mut self.upbuf, &mut self.out)
                 .await;
+            if stream.is_some() {
+                return stream;
+            }
         }
         for item in &batch.items[admitted..] {
             item.answer(&mut self.out, &RATE_LIMITED, self.date);
@@ -271,6 +281,27 @@ impl<'c, S: ClientIo> Conn<'c, S> {
         if let Some(err) = &cut.ending {
             response::append_error(&mut self.out, err, self.date, Persist::Close);
         }
+        None
+    }
+
+    /// The output ends with an event stream's head: write it, relay the
+    /// stream until it ends (stream.rs), and end the connection with it
+    /// (the head said `Connection: close`). Whether to linger: when the
+    /// client is still there to read the end.
+    async fn relay(&mut self, stream: Stream) -> bool {
+        // What the client sent after the stream's request is never answered;
+        // the input takes what it sends meanwhile.
+        self.input.clear();
+        let end = stream
+            .relay(
+                self.stream,
+                &mut self.out,
+                &mut self.input,
+                self.conns,
+                self.metrics,
+            )
+            .await;
+        matches!(end, StreamEnd::Upstream | StreamEnd::Idle)
     }
 
     /// ONE write of the batch's answers; then its requests leave the input,
@@ -383,6 +414,13 @@ mod tests {
         async fn write_from(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
             self.writes.push(out.clone());
             out.clear();
+            Ok(())
+        }
+
+        async fn wait_readable(&self) -> io::Result<()> {
+            if self.hang && self.reads.is_empty() {
+                std::future::pending().await
+            }
             Ok(())
         }
 

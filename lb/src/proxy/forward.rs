@@ -9,7 +9,9 @@
 //!             else a run: the requests up to the next one answered here
 //!                  (hash: with the same key), to one upstream picked by the policy
 //! exchange  one run, one upstream: ONE write, then read and frame responses
-//!           until all are answered, the upstream closes, fails or times out
+//!           until all are answered, the upstream closes, fails or times out,
+//!           or an answer is an event stream: its head goes out, the forward
+//!           ends, and the upstream connection is the stream's (`stream.rs`)
 //! ```
 //!
 //! When an exchange fails, the retry policy (`retry.rs`) says which of the
@@ -38,6 +40,7 @@ use crate::pool::Member;
 use super::batch::{Batch, Item};
 use super::retry::{self, Failover};
 use super::state::Upstreams;
+use super::stream::{self, Stream};
 use super::READ_CHUNK;
 
 /// What forwarding reads of its core.
@@ -52,7 +55,7 @@ pub struct Forwarding<'c> {
 }
 
 /// How one exchange with an upstream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum End {
     /// Every request answered; the connection may be reused.
     Done,
@@ -62,6 +65,10 @@ enum End {
     /// The upstream failed; the unanswered requests go by
     /// [`retry::may_resend`].
     Failed(Failure),
+    /// The answer after those counted is an event stream, its head in the
+    /// client's output; the connection is its own now. The rest of the run
+    /// goes unanswered: the stream is the last on both connections.
+    Stream(TcpStream),
 }
 
 /// A request's turn at the edge cache.
@@ -79,6 +86,10 @@ impl<'c> Forwarding<'c> {
     /// answers to `out`, in order, retrying on other upstreams as the
     /// module doc says; with `--cache on`, answering from the cache what it
     /// holds. `input` is the client's bytes the batch was parsed from.
+    ///
+    /// An answer that is an event stream ends it: `out` ends with the
+    /// stream's head, the requests after it are not answered, and the
+    /// stream to relay is returned.
     pub async fn forward(
         &self,
         batch: &mut Batch,
@@ -86,7 +97,7 @@ impl<'c> Forwarding<'c> {
         input: &[u8],
         upbuf: &mut Vec<u8>,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Option<Stream> {
         let Batch { items, fwd, local } = batch;
         let items = &mut items[..admitted];
         let mut next = 0;
@@ -116,7 +127,7 @@ impl<'c> Forwarding<'c> {
             let upto = run_end(items, next, lead.is_some());
             let Some(member) = self.upstreams.pick(failover.failed(), items[next].key) else {
                 self.answer_unsent(out, &items[next..], failover.last());
-                return;
+                return None;
             };
             let store = lead.as_ref().map(|l| (l, items[next].head_in(input)));
             let (answered, end) = self
@@ -126,6 +137,11 @@ impl<'c> Forwarding<'c> {
             next += answered;
             match end {
                 End::Done | End::Closed => member.succeeded(),
+                End::Stream(conn) => {
+                    member.succeeded();
+                    let up = self.upstreams;
+                    return Some(Stream::new(conn, member, up.pool_config, up.stream_idle));
+                }
                 End::Failed(failure) => {
                     member.stats().failed(failure);
                     member.failed(&self.upstreams.pool_config);
@@ -135,11 +151,12 @@ impl<'c> Forwarding<'c> {
                     }
                     if !again {
                         self.answer_unsent(out, &items[next..], failover.last());
-                        return;
+                        return None;
                     }
                 }
             }
         }
+        None
     }
 
     /// The cache's turn for `item`: a hit is answered here; a key another
@@ -252,6 +269,19 @@ impl<'c> Forwarding<'c> {
                     member.release(None, pool);
                     return (answered, End::Failed(Failure::Broken));
                 }
+                Framing::Stream => {
+                    // Still in flight: the stream releases it when it ends.
+                    stats.answered(1, waited_us);
+                    if up.observe_latency {
+                        member.observe(waited_us);
+                    }
+                    stream_head(&upbuf[framed.used..], self.cache.is_some(), out);
+                    if let (Some((lead, _)), Some(edge)) = (store, self.cache) {
+                        edge.pass(lead);
+                    }
+                    upbuf.clear();
+                    return (answered, End::Stream(conn));
+                }
                 Framing::Open => {}
             }
             if up.observe_latency && framed.answered > 0 {
@@ -306,6 +336,9 @@ enum Framing {
     Closed,
     /// A response that cannot be framed: the connection is broken.
     Broken,
+    /// The next response is an event stream whose head is complete: its
+    /// body lasts until the upstream closes (`stream.rs`).
+    Stream,
 }
 
 /// Frame every complete response at the start of `buf`, one per request of
@@ -353,6 +386,11 @@ fn frame(
                 }
             }
             Ok(ParsedResponse::Partial) => break,
+            // Only a response that cannot be framed by length is asked.
+            Err(_) if stream::event_stream(&buf[framed.used..]) => {
+                framed.end = Framing::Stream;
+                return framed;
+            }
             Err(_) => {
                 framed.end = Framing::Broken;
                 return framed;
@@ -389,13 +427,32 @@ async fn read_upstream(
     }
 }
 
+/// An event stream's head and the bytes of it that came with it, to the
+/// client's output: the upstream's `Connection` fields replaced by
+/// `Connection: close` (the client's connection ends with the stream, RFC
+/// 9112 §9.6); with `--cache on` (`marks`), `X-Cache: MISS` as on every
+/// answer forwarded.
+fn stream_head(response: &[u8], marks: bool, out: &mut Vec<u8>) {
+    let from = out.len();
+    http1::append_without_connection(out, response);
+    after_status_line(out, from, b"Connection: close\r\n");
+    if marks {
+        mark_miss(out, from);
+    }
+}
+
 /// `X-Cache: MISS` after the status line of the response at `out[from..]`.
 fn mark_miss(out: &mut Vec<u8>, from: usize) {
-    // After the status line, past any empty lines before it.
+    after_status_line(out, from, b"X-Cache: MISS\r\n");
+}
+
+/// `line` after the status line of the response at `out[from..]`, past any
+/// empty lines before it.
+fn after_status_line(out: &mut Vec<u8>, from: usize, line: &[u8]) {
     let status = from + (out.len() - from - cache::skip_empty_lines(&out[from..]).len());
     if let Some(eol) = out[status..].iter().position(|&b| b == b'\n') {
         let at = status + eol + 1;
-        out.splice(at..at, b"X-Cache: MISS\r\n".iter().copied());
+        out.splice(at..at, line.iter().copied());
     }
 }
 
@@ -525,6 +582,55 @@ mod tests {
         assert_eq!(framed.end, Framing::Broken);
         assert_eq!(framed.answered, 1);
         assert_eq!(out, OK);
+    }
+
+    #[test]
+    fn an_event_stream_is_handed_over_after_the_answers_before_it() {
+        let sse = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nretry: 1000\n\n";
+        let buf = format!("{OK}{sse}");
+        let (framed, out) = frame_plain(&buf, &[item(), item(), item()]);
+        assert_eq!(framed.end, Framing::Stream);
+        assert_eq!(
+            (framed.answered, framed.used),
+            (1, OK.len()),
+            "the stream is not counted: the exchange hands it over"
+        );
+        assert_eq!(out, OK, "its head is not framed here");
+
+        // Its head alone is enough: no event has come yet.
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n";
+        let (framed, _) = frame_plain(head, &[item()]);
+        assert_eq!(framed.end, Framing::Stream);
+    }
+
+    #[test]
+    fn an_answer_without_a_length_that_is_no_event_stream_is_still_broken() {
+        let buf = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close";
+        assert_eq!(frame_plain(buf, &[item()]).0.end, Framing::Broken);
+    }
+
+    #[test]
+    fn a_streams_head_says_the_connection_closes_and_is_marked_with_the_cache() {
+        let mut out = b"before".to_vec();
+        stream_head(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n\r\ndata: 1\n\n",
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "beforeHTTP/1.1 200 OK\r\nX-Cache: MISS\r\nConnection: close\r\n\
+             Content-Type: text/event-stream\r\n\r\ndata: 1\n\n"
+        );
+        let mut out = Vec::new();
+        let head =
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/event-stream\r\n\r\n";
+        stream_head(head.as_bytes(), false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            head,
+            "the upstream's close, as it said it"
+        );
     }
 
     #[test]

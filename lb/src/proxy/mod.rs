@@ -15,14 +15,19 @@
 //!                  connection, ONE write of the run, read back as many responses
 //!   retry.rs    -> a failed run: what may go to another upstream, what is 502/504
 //!   conn.rs     -> ONE write of the responses to the client, in request order
+//!   stream.rs   -> an answer that is an event stream (text/event-stream, ended
+//!                  by the upstream's close) ends the batch: its upstream
+//!                  connection is relayed to the client, read by read, until
+//!                  either closes or --stream-idle passes; then the client's
+//!                  connection closes too
 //! state.rs    LbCore, a core's state in parts: connections, reading, request
 //!             ids, limits, upstreams, edge cache
 //! ```
 //!
 //! Data flows one way: `conn.rs` takes the core apart and hands each step
-//! the parts it reads; `forward.rs` uses `batch.rs`, `retry.rs` and
-//! `state.rs`; `batch.rs` uses `retry.rs` and `state.rs`; `retry.rs` and
-//! `state.rs` use no other part.
+//! the parts it reads; `forward.rs` uses `batch.rs`, `retry.rs`,
+//! `stream.rs` and `state.rs`; `batch.rs` uses `retry.rs` and `state.rs`;
+//! `stream.rs` uses `state.rs`; `retry.rs` and `state.rs` use no other part.
 //!
 //! When an upstream fails before answering, the unanswered requests go to
 //! another upstream if they may be sent again: idempotent ones (RFC 9110
@@ -30,7 +35,10 @@
 //! cannot be sent again gets 502 (504 on timeout). An upstream that ends its
 //! connection with `Connection: close` did not read what followed, so that
 //! is sent elsewhere too: this is what makes an upstream's rolling restart
-//! invisible through the balancer.
+//! invisible through the balancer. An event stream is retried so only until
+//! its head arrives; once that is forwarded, the upstream's end is the
+//! stream's end, and the client (EventSource) reconnects with
+//! `Last-Event-ID` through the balancer to another upstream.
 //!
 //! Counted on the way (`metrics.rs`, `upstream_stats.rs`, this core's slots,
 //! no lock): client requests per batch; per upstream, requests written,
@@ -42,6 +50,7 @@ mod conn;
 mod forward;
 mod retry;
 mod state;
+mod stream;
 
 pub use self::conn::{serve, serve_tls};
 pub use self::state::{Connections, LbCore, Limits, Reading, RequestIds, Upstreams};

@@ -242,6 +242,8 @@ pub struct Upstreams {
     pub pool_config: PoolConfig,
     /// `--upstream-timeout`: a batch written must be answered within this.
     pub timeout: Duration,
+    /// `--stream-idle`: an event stream's upstream may be silent this long.
+    pub stream_idle: Duration,
     /// `--retries`: further upstreams a batch may go to after failures.
     pub retries: u32,
     /// `--max-body`: the largest response body framed, bytes.
@@ -263,6 +265,7 @@ impl Upstreams {
                 eject_for: config.eject_for,
             },
             timeout: config.upstream_timeout,
+            stream_idle: config.stream_idle,
             retries: config.retries,
             max_body: config.max_body,
             observe_latency: config.balance == Balance::P2c,

@@ -1,12 +1,14 @@
 //! The peers and the balancer the lb tests run: small upstreams whose
 //! behaviour the test chooses (answer, echo the head, hang up without
-//! answering, never answer) and todo-lb in-process on `127.0.0.1:0`.
+//! answering, never answer), an upstream answering event streams whose
+//! events the test sends ([`stream_peer`]), and todo-lb in-process on
+//! `127.0.0.1:0`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use todo_lb::config::LbConfig;
@@ -99,6 +101,110 @@ pub fn peer(behaviour: Behaviour) -> Peer {
         addr,
         requests,
         down,
+    }
+}
+
+/// The head todo-server answers `GET /todos/changes` with: an event stream
+/// whose end is the server's close.
+pub const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n";
+
+/// The first bytes of every stream [`stream_peer`] answers.
+pub const RETRY: &str = "retry: 1000\n\n";
+
+/// An upstream answering every request but its health checks with `head`
+/// and [`RETRY`], then handing the connection to the test
+/// ([`StreamPeer::next`]), which sends the events and closes it.
+pub struct StreamPeer {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    opened: mpsc::Receiver<UpstreamStream>,
+}
+
+/// One stream as its upstream sees it: the request that opened it and the
+/// connection to send events on.
+pub struct UpstreamStream {
+    /// The request's head as the upstream read it (without the blank line).
+    pub request: String,
+    conn: TcpStream,
+}
+
+impl StreamPeer {
+    /// The stream the next request opened (10 s at most).
+    pub fn next(&self) -> UpstreamStream {
+        self.opened
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a request for a stream within 10 s")
+    }
+
+    /// The stream a request opened, if one has not been taken yet.
+    pub fn opened_now(&self) -> Option<UpstreamStream> {
+        self.opened.try_recv().ok()
+    }
+}
+
+impl UpstreamStream {
+    /// Send `text` (events, comments) on the stream at once.
+    pub fn send(&mut self, text: &str) {
+        self.conn.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// True when the balancer closes the connection within 10 s (end of
+    /// stream or reset), after whatever it still sends.
+    pub fn closed(&mut self) -> bool {
+        self.conn
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut b = [0u8; 1024];
+        loop {
+            match self.conn.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    }
+}
+
+pub fn stream_peer(head: &'static str) -> StreamPeer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    let (tx, opened) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (counted, tx) = (counted.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end;
+                    }
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let request = String::from_utf8_lossy(&buf[..end]).into_owned();
+                if request.starts_with("GET /health ") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                if conn.write_all(format!("{head}{RETRY}").as_bytes()).is_ok() {
+                    let _ = tx.send(UpstreamStream { request, conn });
+                }
+            });
+        }
+    });
+    StreamPeer {
+        addr,
+        requests,
+        opened,
     }
 }
 
