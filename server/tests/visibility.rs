@@ -19,189 +19,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, UNIX_EPOCH};
 
-use common::api::{ids, next_link, request_with};
-use common::{read_response, Response, Rng, Server};
+use common::api::{ids, next_link};
+use common::deploy::{call, get, poll, runtime, token, Deployment, SECRET, VISIBLE_WITHIN};
+use common::{poll_until, Response, Rng};
 use sonic_rs::JsonValueTrait;
-use todo_testkit::process::{bin, free_port, poll_until, temp_dir, wait_until, Proc};
-use todo_testkit::services::Env;
 
-const SECRET: &str = "visibility-test-secret-0123456789abcdef0123";
 const OTHER_SECRET: &str = "not-the-servers-secret-0123456789abcdef0123";
-/// How long a write may take to show on every server (the distributed
-/// path's write-to-visible time is tens of milliseconds; this is a bound).
-const VISIBLE_WITHIN: Duration = Duration::from_secs(15);
-
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-    iat: u64,
-}
-
-/// A token for `sub` signed with `secret`, expiring `ttl_secs` from now
-/// (in the past when negative).
-fn token(secret: &str, sub: &str, ttl_secs: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = Claims {
-        sub,
-        exp: now.saturating_add_signed(ttl_secs),
-        iat: now.saturating_add_signed(ttl_secs.min(0) - 60),
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-/// One request on a fresh connection to `at`.
-fn call(
-    at: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Response {
-    let mut s = TcpStream::connect(at).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&request_with(method, path, token, body, headers))
-        .unwrap();
-    read_response(&mut s, &mut Vec::new()).expect("an answer")
-}
-
-fn get(at: SocketAddr, path: &str, token: Option<&str>) -> Response {
-    call(at, "GET", path, token, None, &[])
-}
-
-/// A deployment under test: its servers, and todo-lb `--cache on` in front
-/// of them.
-struct Deployment {
-    servers: Vec<Server>,
-    lb: SocketAddr,
-    _lb: Proc,
-    _worker: Option<Proc>,
-    _env: Option<Env>,
-}
-
-impl Deployment {
-    fn embedded() -> Deployment {
-        let vars = [("JWT_SECRET", SECRET.to_string())];
-        let server = Server::start_with("legacy", temp_dir("visible"), &["--seed", "30"], &vars);
-        Deployment::with(vec![server], None, None)
-    }
-
-    fn distributed(rt: &tokio::runtime::Runtime) -> Deployment {
-        let env = rt.block_on(Env::new(3));
-        let worker = env.start_worker();
-        let servers = (1..=2u16)
-            .map(|instance| {
-                let mut vars = env.vars();
-                vars.push(("JWT_SECRET", SECRET.to_string()));
-                vars.push(("TODO_INSTANCE", instance.to_string()));
-                let server = Server::start_with("legacy", temp_dir("visible"), &[], &vars);
-                wait_until("snapshot and read model loaded", VISIBLE_WITHIN, || {
-                    let ready = server.get("/readyz").status == 200;
-                    let loaded = todo_testkit::http::scrape(server.addr, "todo_read_model_version")
-                        .unwrap_or(0)
-                        > 0;
-                    (ready && loaded).then_some(())
-                });
-                server
-            })
-            .collect();
-        Deployment::with(servers, Some(worker), Some(env))
-    }
-
-    fn with(servers: Vec<Server>, worker: Option<Proc>, env: Option<Env>) -> Deployment {
-        let lb: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(bin("todo-lb"));
-        cmd.args(["--listen", &lb.to_string(), "--admin", &admin.to_string()])
-            .args(["--cores", "2", "--pin", "false", "--cache", "on"])
-            .args(["--health-interval", "200ms"])
-            .stdout(Stdio::null());
-        for s in &servers {
-            cmd.args(["--upstream", &s.addr.to_string()]);
-        }
-        let proc = Proc::spawn("todo-lb", cmd, Duration::from_secs(20));
-        wait_until("todo-lb ready", Duration::from_secs(20), || {
-            TcpStream::connect(lb)
-                .ok()
-                .and_then(|_| (get(lb, "/readyz", None).status == 200).then_some(()))
-        });
-        Deployment {
-            servers,
-            lb,
-            _lb: proc,
-            _worker: worker,
-            _env: env,
-        }
-    }
-
-    /// Every address a reader may come through: each server, and todo-lb.
-    fn readers(&self) -> Vec<SocketAddr> {
-        let mut at: Vec<SocketAddr> = self.servers.iter().map(|s| s.addr).collect();
-        at.push(self.lb);
-        at
-    }
-
-    fn server_addrs(&self) -> Vec<SocketAddr> {
-        self.servers.iter().map(|s| s.addr).collect()
-    }
-
-    /// A write on the `n`th server (round robin): the command id and the
-    /// todo id of its 202.
-    fn write(
-        &self,
-        n: usize,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<&str>,
-    ) -> (u64, u64) {
-        let at = self.servers[n % self.servers.len()].addr;
-        let r = call(at, method, path, Some(token), body, &[]);
-        assert_eq!(r.status, 202, "{method} {path}: {}", r.text());
-        let v = r.json();
-        (
-            v["command_id"].as_u64().unwrap(),
-            v["todo_id"].as_u64().unwrap(),
-        )
-    }
-
-    /// The command's outcome once every server knows it: `applied` or
-    /// `rejected:<reason>`.
-    fn outcome(&self, command: u64) -> String {
-        let mut last = String::new();
-        for at in self.server_addrs() {
-            last = poll(&format!("command {command} applied"), || {
-                let r = get(at, &format!("/commands/{command}"), None);
-                let v = r.json();
-                match v["status"].as_str() {
-                    Some("applied") => Some("applied".to_string()),
-                    Some("rejected") => Some(format!("rejected:{}", v["reason"].as_str().unwrap())),
-                    _ => None,
-                }
-            });
-        }
-        last
-    }
-}
-
-/// `check` until it gives a value, within [`VISIBLE_WITHIN`].
-fn poll<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
-    wait_until(what, VISIBLE_WITHIN, check)
-}
 
 /// The answer without what differs per request (its date, its request id,
 /// the edge's cache headers).
@@ -516,13 +342,6 @@ fn a_private_todo_is_its_owners_alone_embedded() {
 fn a_private_todo_is_its_owners_alone_on_two_servers() {
     let rt = runtime();
     private_todo_is_seen_by_its_owner_only(&Deployment::distributed(&rt));
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// What the test knows of one todo it made.

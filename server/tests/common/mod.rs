@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod deploy;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -91,7 +92,9 @@ impl Server {
         vars: &[(&str, String)],
     ) -> Server {
         let mut cmd = command();
-        cmd.args(["--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--cores") {
             cmd.args(["--cores", "2"]);
         }
