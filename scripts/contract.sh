@@ -127,9 +127,12 @@ log "schemathesis $SCHEMATHESIS_VERSION: every operation of $BASE/openapi.json (
 (
   # It keeps its example database and reports in the current directory.
   cd "$WORK"
+  # GET /todos/changes is a stream that does not end, which schemathesis
+  # would wait out as a timeout: its contract is held by server/tests
+  # (openapi.rs: routed, its statuses and media type; changes.rs: events).
   PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=schemathesis_hooks CONTRACT_CATEGORY="$CATEGORY" \
   "$VENV/bin/schemathesis" --config-file "$ROOT/scripts/schemathesis.toml" run openapi.json \
-    --url "$BASE" \
+    --url "$BASE" --exclude-path /todos/changes \
     --header "Authorization: Bearer $TOKEN" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance \
     --max-examples "$EXAMPLES" --seed "$SEED" \
