@@ -490,8 +490,11 @@ impl Feed {
     /// its client resumes elsewhere.
     pub fn close(&self) {
         self.closing.set(true);
-        for slot in self.subscribers.borrow_mut().values_mut() {
-            if let Some(w) = slot.waker.take() {
+        for (&fd, slot) in self.subscribers.borrow_mut().iter_mut() {
+            if slot.writing_since.is_some() {
+                // A write the client is not taking would hold the drain.
+                cut(fd, slot);
+            } else if let Some(w) = slot.waker.take() {
                 w.wake();
             }
         }

@@ -212,29 +212,8 @@ impl ListQuery {
             cursor: None,
             link_base: String::new(),
         };
-        let mut seen = [false; PARAMS.len()];
         let mut cursor = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = decode(raw_name)
-                .map_err(|_| bad_param("a parameter name", "is not valid percent-encoded UTF-8"))?;
-            let Some(slot) = PARAMS.iter().position(|p| *p == name) else {
-                return Err(HttpError::with_message(
-                    400,
-                    "unknown_parameter",
-                    format!(
-                        "unknown parameter {:?}; GET /todos takes {}",
-                        truncate(&name),
-                        PARAMS.join(", ")
-                    ),
-                ));
-            };
-            let name = PARAMS[slot];
-            if std::mem::replace(&mut seen[slot], true) {
-                return Err(bad_param(name, "is given more than once"));
-            }
-            let value = decode(raw_value)
-                .map_err(|_| bad_param(name, "is not valid percent-encoded UTF-8"))?;
+        each_param(query, "GET /todos", &PARAMS, |name, value| {
             if name != "cursor" {
                 // Re-encoded, so the link is a valid URI-Reference whatever
                 // the request's target held (RFC 8288 §3: `<` `>` delimit it).
@@ -277,7 +256,8 @@ impl ListQuery {
                 "limit" => q.limit = parse_limit(&value)?,
                 _ => cursor = Some(value.into_owned()),
             }
-        }
+            Ok(())
+        })?;
         if q.mine && q.owner.is_some() {
             return Err(bad_param("owner", "cannot be combined with mine=true"));
         }
@@ -381,6 +361,41 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
 
 /// Ids are plain decimal u64s, in paths (`/todos/{id}`) as in `category=`;
 /// anything else names no resource.
+/// Walk a query string's `name=value` pairs, each name one of `known`
+/// (`route` takes them) and given once, each value percent-decoded.
+fn each_param<'q>(
+    query: &'q str,
+    route: &str,
+    known: &[&'static str],
+    mut take: impl FnMut(&'static str, Cow<'q, str>) -> Result<(), HttpError>,
+) -> Result<(), HttpError> {
+    let mut seen = vec![false; known.len()];
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(raw_name)
+            .map_err(|_| bad_param("a parameter name", "is not valid percent-encoded UTF-8"))?;
+        let Some(slot) = known.iter().position(|p| *p == name) else {
+            return Err(HttpError::with_message(
+                400,
+                "unknown_parameter",
+                format!(
+                    "unknown parameter {:?}; {route} takes {}",
+                    truncate(&name),
+                    known.join(", ")
+                ),
+            ));
+        };
+        let name = known[slot];
+        if std::mem::replace(&mut seen[slot], true) {
+            return Err(bad_param(name, "is given more than once"));
+        }
+        let value =
+            decode(raw_value).map_err(|_| bad_param(name, "is not valid percent-encoded UTF-8"))?;
+        take(name, value)?;
+    }
+    Ok(())
+}
+
 /// The parameters of `GET /todos/changes`.
 const FEED_PARAMS: [&str; 4] = ["mine", "owner", "category", "since"];
 
@@ -395,28 +410,7 @@ pub fn parse_subscription(query: &str) -> Result<Subscription, HttpError> {
         category: None,
         since: None,
     };
-    let mut seen = [false; FEED_PARAMS.len()];
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(raw_name)
-            .map_err(|_| bad_param("a parameter name", "is not valid percent-encoded UTF-8"))?;
-        let Some(slot) = FEED_PARAMS.iter().position(|p| *p == name) else {
-            return Err(HttpError::with_message(
-                400,
-                "unknown_parameter",
-                format!(
-                    "unknown parameter {:?}; GET /todos/changes takes {}",
-                    truncate(&name),
-                    FEED_PARAMS.join(", ")
-                ),
-            ));
-        };
-        let name = FEED_PARAMS[slot];
-        if std::mem::replace(&mut seen[slot], true) {
-            return Err(bad_param(name, "is given more than once"));
-        }
-        let value =
-            decode(raw_value).map_err(|_| bad_param(name, "is not valid percent-encoded UTF-8"))?;
+    each_param(query, "GET /todos/changes", &FEED_PARAMS, |name, value| {
         match name {
             "mine" => sub.mine = parse_bool(name, &value)?,
             "owner" => {
@@ -428,7 +422,8 @@ pub fn parse_subscription(query: &str) -> Result<Subscription, HttpError> {
             "category" => sub.category = Some(category_id(name, &value)?),
             _ => sub.since = Some(parse_position(name, &value)?),
         }
-    }
+        Ok(())
+    })?;
     if sub.mine && sub.owner.is_some() {
         return Err(bad_param("owner", "cannot be combined with mine=true"));
     }
