@@ -324,15 +324,98 @@ impl History {
     }
 }
 
-/// A subscriber as the core sees it.
+/// A subscriber as the core sees it: its view and how far it has been
+/// sent, kept here so the core can send to it without waking its task.
 struct Slot {
     waker: Option<Waker>,
-    /// Events before this one are written (or not for it).
-    done_seq: u64,
-    /// The heartbeat tick at which the write under way began.
+    view: Subscription,
+    /// The next event of the history to look at.
+    next_seq: u64,
+    /// The position the subscriber has: only events after it are sent.
+    at: Position,
+    /// The heartbeat tick last answered.
+    tick: u64,
+    /// Bytes an inline send could not finish: the task writes them first.
+    unsent: Option<Bytes>,
+    /// The heartbeat tick at which the task's write under way began.
     writing_since: Option<u64>,
     /// Shut down by the core (slow, or the feed restarted).
     cut: bool,
+}
+
+impl Slot {
+    /// What to write next: the events after `at` this subscriber sees (up
+    /// to a chunk), else a heartbeat if one is due. `Err` when events it
+    /// needs were evicted (it fell too far behind).
+    fn gather(&mut self, h: &History, tick: u64) -> Result<Option<(Bytes, u64)>, ()> {
+        if self.next_seq < h.first_seq {
+            return Err(());
+        }
+        let mut one: Option<Bytes> = None;
+        let mut many: Vec<u8> = Vec::new();
+        let mut events = 0;
+        let start = (self.next_seq - h.first_seq) as usize;
+        for e in h.events.range(start..) {
+            self.next_seq += 1;
+            if e.at <= self.at {
+                continue;
+            }
+            self.at = e.at;
+            let Some(bytes) = e.for_subscriber(&self.view) else {
+                continue;
+            };
+            events += 1;
+            match one.take() {
+                None if many.is_empty() => one = Some(bytes.clone()),
+                first => {
+                    if let Some(first) = first {
+                        many.extend_from_slice(&first);
+                    }
+                    many.extend_from_slice(bytes);
+                }
+            }
+            if many.len() >= WRITE_CHUNK {
+                break;
+            }
+        }
+        let beat = tick != self.tick;
+        self.tick = tick;
+        Ok(match (one, many.is_empty()) {
+            (Some(b), _) => Some((b, 1)),
+            (None, false) => Some((Bytes::from(many), events)),
+            (None, true) if beat => Some((Bytes::from_static(HEARTBEAT), 0)),
+            (None, true) => None,
+        })
+    }
+
+    /// Whether the core may send to it inline: its task is not writing and
+    /// has nothing left over.
+    fn idle(&self) -> bool {
+        !self.cut && self.writing_since.is_none() && self.unsent.is_none()
+    }
+}
+
+/// Send `bytes` on `fd` now if the socket takes them: how many it took,
+/// or `Err` when the connection is gone. Never blocks.
+fn send_now(fd: RawFd, bytes: &[u8]) -> Result<usize, ()> {
+    // SAFETY: `fd` is the socket of a live subscriber task on this core
+    // (its slot is removed before the socket is closed), and `bytes` is
+    // valid for its length.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    match io::Error::last_os_error().kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(()),
+    }
 }
 
 /// One core's change feed.
@@ -446,21 +529,26 @@ impl Feed {
         }
     }
 
-    /// Wake every subscriber; close those whose unsent events are past
+    /// Send every subscriber what is new for it, inline where its socket
+    /// takes it (no task wakes for an event it is sent whole); wake those
+    /// with more to write; close those whose unsent events are past
     /// `--feed-pending` or were evicted.
     fn wake_all(&self, metrics: &CoreMetrics) {
         let h = self.history.borrow();
         let end = h.end();
+        let tick = self.tick.get();
         for (&fd, slot) in self.subscribers.borrow_mut().iter_mut() {
             if slot.cut {
                 continue;
             }
             let behind = h
-                .end_before(slot.done_seq)
+                .end_before(slot.next_seq)
                 .is_none_or(|done| end - done > self.settings.pending as u64);
             if behind {
                 cut(fd, slot);
                 metrics.feed_slow_closed();
+            } else if slot.idle() {
+                deliver(fd, slot, &h, tick, metrics);
             } else if let Some(w) = slot.waker.take() {
                 w.wake();
             }
@@ -480,6 +568,8 @@ impl Feed {
             if slot.writing_since.is_some_and(|t| t + 1 < tick) {
                 cut(fd, slot);
                 metrics.feed_slow_closed();
+            } else if slot.idle() {
+                deliver(fd, slot, &self.history.borrow(), tick, metrics);
             } else if let Some(w) = slot.waker.take() {
                 w.wake();
             }
@@ -539,6 +629,40 @@ fn cut(fd: RawFd, slot: &mut Slot) {
     }
 }
 
+/// Send an idle subscriber what is new for it, inline; what the socket
+/// does not take now is left to its task, which is woken.
+fn deliver(fd: RawFd, slot: &mut Slot, h: &History, tick: u64, metrics: &CoreMetrics) {
+    let wake = match slot.gather(h, tick) {
+        Err(()) => {
+            cut(fd, slot);
+            metrics.feed_slow_closed();
+            return;
+        }
+        Ok(None) => false,
+        Ok(Some((bytes, events))) => match send_now(fd, &bytes) {
+            Ok(n) if n == bytes.len() => {
+                metrics.feed_sent(events);
+                false
+            }
+            Ok(n) => {
+                // The task counts the events once the rest is written.
+                slot.unsent = Some(bytes.slice(n..));
+                metrics.feed_sent(events);
+                true
+            }
+            Err(()) => {
+                cut(fd, slot);
+                return;
+            }
+        },
+    };
+    if wake {
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 /// The head of every stream (its body ends when the connection does).
 fn head(date: &DateCache, retry: Duration, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
@@ -584,18 +708,24 @@ pub async fn stream(
 ) {
     let fd = stream.as_raw_fd();
     let (seq, at, reset_to) = feed.start(&sub);
+    let since = sub.since;
     feed.subscribers.borrow_mut().insert(
         fd,
         Slot {
             waker: None,
-            done_seq: seq,
-            writing_since: None,
+            view: sub,
+            next_seq: seq,
+            at,
+            tick: feed.tick.get(),
+            unsent: None,
+            // The head is written by the task first.
+            writing_since: Some(feed.tick.get()),
             cut: false,
         },
     );
     let _registered = Registered { feed, fd, metrics };
     metrics.feed_subscribers(feed.subscribers());
-    match (reset_to, sub.since) {
+    match (reset_to, since) {
         (Some(_), _) => metrics.feed_reset(),
         (None, Some(_)) => metrics.feed_resumed(),
         (None, None) => {}
@@ -606,14 +736,7 @@ pub async fn stream(
         reset(at, &mut first);
     }
     let (reader, mut writer) = stream.into_split();
-    let follower = Follower {
-        feed,
-        fd,
-        sub,
-        next_seq: seq,
-        at,
-        tick: feed.tick.get(),
-    };
+    let follower = Follower { feed, fd };
     futures_lite::future::or(
         until_gone(reader),
         follower.run(&mut writer, first, metrics),
@@ -634,133 +757,73 @@ async fn until_gone(mut reader: OwnedReadHalf<TcpStream>) {
     }
 }
 
-/// A subscriber's side of the feed: what it has been sent.
+/// A subscriber's task: writes what the core could not send inline (the
+/// head and replay, a catch-up, the rest of a partial send).
 struct Follower<'a> {
     feed: &'a Feed,
     fd: RawFd,
-    sub: Subscription,
-    /// The next event of the history to look at.
-    next_seq: u64,
-    /// The position the subscriber has: only events after it are sent.
-    at: Position,
-    /// The heartbeat tick last answered.
-    tick: u64,
-}
-
-enum Turn {
-    Write(Output),
-    End,
-}
-
-/// Bytes to write, and how many events they hold.
-enum Output {
-    One(Bytes, u64),
-    Many(Vec<u8>, u64),
 }
 
 impl Follower<'_> {
     async fn run(
-        mut self,
+        self,
         writer: &mut OwnedWriteHalf<TcpStream>,
         first: Vec<u8>,
         metrics: &CoreMetrics,
     ) {
         if self
-            .write(writer, Output::Many(first, 0), metrics)
+            .write(writer, Bytes::from(first), 0, metrics)
             .await
             .is_err()
         {
             return;
         }
         loop {
-            let turn = std::future::poll_fn(|cx| {
+            let next = std::future::poll_fn(|cx| {
                 if self.feed.closing.get() {
-                    return Poll::Ready(Turn::End);
+                    return Poll::Ready(None);
                 }
-                match self.gather() {
-                    Err(()) => Poll::Ready(Turn::End),
-                    Ok(Some(out)) => Poll::Ready(Turn::Write(out)),
+                let h = self.feed.history.borrow();
+                let mut subs = self.feed.subscribers.borrow_mut();
+                let Some(slot) = subs.get_mut(&self.fd) else {
+                    return Poll::Ready(None);
+                };
+                if slot.cut {
+                    return Poll::Ready(None);
+                }
+                if let Some(rest) = slot.unsent.take() {
+                    // Counted when the core sent its start.
+                    return Poll::Ready(Some((rest, 0)));
+                }
+                match slot.gather(&h, self.feed.tick.get()) {
+                    Err(()) => Poll::Ready(None),
+                    Ok(Some(out)) => Poll::Ready(Some(out)),
                     Ok(None) => {
-                        let mut subs = self.feed.subscribers.borrow_mut();
-                        let Some(slot) = subs.get_mut(&self.fd) else {
-                            return Poll::Ready(Turn::End);
-                        };
-                        if slot.cut {
-                            return Poll::Ready(Turn::End);
-                        }
-                        slot.done_seq = self.next_seq;
                         slot.waker = Some(cx.waker().clone());
                         Poll::Pending
                     }
                 }
             })
             .await;
-            let Turn::Write(out) = turn else { return };
-            if self.write(writer, out, metrics).await.is_err() {
+            let Some((bytes, events)) = next else { return };
+            if self.write(writer, bytes, events, metrics).await.is_err() {
                 return;
             }
         }
     }
 
-    /// What to write next: the events after `at` this subscriber sees (up
-    /// to a chunk), else a heartbeat if one is due. `Err` when events it
-    /// needs were evicted (it fell too far behind).
-    fn gather(&mut self) -> Result<Option<Output>, ()> {
-        let h = self.feed.history.borrow();
-        if self.next_seq < h.first_seq {
-            return Err(());
-        }
-        let mut one: Option<Bytes> = None;
-        let mut many: Vec<u8> = Vec::new();
-        let mut events = 0;
-        let start = (self.next_seq - h.first_seq) as usize;
-        for e in h.events.range(start..) {
-            self.next_seq += 1;
-            if e.at <= self.at {
-                continue;
-            }
-            self.at = e.at;
-            let Some(bytes) = e.for_subscriber(&self.sub) else {
-                continue;
-            };
-            events += 1;
-            match one.take() {
-                None if many.is_empty() => one = Some(bytes.clone()),
-                first => {
-                    if let Some(first) = first {
-                        many.extend_from_slice(&first);
-                    }
-                    many.extend_from_slice(bytes);
-                }
-            }
-            if many.len() >= WRITE_CHUNK {
-                break;
-            }
-        }
-        let tick = self.feed.tick.get();
-        let beat = tick != self.tick;
-        self.tick = tick;
-        Ok(match (one, many.is_empty()) {
-            (Some(b), _) => Some(Output::One(b, 1)),
-            (None, false) => Some(Output::Many(many, events)),
-            (None, true) if beat => Some(Output::One(Bytes::from_static(HEARTBEAT), 0)),
-            (None, true) => None,
-        })
-    }
-
-    /// Write `out`, marking the slot busy meanwhile (the heartbeat closes a
-    /// stream whose write does not finish), and count the events sent.
+    /// Write `bytes`, marking the slot busy meanwhile (the core sends
+    /// nothing inline then, and the heartbeat closes a stream whose write
+    /// does not finish), and count the events sent.
     async fn write(
-        &mut self,
+        &self,
         writer: &mut OwnedWriteHalf<TcpStream>,
-        out: Output,
+        bytes: Bytes,
+        events: u64,
         metrics: &CoreMetrics,
     ) -> io::Result<()> {
         self.busy(Some(self.feed.tick.get()));
-        let (res, events) = match out {
-            Output::One(b, n) => (writer.write_all(b).await.0, n),
-            Output::Many(v, n) => (writer.write_all(v).await.0, n),
-        };
+        let res = writer.write_all(bytes).await.0;
         self.busy(None);
         res?;
         metrics.feed_sent(events);
@@ -770,7 +833,6 @@ impl Follower<'_> {
     fn busy(&self, since: Option<u64>) {
         if let Some(slot) = self.feed.subscribers.borrow_mut().get_mut(&self.fd) {
             slot.writing_since = since;
-            slot.done_seq = self.next_seq;
         }
     }
 }
