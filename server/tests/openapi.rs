@@ -63,12 +63,20 @@ fn stream_head(s: &Server, path: &str) -> Response {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut byte).unwrap(), 1, "{path}: the head ended early");
+        assert_eq!(
+            c.read(&mut byte).unwrap(),
+            1,
+            "{path}: the head ended early"
+        );
         head.push(byte[0]);
     }
     let mut body = Vec::new();
     while !body.ends_with(b"\n\n") {
-        assert_eq!(c.read(&mut byte).unwrap(), 1, "{path}: the stream ended early");
+        assert_eq!(
+            c.read(&mut byte).unwrap(),
+            1,
+            "{path}: the stream ended early"
+        );
         body.push(byte[0]);
     }
     let text = String::from_utf8(head).unwrap();
