@@ -124,11 +124,11 @@ fn every_documented_operation_is_routed_and_no_other() {
             "/todos/{id}" => vec![format!("/todos/{todo}")],
             "/commands/{id}" => vec![format!("/commands/{command}")],
             "/categories/{id}" => vec![format!("/categories/{category}")],
-            "/docs/{file}" => item["get"]["parameters"][0]["schema"]["enum"]
+            "/docs/{file}" | "/app/{file}" => item["get"]["parameters"][0]["schema"]["enum"]
                 .as_array()
                 .expect("the files are listed")
                 .iter()
-                .map(|f| format!("/docs/{}", f.as_str().unwrap()))
+                .map(|f| template.replace("{file}", f.as_str().unwrap()))
                 .collect(),
             other => {
                 assert!(!other.contains('{'), "{other}: fill its parameter here");

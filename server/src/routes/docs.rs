@@ -1,5 +1,7 @@
 //! `GET /openapi.json`, `GET /docs` and `GET /docs/{file}`: the API's
-//! contract and its interactive page.
+//! contract and its interactive page; `GET /app` and `GET /app/{file}`: the
+//! todo page (`server/app/`: HTML, script and style of its own, no build
+//! step), under a policy that runs no inline script.
 //!
 //! The contract is `server/openapi.json` (OpenAPI 3.1), written by hand
 //! beside the routes and built into the binary; `server/tests/openapi.rs`
@@ -41,12 +43,22 @@ const PAGE_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'
      style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
      frame-ancestors 'none'";
 
+/// The todo page runs its own files only: no inline script or style, no
+/// other origin, and asks nothing but this server.
+const APP_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
+/// Where the todo page's files are served.
+const APP_PREFIX: &str = "/app/";
+
 /// One servable body and its headers.
 struct File {
     path: &'static str,
     content_type: &'static str,
     max_age: &'static str,
     body: &'static [u8],
+    /// Its `Content-Security-Policy` (pages only).
+    policy: Option<&'static str>,
     /// CRC-32C of the body, the `ETag` value.
     tag: u64,
 }
@@ -83,11 +95,35 @@ fn files() -> &'static Files {
                 PAGE_MAX_AGE,
                 OPENAPI.as_bytes(),
             ),
+            File {
+                policy: Some(PAGE_POLICY),
+                ..file(
+                    "/docs",
+                    "text/html; charset=utf-8",
+                    PAGE_MAX_AGE,
+                    page.as_bytes(),
+                )
+            },
+            File {
+                policy: Some(APP_POLICY),
+                ..file(
+                    "/app",
+                    "text/html; charset=utf-8",
+                    PAGE_MAX_AGE,
+                    include_bytes!("../../app/index.html"),
+                )
+            },
             file(
-                "/docs",
-                "text/html; charset=utf-8",
+                "/app/app.js",
+                "text/javascript; charset=utf-8",
                 PAGE_MAX_AGE,
-                page.as_bytes(),
+                include_bytes!("../../app/app.js"),
+            ),
+            file(
+                "/app/app.css",
+                "text/css; charset=utf-8",
+                PAGE_MAX_AGE,
+                include_bytes!("../../app/app.css"),
             ),
         ];
         for &(kind, body) in SwaggerUi::static_files() {
@@ -109,6 +145,7 @@ fn file(
         content_type,
         max_age,
         body,
+        policy: None,
         tag: u64::from(crc32c::crc32c(body)),
     }
 }
@@ -125,7 +162,11 @@ fn content_type(kind: SwaggerUiStaticFile) -> &'static str {
 
 /// Whether `path` is one this module answers (found or not).
 pub fn owns(path: &str) -> bool {
-    path == "/openapi.json" || path == "/docs" || path.starts_with(FILES_PREFIX)
+    path == "/openapi.json"
+        || path == "/docs"
+        || path.starts_with(FILES_PREFIX)
+        || path == "/app"
+        || path.starts_with(APP_PREFIX)
 }
 
 /// Answer a request for one of [`owns`]'s paths; returns the status.
@@ -142,9 +183,9 @@ pub fn serve(req: &Request<'_>, out: &mut Vec<u8>, reply: Reply<'_>) -> u16 {
     extra.extend_from_slice(b"\"\r\nCache-Control: public, max-age=");
     extra.extend_from_slice(f.max_age.as_bytes());
     extra.extend_from_slice(b"\r\nX-Content-Type-Options: nosniff");
-    if f.path == "/docs" {
+    if let Some(policy) = f.policy {
         extra.extend_from_slice(b"\r\nContent-Security-Policy: ");
-        extra.extend_from_slice(PAGE_POLICY.as_bytes());
+        extra.extend_from_slice(policy.as_bytes());
     }
     if not_modified(req.if_none_match, f.tag) {
         reply.with_headers(out, 304, &extra, &[]);
@@ -185,6 +226,28 @@ mod tests {
         let v: sonic_rs::Value = sonic_rs::from_str(OPENAPI).expect("openapi.json parses");
         use sonic_rs::JsonValueTrait;
         assert!(v["openapi"].as_str().unwrap().starts_with("3.1."));
+    }
+
+    #[test]
+    fn the_todo_page_loads_only_its_own_files() {
+        let page = files().0.iter().find(|f| f.path == "/app").unwrap();
+        let html = std::str::from_utf8(page.body).unwrap();
+        for (at, _) in html
+            .match_indices("src=\"")
+            .chain(html.match_indices("href=\""))
+        {
+            let url = &html[at..].split('"').nth(1).unwrap();
+            if url.starts_with('#') {
+                continue;
+            }
+            assert!(url.starts_with(APP_PREFIX), "{url}");
+            assert!(files().0.iter().any(|f| f.path == *url), "{url} is served");
+        }
+        assert!(
+            !html.contains("<script>") && !html.contains("style="),
+            "nothing inline"
+        );
+        assert_eq!(page.policy, Some(APP_POLICY));
     }
 
     #[test]
