@@ -15,12 +15,13 @@
 # starts it on a free loopback port with a fresh data directory, waits for
 # /readyz, stops it by pid at the end. Exits non-zero on any failure.
 #
-#   scripts/contract.sh [--examples N] [--seed N] [--screenshot PATH]
+#   scripts/contract.sh [--examples N] [--seed N] [--screenshot PATH] [--app-screenshot PATH]
 #
 #   --examples    generated requests per operation and phase (default 100)
 #   --seed        schemathesis's random seed (default 1: reruns repeat)
 #   --screenshot  where to keep the page's picture (default: not kept;
 #                 docs/api-docs.png is one)
+#   --app-screenshot  the todo page's picture, signed in (docs/app.png is one)
 #   CACHE_DIR     default ${XDG_CACHE_HOME:-~/.cache}/todo-contract
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ cd "$(dirname "$0")/.."
 EXAMPLES=100
 SEED=1
 SCREENSHOT=""
+APP_SCREENSHOT=""
 parse_flags "$@"
 
 SCHEMATHESIS_VERSION=4.32.5
@@ -117,6 +119,12 @@ CATEGORY=$(curl -fsS "$BASE/categories" -H "Authorization: Bearer $TOKEN" \
 log "the docs page in headless Chromium"
 shot=${SCREENSHOT:-$WORK/api-docs.png}
 CHROMIUM="$CHROMIUM" NODE_PATH="$NODE_DIR/node_modules" node scripts/browser/docs.test.js "$BASE" "$shot"
+
+# --- 1b. the todo page in Chromium: signed out, signed up, every TodoMVC
+# action, live changes, script in a title, axe-core
+log "the todo page (/app) in headless Chromium"
+app_shot=${APP_SCREENSHOT:-$WORK/app.png}
+CHROMIUM="$CHROMIUM" NODE_PATH="$NODE_DIR/node_modules" node scripts/browser/app.test.js "$BASE" "$app_shot"
 
 # --- 2. schemathesis, on the document the server serves (read from a file:
 # loaded from its URL, schemathesis would leave GET /openapi.json itself out)

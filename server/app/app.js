@@ -151,7 +151,7 @@
       if (stop.signal.aborted) return;
       state.todos = new Map(todos.map((t) => [t.id, t]));
       render();
-      say(signedIn() ? `Signed in as ${state.user}.` : 'The public list, live.');
+      say(signedIn() ? 'Your todos, live.' : 'The public list, live.');
       const mine = signedIn() ? 'mine=true&' : '';
       const since = version ? `since=${version}` : '';
       follow(`/todos/changes?${mine}${since}`, stop, async (ev) => {
@@ -286,16 +286,17 @@
     toggle.addEventListener('change', () => change(todo, { completed: toggle.checked }));
     label.tabIndex = 0;
     label.title = 'Double-click or press Enter to edit';
-    const publish = element('button', {
-      type: 'button',
-      className: 'visibility',
-      textContent: todo.public ? 'Public' : 'Private',
-    });
-    publish.setAttribute('aria-pressed', String(todo.public));
-    publish.setAttribute('aria-label', `Public: ${todo.title}`);
+    // Each button's name is its visible words and, for a screen reader,
+    // the todo it acts on.
+    const about = () => element('span', { className: 'visually-hidden', textContent: `: ${todo.title}` });
+    const publish = element(
+      'button',
+      { type: 'button', className: 'visibility', title: todo.public ? 'Anyone can see it' : 'Only you can see it' },
+      todo.public ? 'Make private' : 'Make public',
+      about(),
+    );
     publish.addEventListener('click', () => change(todo, { public: !todo.public }));
-    const destroy = element('button', { type: 'button', className: 'destroy', textContent: '×' });
-    destroy.setAttribute('aria-label', `Delete: ${todo.title}`);
+    const destroy = element('button', { type: 'button', className: 'destroy' }, 'Delete', about());
     destroy.addEventListener('click', () => remove(todo));
     const edit = element('input', { className: 'edit', value: todo.title, maxLength: 200 });
     edit.setAttribute('aria-label', `Edit: ${todo.title}`);
@@ -411,8 +412,10 @@
       add(title);
     });
     $('.toggle-all').addEventListener('change', (e) => {
+      // Read once: each change renders, and the box follows the list.
+      const completed = e.target.checked;
       for (const t of [...state.todos.values()]) {
-        if (t.completed !== e.target.checked) change(t, { completed: e.target.checked });
+        if (t.completed !== completed) change(t, { completed });
       }
     });
     $('.clear-completed').addEventListener('click', () => {

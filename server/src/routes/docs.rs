@@ -125,6 +125,12 @@ fn files() -> &'static Files {
                 PAGE_MAX_AGE,
                 include_bytes!("../../app/app.css"),
             ),
+            file(
+                "/app/icon.svg",
+                "image/svg+xml",
+                PAGE_MAX_AGE,
+                include_bytes!("../../app/icon.svg"),
+            ),
         ];
         for &(kind, body) in SwaggerUi::static_files() {
             let path = format!("{FILES_PREFIX}{}", kind.file_name()).leak();
