@@ -227,6 +227,15 @@ async function main() {
     check(grave.length === 0, `axe-core: no serious or critical violation (${JSON.stringify(found)})`);
 
     await page.screenshot({ path: screenshot });
+
+    // Sign out forgets the token: the public list again, nothing kept.
+    await page.click('.sign-out');
+    await page.waitForSelector('.status:has-text("public list")', { timeout: WAIT_MS });
+    const kept = await page.evaluate(() => JSON.stringify({ ...sessionStorage }));
+    check(kept === '{}', `signed out, nothing kept (${kept})`);
+    check(await page.isVisible('input[name=username]'), 'the sign-in form is back');
+    const after = await page.$$eval('.todo-list li label', (ls) => ls.map((l) => l.textContent));
+    check(!after.includes(fromElsewhere), 'her private todo is gone from the page');
     check(elsewhere.length === 0, `no request left ${base} (${elsewhere.join(', ')})`);
     check(errors.length === 0, `no page error (${errors.join('; ')})`);
     console.log(`screenshot: ${screenshot}`);
