@@ -18,23 +18,13 @@
 'use strict';
 
 const fs = require('fs');
-const { chromium } = require('playwright-core');
+const { args, check, launch, run } = require('./common');
 
-const [base, screenshot] = process.argv.slice(2);
-if (!base || !screenshot) {
-  console.error('usage: app.test.js BASE_URL SCREENSHOT.png');
-  process.exit(2);
-}
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const { base, screenshot } = args('app.test.js');
 // How soon a change made elsewhere must show in an open page.
 const LIVE_MS = 3000;
 // Each other wait is for something the page does, bounded; none is a pause.
 const WAIT_MS = 15000;
-
-function check(ok, what) {
-  if (!ok) throw new Error(what);
-  console.log(`ok: ${what}`);
-}
 
 // The API, as a second device: ids as strings (they are 64-bit).
 async function api(method, path, token, body) {
@@ -95,11 +85,7 @@ async function main() {
   await api('POST', '/users', null, { username: writer, password: 'writer password' });
   const writerToken = await session(writer, 'writer password');
 
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 900, height: 1000 } });
     const elsewhere = [];
@@ -244,7 +230,4 @@ async function main() {
   }
 }
 
-main().catch((e) => {
-  console.error(`FAILED: ${e.message}`);
-  process.exit(1);
-});
+run(main);

@@ -10,22 +10,12 @@
 // here pins it) and puts it on NODE_PATH. Exits non-zero on any failure.
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { args, check, launch, run } = require('./common');
 
-const [base, screenshot] = process.argv.slice(2);
-if (!base || !screenshot) {
-  console.error('usage: docs.test.js BASE_URL SCREENSHOT.png');
-  process.exit(2);
-}
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const { base, screenshot } = args('docs.test.js');
 // Each wait is for something the page does, bounded; none is a pause.
 const WAIT_MS = 30000;
 const METHODS = ['get', 'head', 'post', 'put', 'delete', 'patch', 'options'];
-
-function check(ok, what) {
-  if (!ok) throw new Error(what);
-  console.log(`ok: ${what}`);
-}
 
 async function main() {
   const spec = await (await fetch(`${base}/openapi.json`)).json();
@@ -36,11 +26,7 @@ async function main() {
     }
   }
 
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
     const elsewhere = [];
@@ -100,7 +86,4 @@ async function main() {
   }
 }
 
-main().catch((e) => {
-  console.error(`FAILED: ${e.message}`);
-  process.exit(1);
-});
+run(main);
