@@ -15,6 +15,7 @@ mod kafka;
 mod load;
 mod mix;
 mod report;
+mod target;
 
 use std::time::Duration;
 
@@ -122,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let target = mix::Target::parse(&cli.url)?;
+    let target = target::Target::parse(&cli.url)?;
     let mix = match &cli.mix {
         Some(spec) => mix::Mix::parse(spec, &target, cli.token.as_deref())?,
         None => mix::Mix::single_get(&target, cli.token.as_deref()),

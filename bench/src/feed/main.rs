@@ -39,6 +39,8 @@ mod marker;
 mod publish;
 mod sse;
 mod subscribers;
+#[path = "../target.rs"]
+mod target;
 mod visible;
 
 use std::cell::{Cell, RefCell};
@@ -52,12 +54,12 @@ use clap::Parser;
 use glommio::timer::sleep;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::http::Url;
 use crate::ledger::{lock, percentiles, Ledger, Phase, Summary};
 use crate::marker::Marker;
 use crate::publish::{Peer, Publisher};
 use crate::sse::Feed;
 use crate::subscribers::Counts;
+use crate::target::Target;
 
 /// The change feed's benchmark client.
 #[derive(Debug, Parser)]
@@ -291,7 +293,7 @@ fn phase_text(name: &str, s: &Summary, cores: usize, cpu: Cpu, servers: bool) ->
 async fn run(cli: Cli) -> anyhow::Result<(String, String)> {
     let marker = Marker::new(nonce());
     let feed = Arc::new(Feed {
-        url: Url::parse(&cli.subscribe)?,
+        url: Target::parse(&cli.subscribe)?,
         wait_retry: cli.peer == Peer::Todo,
         marker: marker.clone(),
     });
@@ -344,7 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<(String, String)> {
     let watch_broken: Rc<RefCell<Option<String>>> = Rc::default();
     if let Some(url) = &cli.visible {
         visible::watch(
-            Url::parse(url)?,
+            Target::parse(url)?,
             cli.poll,
             marker.clone(),
             ledger.clone(),
@@ -356,7 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<(String, String)> {
 
     let mut publisher = Publisher::connect(
         cli.peer,
-        Url::parse(&cli.publish)?,
+        Target::parse(&cli.publish)?,
         cli.token.clone(),
         cli.body_bytes,
         marker.clone(),

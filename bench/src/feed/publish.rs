@@ -21,9 +21,10 @@ use futures_lite::io::{split, WriteHalf};
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::http::{connect, read_response, Url};
+use crate::http::{connect, read_response};
 use crate::ledger::{lock, Ledger, Phase};
 use crate::marker::Marker;
+use crate::target::Target;
 
 /// What the writes go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,7 +47,7 @@ pub fn nchan_event(marker: &str, pad: usize) -> String {
 pub struct Publisher {
     out: WriteHalf<TcpStream>,
     peer: Peer,
-    url: Url,
+    url: Target,
     token: String,
     marker: Marker,
     /// nchan: bytes of description padding.
@@ -63,7 +64,7 @@ impl Publisher {
     /// body size (default: the event with an empty description).
     pub async fn connect(
         peer: Peer,
-        url: Url,
+        url: Target,
         token: Option<String>,
         body_bytes: Option<usize>,
         marker: Marker,

@@ -19,8 +19,8 @@ use std::net::TcpStream;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::http::Url;
 use crate::marker::Marker;
+use crate::target::Target;
 
 /// A subscriber's first line buffer, bytes; it doubles for a longer line.
 const LINE_BUF: usize = 2 * 1024;
@@ -31,7 +31,7 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every subscriber asks and waits for.
 pub struct Feed {
-    pub url: Url,
+    pub url: Target,
     /// Wait for a `retry:` line after the head before counting ready.
     pub wait_retry: bool,
     pub marker: Marker,

@@ -17,13 +17,14 @@ use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use sonic_rs::JsonValueTrait as _;
 
-use crate::http::{connect, read_response, Url};
+use crate::http::{connect, read_response};
 use crate::ledger::{lock, Ledger};
 use crate::marker::Marker;
+use crate::target::Target;
 
 async fn get(
     stream: &mut TcpStream,
-    url: &Url,
+    url: &Target,
     path: &str,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<todo_testkit::http::Response> {
@@ -33,7 +34,7 @@ async fn get(
 }
 
 /// One connection to each core of the server at `url`.
-async fn connect_every_core(url: &Url) -> anyhow::Result<Vec<TcpStream>> {
+async fn connect_every_core(url: &Target) -> anyhow::Result<Vec<TcpStream>> {
     let mut s = connect(url.addr).await?;
     let metrics = get(&mut s, url, "/metrics", &mut Vec::new()).await?;
     let n = metrics
@@ -68,7 +69,7 @@ async fn connect_every_core(url: &Url) -> anyhow::Result<Vec<TcpStream>> {
 /// any write is opened). The pollers run until `stop`; a poller that fails
 /// says why in `broken`.
 pub async fn watch(
-    url: Url,
+    url: Target,
     poll: Duration,
     marker: Marker,
     ledger: Arc<Mutex<Ledger>>,
