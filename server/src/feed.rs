@@ -7,10 +7,12 @@
 //! Fanout --Arc<Changes>--> each core: Feed::publish
 //!     -> encodes each change ONCE into its event bytes (Event)
 //!     -> appends them to the core's history, evicts by size and age
-//!     -> closes subscribers too far behind, wakes the others
-//! each subscriber's task (stream): picks from the history the events its
-//!     filter sees, after its position, and writes them; a comment on every
-//!     heartbeat tick; ends when the client goes, is cut, or the core drains
+//!     -> closes subscribers too far behind, sends the others what is new
+//!        for them inline (waking a task only for what the socket left)
+//! each subscriber's task (stream): writes the head and any replay, then
+//!     what the core could not send inline (a catch-up, the rest of a
+//!     partial send); ends when the client goes, is cut, or the core drains
+//! heartbeat tick: a comment to every stream, the same way
 //! ```
 //!
 //! A position is `version-id`: the state version that made the change and
@@ -494,9 +496,7 @@ impl Feed {
                 // nothing before `from` can be replayed. Subscribers resume
                 // and are told to reset.
                 if h.started {
-                    drop(h);
-                    self.cut_all(metrics, false);
-                    h = self.history.borrow_mut();
+                    self.cut_all();
                 }
                 h.restart(changes.from);
             }
@@ -515,7 +515,7 @@ impl Feed {
             }
         }
         self.evict_old(now);
-        self.wake_all(metrics);
+        self.deliver_all(metrics);
     }
 
     fn evict_old(&self, now: Instant) {
@@ -529,11 +529,12 @@ impl Feed {
         }
     }
 
-    /// Send every subscriber what is new for it, inline where its socket
-    /// takes it (no task wakes for an event it is sent whole); wake those
-    /// with more to write; close those whose unsent events are past
-    /// `--feed-pending` or were evicted.
-    fn wake_all(&self, metrics: &CoreMetrics) {
+    /// Send every subscriber what is new for it (a heartbeat when one is
+    /// due), inline where its socket takes it: no task wakes for what it is
+    /// sent whole. Wake those with more to write; close those that do not
+    /// read: their unsent events are past `--feed-pending` or were evicted,
+    /// or their write has not finished since the heartbeat before.
+    fn deliver_all(&self, metrics: &CoreMetrics) {
         let h = self.history.borrow();
         let end = h.end();
         let tick = self.tick.get();
@@ -544,7 +545,8 @@ impl Feed {
             let behind = h
                 .end_before(slot.next_seq)
                 .is_none_or(|done| end - done > self.settings.pending as u64);
-            if behind {
+            let stuck = slot.writing_since.is_some_and(|t| t + 1 < tick);
+            if behind || stuck {
                 cut(fd, slot);
                 metrics.feed_slow_closed();
             } else if slot.idle() {
@@ -555,25 +557,11 @@ impl Feed {
         }
     }
 
-    /// One heartbeat: every stream writes a comment; one whose write has
-    /// not finished since the tick before is closed (it does not read).
+    /// One heartbeat: a comment on every stream that is not writing.
     pub fn heartbeat(&self, metrics: &CoreMetrics) {
-        let tick = self.tick.get() + 1;
-        self.tick.set(tick);
+        self.tick.set(self.tick.get() + 1);
         self.evict_old(Instant::now());
-        for (&fd, slot) in self.subscribers.borrow_mut().iter_mut() {
-            if slot.cut {
-                continue;
-            }
-            if slot.writing_since.is_some_and(|t| t + 1 < tick) {
-                cut(fd, slot);
-                metrics.feed_slow_closed();
-            } else if slot.idle() {
-                deliver(fd, slot, &self.history.borrow(), tick, metrics);
-            } else if let Some(w) = slot.waker.take() {
-                w.wake();
-            }
-        }
+        self.deliver_all(metrics);
     }
 
     /// The server drains: every stream ends after what it is writing, so
@@ -590,13 +578,10 @@ impl Feed {
         }
     }
 
-    fn cut_all(&self, metrics: &CoreMetrics, slow: bool) {
+    fn cut_all(&self) {
         for (&fd, slot) in self.subscribers.borrow_mut().iter_mut() {
             if !slot.cut {
                 cut(fd, slot);
-                if slow {
-                    metrics.feed_slow_closed();
-                }
             }
         }
     }
